@@ -1,0 +1,58 @@
+//! `vmstate`: read, check, convert and write the saved state of virtio devices.
+//!
+//! Exit codes, for every subcommand: 0 success; 1 the input parsed but its state is wrong;
+//! 2 the input cannot be read or parsed, or the command line is wrong.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable
+)]
+
+mod commands;
+mod io;
+mod outcome;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::outcome::Failure;
+
+/// Read, check, convert and write the saved state of virtio devices.
+#[derive(Debug, Parser)]
+#[command(name = "vmstate", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// In-flight requests (VirtQueueElement): decode, encode, detect the host layout.
+    #[command(subcommand)]
+    Element(commands::element::ElementCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout with success, usage errors to stderr.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Element(command) => commands::element::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, message }) => {
+            eprintln!("error: {message}");
+            ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Notes: facts about the input worth telling a user that are not defects.
+//!
+//! A note never changes a result or an exit code. Examples: a legacy writer left host
+//! pointers in `iov_base`, or stale data in array slots past the counts.
+
+use std::fmt;
+
+/// One observation about the input, with the place it refers to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Note {
+    /// Byte offset the note refers to.
+    pub offset: u64,
+    /// Dotted path of the field the note refers to.
+    pub path: String,
+    /// What was observed, in words.
+    pub message: String,
+}
+
+impl Note {
+    /// A note about `path` at `offset`.
+    pub fn new(offset: u64, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Note {
+            offset,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the path with the name of the structure that contains it.
+    #[must_use]
+    pub fn within(mut self, parent: &str) -> Self {
+        self.path = if self.path.is_empty() {
+            parent.to_owned()
+        } else {
+            format!("{parent}.{}", self.path)
+        };
+        self
+    }
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at offset {}: {}",
+            self.path, self.offset, self.message
+        )
+    }
+}

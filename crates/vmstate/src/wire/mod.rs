@@ -1,0 +1,23 @@
+//! Wire primitives: byte order, a zero-copy [`Reader`] and the [`Writer`] that mirrors it.
+//!
+//! Everything above this module (elements, the stream container, device state) reads and
+//! writes through these two types, so that bounds checking and error reporting live in one
+//! place.
+
+mod reader;
+mod writer;
+
+pub use reader::Reader;
+pub use writer::Writer;
+
+/// Byte order of a multi-byte value on the wire.
+///
+/// QEMU's stream is big-endian throughout, except for data that it copies from host memory
+/// (the legacy in-flight element), which has the byte order of the host that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endian {
+    /// Least significant byte first.
+    Little,
+    /// Most significant byte first (network order, QEMU's `qemu_put_be*`).
+    Big,
+}

@@ -1,0 +1,309 @@
+//! A zero-copy reader over a byte slice.
+
+use super::Endian;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Reads fixed-width integers, counted strings and buffers from a borrowed byte slice.
+///
+/// Every read names the field it reads; a failed read returns an [`Error`] carrying that name
+/// and the absolute offset of the field, so that nested readers (see [`Reader::sub_reader`])
+/// report positions in the outermost input. Buffers are returned as sub-slices of the input:
+/// nothing is copied and nothing is allocated by a length that came from the input.
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    base: u64,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over `data`, whose first byte is at offset 0.
+    pub fn new(data: &'a [u8]) -> Self {
+        Reader::at(data, 0)
+    }
+
+    /// A reader over `data`, whose first byte lies at absolute offset `base` of a larger input.
+    pub fn at(data: &'a [u8], base: u64) -> Self {
+        Reader { data, pos: 0, base }
+    }
+
+    /// Absolute offset of the next byte to be read.
+    pub fn offset(&self) -> u64 {
+        self.base.saturating_add(self.pos as u64)
+    }
+
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.data.len().saturating_sub(self.pos)
+    }
+
+    /// True when every byte has been read.
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// The bytes not yet read, without consuming them.
+    pub fn rest(&self) -> &'a [u8] {
+        self.data.get(self.pos..).unwrap_or(&[])
+    }
+
+    /// Up to `n` next bytes without consuming them (fewer when the input ends sooner).
+    pub fn peek(&self, n: usize) -> &'a [u8] {
+        let rest = self.rest();
+        rest.get(..n).unwrap_or(rest)
+    }
+
+    /// An error of `kind` for `field` at the current offset.
+    pub fn error(&self, kind: ErrorKind, field: &str) -> Error {
+        Error::new(kind, self.offset(), field)
+    }
+
+    /// Takes the next `n` bytes as a borrowed slice.
+    pub fn bytes(&mut self, n: usize, field: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n);
+        match end.and_then(|end| self.data.get(self.pos..end).map(|s| (s, end))) {
+            Some((slice, end)) => {
+                self.pos = end;
+                Ok(slice)
+            }
+            None => Err(self.error(
+                ErrorKind::UnexpectedEof {
+                    needed: n as u64,
+                    available: self.remaining() as u64,
+                },
+                field,
+            )),
+        }
+    }
+
+    /// Takes the next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N, field)?);
+        Ok(out)
+    }
+
+    /// Skips `n` bytes.
+    pub fn skip(&mut self, n: usize, field: &str) -> Result<()> {
+        self.bytes(n, field).map(|_| ())
+    }
+
+    /// Splits off the next `n` bytes as a reader of their own, which reports offsets in this
+    /// reader's terms.
+    pub fn sub_reader(&mut self, n: usize, field: &str) -> Result<Reader<'a>> {
+        let base = self.offset();
+        Ok(Reader::at(self.bytes(n, field)?, base))
+    }
+
+    /// Reads one byte.
+    pub fn u8(&mut self, field: &str) -> Result<u8> {
+        Ok(u8::from_ne_bytes(self.array(field)?))
+    }
+
+    /// Reads one signed byte.
+    pub fn i8(&mut self, field: &str) -> Result<i8> {
+        Ok(i8::from_ne_bytes(self.array(field)?))
+    }
+
+    /// Reads a 16-bit unsigned integer.
+    pub fn u16(&mut self, endian: Endian, field: &str) -> Result<u16> {
+        let b = self.array(field)?;
+        Ok(match endian {
+            Endian::Little => u16::from_le_bytes(b),
+            Endian::Big => u16::from_be_bytes(b),
+        })
+    }
+
+    /// Reads a 32-bit unsigned integer.
+    pub fn u32(&mut self, endian: Endian, field: &str) -> Result<u32> {
+        let b = self.array(field)?;
+        Ok(match endian {
+            Endian::Little => u32::from_le_bytes(b),
+            Endian::Big => u32::from_be_bytes(b),
+        })
+    }
+
+    /// Reads a 64-bit unsigned integer.
+    pub fn u64(&mut self, endian: Endian, field: &str) -> Result<u64> {
+        let b = self.array(field)?;
+        Ok(match endian {
+            Endian::Little => u64::from_le_bytes(b),
+            Endian::Big => u64::from_be_bytes(b),
+        })
+    }
+
+    /// Reads a 16-bit signed integer.
+    pub fn i16(&mut self, endian: Endian, field: &str) -> Result<i16> {
+        Ok(i16::from_ne_bytes(self.u16(endian, field)?.to_ne_bytes()))
+    }
+
+    /// Reads a 32-bit signed integer.
+    pub fn i32(&mut self, endian: Endian, field: &str) -> Result<i32> {
+        Ok(i32::from_ne_bytes(self.u32(endian, field)?.to_ne_bytes()))
+    }
+
+    /// Reads a 64-bit signed integer.
+    pub fn i64(&mut self, endian: Endian, field: &str) -> Result<i64> {
+        Ok(i64::from_ne_bytes(self.u64(endian, field)?.to_ne_bytes()))
+    }
+
+    /// Reads an unsigned integer of `width` bytes (1, 2, 4 or 8), widened to 64 bits.
+    pub fn uint(&mut self, width: usize, endian: Endian, field: &str) -> Result<u64> {
+        match width {
+            1 => self.u8(field).map(u64::from),
+            2 => self.u16(endian, field).map(u64::from),
+            4 => self.u32(endian, field).map(u64::from),
+            8 => self.u64(endian, field),
+            other => Err(self.error(
+                ErrorKind::InvalidValue {
+                    value: other as u64,
+                    expected: "an integer width of 1, 2, 4 or 8 bytes",
+                },
+                field,
+            )),
+        }
+    }
+
+    /// Reads a counted string: a one-byte length, then that many bytes.
+    pub fn counted_bytes(&mut self, field: &str) -> Result<&'a [u8]> {
+        let start = self.pos;
+        let len = self.u8(field)?;
+        match self.bytes(usize::from(len), field) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // Report the string from its length byte, where the caller can find it.
+                self.pos = start;
+                Err(Error::new(e.kind().clone(), self.offset(), field))
+            }
+        }
+    }
+
+    /// Checks that a count read from the input can describe items of `item_size` bytes
+    /// without running past the input, and returns it as a `usize` fit for an allocation.
+    ///
+    /// Call this before sizing any buffer or vector by a count that came from the input.
+    pub fn check_count(&self, count: u64, item_size: u64, field: &str) -> Result<usize> {
+        let needed = count.checked_mul(item_size);
+        let available = self.remaining() as u64;
+        match needed {
+            Some(needed) if needed <= available => usize::try_from(count).map_err(|_| {
+                self.error(
+                    ErrorKind::CountTooLarge {
+                        value: count,
+                        max: usize::MAX as u64,
+                    },
+                    field,
+                )
+            }),
+            _ => Err(self.error(
+                ErrorKind::UnexpectedEof {
+                    needed: needed.unwrap_or(u64::MAX),
+                    available,
+                },
+                field,
+            )),
+        }
+    }
+
+    /// Fails with [`ErrorKind::TrailingBytes`] unless every byte has been read.
+    pub fn expect_end(&self, field: &str) -> Result<()> {
+        match self.remaining() {
+            0 => Ok(()),
+            count => Err(self.error(
+                ErrorKind::TrailingBytes {
+                    count: count as u64,
+                },
+                field,
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_byte_orders() {
+        let data = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08];
+        let mut r = Reader::new(&data);
+        assert_eq!(r.u16(Endian::Big, "a").unwrap(), 0x0102);
+        assert_eq!(r.u16(Endian::Little, "b").unwrap(), 0x0403);
+        assert_eq!(r.u32(Endian::Big, "c").unwrap(), 0x05060708);
+        assert!(r.is_empty());
+        let mut r = Reader::new(&data);
+        assert_eq!(r.u64(Endian::Little, "d").unwrap(), 0x0807060504030201);
+        let mut r = Reader::new(&data);
+        assert_eq!(r.u64(Endian::Big, "d").unwrap(), 0x0102030405060708);
+    }
+
+    #[test]
+    fn signed_reads_keep_the_sign() {
+        let data = [0xff, 0xff, 0xff, 0xfe];
+        let mut r = Reader::new(&data);
+        assert_eq!(r.i32(Endian::Big, "x").unwrap(), -2);
+        let mut r = Reader::new(&data);
+        assert_eq!(r.i8("x").unwrap(), -1);
+        assert_eq!(r.i16(Endian::Little, "y").unwrap(), -1);
+        assert_eq!(r.i8("z").unwrap(), -2);
+    }
+
+    #[test]
+    fn eof_names_field_and_absolute_offset() {
+        let data = [0u8; 6];
+        let mut outer = Reader::at(&data, 100);
+        outer.skip(2, "lead").unwrap();
+        let mut inner = outer.sub_reader(4, "inner").unwrap();
+        inner.u16(Endian::Big, "x").unwrap();
+        let err = inner.u32(Endian::Big, "y").unwrap_err();
+        assert_eq!(err.path(), "y");
+        assert_eq!(err.offset(), 104);
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::UnexpectedEof {
+                needed: 4,
+                available: 2
+            }
+        );
+    }
+
+    #[test]
+    fn counted_string_truncated_reports_its_start() {
+        let data = [0x00, 5, b'a', b'b'];
+        let mut r = Reader::new(&data);
+        r.u8("pad").unwrap();
+        let err = r.counted_bytes("idstr").unwrap_err();
+        assert_eq!(err.offset(), 1);
+        assert_eq!(r.offset(), 1);
+        let data = [3, b'r', b'a', b'm'];
+        assert_eq!(Reader::new(&data).counted_bytes("idstr").unwrap(), b"ram");
+    }
+
+    #[test]
+    fn check_count_refuses_counts_beyond_the_input() {
+        let data = [0u8; 16];
+        let r = Reader::new(&data);
+        assert_eq!(r.check_count(2, 8, "n").unwrap(), 2);
+        assert!(r.check_count(3, 8, "n").is_err());
+        assert!(r.check_count(u64::MAX, u64::MAX, "n").is_err());
+    }
+
+    #[test]
+    fn huge_lengths_do_not_overflow() {
+        let data = [0u8; 4];
+        let mut r = Reader::new(&data);
+        r.skip(1, "a").unwrap();
+        assert!(r.bytes(usize::MAX, "b").is_err());
+        assert_eq!(r.offset(), 1);
+    }
+
+    #[test]
+    fn trailing_bytes_are_reported() {
+        let data = [1u8, 2];
+        let mut r = Reader::new(&data);
+        r.u8("a").unwrap();
+        let err = r.expect_end("blob").unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::TrailingBytes { count: 1 });
+        assert_eq!(err.offset(), 1);
+    }
+}
