@@ -34,6 +34,10 @@ enum Command {
     /// In-flight requests (VirtQueueElement): decode, encode, detect the host layout.
     #[command(subcommand)]
     Element(commands::element::ElementCommand),
+    /// Summarise a QEMU migration stream (gzip or raw); --json for the full decode.
+    Dump(commands::dump::DumpArgs),
+    /// Read a migration stream and write it back (byte-identical when unchanged).
+    Convert(commands::convert::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Element(command) => commands::element::run(command),
+        Command::Dump(args) => commands::dump::run(args),
+        Command::Convert(args) => commands::convert::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

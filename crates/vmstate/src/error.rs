@@ -76,6 +76,95 @@ pub enum ErrorKind {
         /// What was expected, in words.
         expected: &'static str,
     },
+    /// The input does not start with the migration stream magic `QEVM`.
+    BadMagic {
+        /// The first four bytes, big-endian.
+        found: u32,
+    },
+    /// The stream's file version is not 3 (2 is the obsolete pre-2011 format).
+    UnsupportedVersion {
+        /// The version as read.
+        version: u32,
+    },
+    /// A byte where a section or record type belongs is no known type.
+    UnknownSectionType {
+        /// The byte as read.
+        byte: u8,
+    },
+    /// A section footer carries another section id than its header.
+    FooterMismatch {
+        /// The id in the section header.
+        expected: u32,
+        /// The id in the footer.
+        found: u32,
+    },
+    /// The stream has section footers, but a section ends without one.
+    MissingFooter {
+        /// The section whose footer is missing.
+        section_id: u32,
+        /// The byte found where the footer marker (0x7e) belongs.
+        found: u8,
+    },
+    /// A command record carries a command number QEMU does not define.
+    UnknownCommand {
+        /// The command number as read.
+        command: u16,
+    },
+    /// A command record's payload length is not the command's fixed length.
+    CommandLength {
+        /// Name of the command.
+        command: &'static str,
+        /// The length as read.
+        length: u16,
+        /// The length the command requires, in words.
+        expected: &'static str,
+    },
+    /// A PART or END section names a section id that no START section opened.
+    UnknownSectionId {
+        /// The id as read.
+        section_id: u32,
+    },
+    /// A valid construct this reader does not handle (multifd channels, mapped-ram, ...).
+    Unsupported {
+        /// What is not supported, in words.
+        what: String,
+    },
+    /// A subsection with the parent's name prefix that the parent does not know.
+    UnknownSubsection {
+        /// The subsection's name.
+        name: String,
+        /// The parent's VMState name.
+        parent: String,
+    },
+    /// A subsection that the stream's own description lists is not in the stream.
+    MissingSubsection {
+        /// The subsection's name.
+        name: String,
+    },
+    /// A device section's payload cannot be delimited: payloads carry no length.
+    Undelimited {
+        /// Why not, in words.
+        reason: String,
+    },
+    /// The stream's JSON description (vmdesc trailer) is malformed or does not fit the stream.
+    BadDescription {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A RAM record is invalid (unknown flags, unknown block, offset outside its block, ...).
+    BadRamRecord {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A counted string that must not be empty (a section idstr) has length zero.
+    EmptyString,
+    /// A name in the stream is not UTF-8.
+    NotUtf8,
+    /// Gzip-compressed input could not be decompressed.
+    Decompress {
+        /// The decompressor's complaint.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -113,6 +202,60 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidValue { value, expected } => {
                 write!(f, "value {value} is invalid: expected {expected}")
             }
+            ErrorKind::BadMagic { found } => write!(
+                f,
+                "not a QEMU migration stream: magic {found:#010x}, expected 0x5145564d (QEVM)"
+            ),
+            ErrorKind::UnsupportedVersion { version: 2 } => f.write_str(
+                "obsolete version 2 of the migration stream format; only version 3 is read",
+            ),
+            ErrorKind::UnsupportedVersion { version } => write!(
+                f,
+                "unsupported migration stream version {version}; only version 3 is read"
+            ),
+            ErrorKind::UnknownSectionType { byte } => {
+                write!(f, "unknown section type byte {byte:#04x}")
+            }
+            ErrorKind::FooterMismatch { expected, found } => write!(
+                f,
+                "section footer carries section id {found}, the section header {expected}"
+            ),
+            ErrorKind::MissingFooter { section_id, found } => write!(
+                f,
+                "section {section_id} has no footer: byte {found:#04x} where 0x7e belongs"
+            ),
+            ErrorKind::UnknownCommand { command } => write!(f, "unknown command {command}"),
+            ErrorKind::CommandLength {
+                command,
+                length,
+                expected,
+            } => write!(
+                f,
+                "command {command} has a payload of {length} byte(s), expected {expected}"
+            ),
+            ErrorKind::UnknownSectionId { section_id } => write!(
+                f,
+                "section id {section_id} continues a section that no START section opened"
+            ),
+            ErrorKind::Unsupported { what } => write!(f, "unsupported: {what}"),
+            ErrorKind::UnknownSubsection { name, parent } => write!(
+                f,
+                "subsection {name:?} is not a known subsection of {parent:?}"
+            ),
+            ErrorKind::MissingSubsection { name } => write!(
+                f,
+                "subsection {name:?} is in the stream's description but not in the stream"
+            ),
+            ErrorKind::Undelimited { reason } => {
+                write!(f, "cannot find the end of the section: {reason}")
+            }
+            ErrorKind::BadDescription { reason } => {
+                write!(f, "bad stream description (vmdesc): {reason}")
+            }
+            ErrorKind::BadRamRecord { reason } => write!(f, "bad RAM record: {reason}"),
+            ErrorKind::EmptyString => f.write_str("empty name (length 0)"),
+            ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
+            ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
         }
     }
 }

@@ -10,6 +10,9 @@
 //!   Every read is bounds-checked and names its field and offset.
 //! * [`element`]: the in-flight request (`VirtQueueElement`), every legacy host layout and
 //!   the stable format.
+//! * [`stream`]: QEMU migration streams: the container, RAM as counts and ranges, device
+//!   sections decoded through the stream's own description, and the writer that puts a
+//!   stream back together byte for byte.
 //!
 //! Everything read from an input is untrusted. Decoders return [`Result`] and never panic:
 //! counts are bounded before they size anything, and an [`Error`] says which field failed
@@ -40,6 +43,7 @@
 pub mod element;
 pub mod error;
 pub mod note;
+pub mod stream;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

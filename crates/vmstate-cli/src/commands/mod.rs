@@ -1,3 +1,5 @@
 //! One module per subcommand.
 
+pub mod convert;
+pub mod dump;
 pub mod element;

@@ -1,0 +1,283 @@
+//! `vmstate dump`: what a migration stream holds, as a summary or as JSON.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+use vmstate::stream::{
+    self, Command, Configuration, RamBlockSummary, Record, Section, SectionBody, Stream,
+};
+
+use crate::io::{read_input, write_output};
+use crate::outcome::{Failure, Outcome};
+
+/// The largest stream read, compressed or not: streams are read whole into memory.
+pub const INPUT_LIMIT: u64 = 1 << 32;
+
+/// Arguments of `vmstate dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The stream, raw or gzip-compressed (`-` for standard input).
+    file: PathBuf,
+    /// Print the full decode as JSON (RAM as counts and ranges, not page contents).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A stream read from a file: its (decompressed) bytes and its model.
+pub struct LoadedStream {
+    /// The stream's bytes, decompressed.
+    pub bytes: Vec<u8>,
+    /// Bytes in the file, before decompression.
+    pub file_size: u64,
+    /// Whether the file was gzip-compressed.
+    pub compressed: bool,
+    /// The model.
+    pub stream: Stream,
+}
+
+/// Reads and parses the stream in `path` (`-` for standard input).
+pub fn load_stream(path: &Path) -> Result<LoadedStream, Failure> {
+    let shown = path.display();
+    let file = read_input(path, INPUT_LIMIT)?;
+    let file_size = file.len() as u64;
+    let (bytes, compressed) = match stream::decompress_if_gzip(&file, INPUT_LIMIT)
+        .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?
+    {
+        Cow::Borrowed(_) => (file, false),
+        Cow::Owned(bytes) => (bytes, true),
+    };
+    let stream = stream::read(&bytes).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    Ok(LoadedStream {
+        bytes,
+        file_size,
+        compressed,
+        stream,
+    })
+}
+
+/// Runs `vmstate dump`.
+pub fn run(args: DumpArgs) -> Outcome {
+    let loaded = load_stream(&args.file)?;
+    let text = if args.json {
+        let mut text = serde_json::to_string_pretty(&DumpJson {
+            size: loaded.bytes.len() as u64,
+            compressed: loaded.compressed,
+            trailer_json_len: loaded.stream.trailer.as_ref().map(|t| t.json.len() as u64),
+            ram_blocks: loaded.stream.ram_summary(),
+            stream: &loaded.stream,
+        })
+        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+        text.push('\n');
+        text
+    } else {
+        summary(&args.file, &loaded)
+    };
+    write_output(Path::new("-"), text.as_bytes())
+}
+
+/// The JSON form of `dump --json`.
+#[derive(Serialize)]
+struct DumpJson<'a> {
+    /// Bytes of the (decompressed) stream.
+    size: u64,
+    /// Whether the file was gzip-compressed.
+    compressed: bool,
+    /// Bytes of the JSON description, when present.
+    trailer_json_len: Option<u64>,
+    /// Per RAM block: counts and where its pages are.
+    ram_blocks: Vec<RamBlockSummary>,
+    /// The full model.
+    #[serde(flatten)]
+    stream: &'a Stream,
+}
+
+fn summary(path: &Path, loaded: &LoadedStream) -> String {
+    let stream = &loaded.stream;
+    let mut out = String::new();
+    let size = loaded.bytes.len();
+    if loaded.compressed {
+        let _ = writeln!(
+            out,
+            "file: {} ({} bytes gzip-compressed, {size} bytes of stream)",
+            path.display(),
+            loaded.file_size
+        );
+    } else {
+        let _ = writeln!(out, "file: {} ({size} bytes)", path.display());
+    }
+    let footers = match stream.footers {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "no sections",
+    };
+    let source = match stream.page_size.source {
+        stream::PageSizeSource::Description => "from the description",
+        stream::PageSizeSource::TargetPageBits => "from configuration/target-page-bits",
+        stream::PageSizeSource::DefaultX86 => "x86 default: the stream does not say",
+    };
+    let _ = writeln!(
+        out,
+        "header: QEVM version {}; section footers: {footers}; target page size: {} ({source})",
+        stream.version, stream.page_size.bytes
+    );
+    match stream.configuration() {
+        Some(config) => {
+            let _ = writeln!(out, "configuration: {}", configuration_line(config));
+        }
+        None => {
+            let _ = writeln!(out, "configuration: none");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "records:\n  {:<8} {:>4}  {:<40} {:>4} {:>4}  {:<23}  content",
+        "kind", "id", "idstr", "inst", "ver", "bytes"
+    );
+    records(&mut out, &stream.records, "  ");
+    let _ = writeln!(out, "  {:<8} at {}", "EOF", stream.eof_offset);
+    let blocks = stream.ram_summary();
+    if !blocks.is_empty() {
+        let _ = writeln!(
+            out,
+            "RAM blocks:\n  {:<32} {:>12} {:>8} {:>10} {:>8}",
+            "name", "used_length", "pages", "zero_pages", "xbzrle"
+        );
+        for b in &blocks {
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>#12x} {:>8} {:>10} {:>8}",
+                b.name, b.used_length, b.pages, b.zero_pages, b.xbzrle_pages
+            );
+        }
+    }
+    match &stream.trailer {
+        Some(trailer) => {
+            let devices = trailer.description.as_ref().map_or_else(
+                || "not parsed".to_owned(),
+                |d| format!("{} devices", d.devices.len()),
+            );
+            let _ = writeln!(
+                out,
+                "description: at {}, {} bytes of JSON, {devices}",
+                trailer.offset,
+                trailer.json.len()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "description: none");
+        }
+    }
+    for note in &stream.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+fn configuration_line(config: &Configuration) -> String {
+    let mut line = format!("machine {}", config.machine);
+    if let Some(bits) = config.target_page_bits() {
+        let _ = write!(line, ", target-page-bits {bits}");
+    }
+    let caps = config.capabilities();
+    if !caps.is_empty() {
+        let _ = write!(line, ", capabilities {}", caps.join(","));
+    }
+    if config.state.subsection("configuration/uuid").is_some() {
+        line.push_str(", uuid");
+    }
+    let _ = write!(
+        line,
+        " (bytes {}..{})",
+        config.span.offset,
+        config.span.end()
+    );
+    line
+}
+
+fn records(out: &mut String, records: &[Record], indent: &str) {
+    for record in records {
+        match record {
+            Record::Configuration(config) => {
+                let _ = writeln!(
+                    out,
+                    "{indent}{:<8} {:>4}  {:<40} {:>4} {:>4}  {:<23}",
+                    "CONFIG",
+                    "",
+                    "configuration",
+                    "",
+                    "",
+                    range(config.span.offset, config.span.end())
+                );
+            }
+            Record::Command(command) => command_row(out, command, indent),
+            Record::Section(section) => section_row(out, section, indent),
+        }
+    }
+}
+
+fn command_row(out: &mut String, command: &Command, indent: &str) {
+    let _ = writeln!(
+        out,
+        "{indent}{:<8} {:>4}  {:<40} {:>4} {:>4}  {:<23}  {} byte(s) of payload",
+        "COMMAND",
+        command.number,
+        command.name,
+        "",
+        "",
+        range(command.span.offset, command.span.end()),
+        command.payload.len()
+    );
+    if let Some(packaged) = &command.packaged {
+        records(out, &packaged.records, &format!("{indent}  "));
+    }
+}
+
+fn section_row(out: &mut String, section: &Section, indent: &str) {
+    let content = match &section.body {
+        SectionBody::Ram(ram) => {
+            let mut pages = 0u64;
+            let mut zero = 0u64;
+            let mut blocks = 0usize;
+            for item in &ram.items {
+                match item {
+                    stream::RamItem::BlockList(list) => blocks = list.blocks.len(),
+                    stream::RamItem::Pages(run) => match run.kind {
+                        stream::RunKind::Zero { .. } => zero = zero.saturating_add(run.count),
+                        _ => pages = pages.saturating_add(run.count),
+                    },
+                    _ => {}
+                }
+            }
+            let mut text = format!("RAM: {pages} page(s), {zero} zero page(s)");
+            if blocks > 0 {
+                let _ = write!(text, ", block list of {blocks}");
+            }
+            text
+        }
+        SectionBody::Device(state) => format!(
+            "{} field(s), {} subsection(s)",
+            state.fields.len(),
+            state.subsections.len()
+        ),
+        SectionBody::Opaque { span, reason, .. } => {
+            format!("{} raw byte(s): {reason}", span.len)
+        }
+    };
+    let _ = writeln!(
+        out,
+        "{indent}{:<8} {:>4}  {:<40} {:>4} {:>4}  {:<23}  {content}",
+        section.kind.name(),
+        section.section_id,
+        section.idstr,
+        section.instance_id,
+        section.version_id,
+        range(section.span.offset, section.span.end()),
+    );
+}
+
+fn range(start: u64, end: u64) -> String {
+    format!("{start}..{end}")
+}

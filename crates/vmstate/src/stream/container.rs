@@ -1,0 +1,762 @@
+//! The stream container: header, configuration, commands, sections, EOF and trailer.
+
+use std::collections::HashMap;
+
+use super::config::read_configuration;
+use super::description::{self, Description};
+use super::ram::{read_ram_record, RamContext, RamRecordKind};
+use super::vmstate::decode_struct;
+use super::{
+    Command, Configuration, Packaged, PageSize, PageSizeSource, RamItem, RamPayload, RamRun,
+    Record, RunKind, Section, SectionBody, SectionKind, Span, Stream, Trailer, MAGIC, VERSION,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::note::Note;
+use crate::wire::{Endian, Reader};
+
+/// Section type bytes.
+pub(crate) const TYPE_EOF: u8 = 0x00;
+pub(crate) const TYPE_VMDESCRIPTION: u8 = 0x06;
+pub(crate) const TYPE_CONFIGURATION: u8 = 0x07;
+pub(crate) const TYPE_COMMAND: u8 = 0x08;
+pub(crate) const TYPE_FOOTER: u8 = 0x7e;
+
+/// The first word of a multifd data channel (`MULTIFD_MAGIC`).
+const MULTIFD_MAGIC: u32 = 0x1122_3344;
+/// The largest nested stream a PACKAGED command may announce (QEMU's limit).
+const MAX_PACKAGED_SIZE: u32 = 1 << 24;
+/// The page size of x86 targets, used when the stream does not say.
+const DEFAULT_PAGE_SIZE: u64 = 4096;
+
+/// The commands, by number: name and the payload lengths allowed (`None`: variable).
+const COMMANDS: &[(&str, Option<&[u16]>)] = &[
+    ("INVALID", Some(&[])),
+    ("OPEN_RETURN_PATH", Some(&[0])),
+    ("PING", Some(&[4])),
+    ("POSTCOPY_ADVISE", Some(&[0, 16])),
+    ("POSTCOPY_LISTEN", Some(&[0])),
+    ("POSTCOPY_RUN", Some(&[0])),
+    ("POSTCOPY_RAM_DISCARD", None),
+    ("PACKAGED", Some(&[4])),
+    ("ENABLE_COLO", Some(&[0])),
+    ("POSTCOPY_RESUME", Some(&[0])),
+    ("RECV_BITMAP", None),
+    ("SWITCHOVER_START", Some(&[0])),
+];
+const CMD_POSTCOPY_ADVISE: u16 = 3;
+const CMD_POSTCOPY_RAM_DISCARD: u16 = 6;
+const CMD_PACKAGED: u16 = 7;
+const CMD_RECV_BITMAP: u16 = 10;
+
+/// Reads a complete migration stream (already decompressed).
+///
+/// Errors name the byte offset where the stream stops making sense; a stream that ends
+/// before the bytes it announces is always an error, never a shorter stream.
+pub fn read(data: &[u8]) -> Result<Stream> {
+    let mut r = Reader::new(data);
+    let magic = r.u32(Endian::Big, "header.magic")?;
+    if magic == MULTIFD_MAGIC {
+        return Err(Error::new(
+            ErrorKind::Unsupported {
+                what: "a multifd data channel (its pages belong to the main stream's migration)"
+                    .to_owned(),
+            },
+            0,
+            "header.magic",
+        ));
+    }
+    if magic != MAGIC {
+        return Err(Error::new(
+            ErrorKind::BadMagic { found: magic },
+            0,
+            "header.magic",
+        ));
+    }
+    let version = r.u32(Endian::Big, "header.version")?;
+    if version != VERSION {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion { version },
+            4,
+            "header.version",
+        ));
+    }
+
+    let mut ctx = Context::new(data)?;
+    let (records, eof_offset) = read_records(&mut r, &mut ctx, true)?;
+    let eof_offset = eof_offset.unwrap_or(r.offset());
+    let page_size = ctx.page_size.unwrap_or_else(|| ctx.resolve_page_size());
+    let trailer = read_trailer(&mut r, &mut ctx)?;
+    Ok(Stream {
+        version,
+        footers: ctx.footers,
+        page_size,
+        records,
+        eof_offset,
+        trailer,
+        notes: ctx.notes,
+    })
+}
+
+/// What the reader learns along the way and needs later.
+struct Context {
+    /// The description found at the end of the input, before reading from the start.
+    description: Option<Description>,
+    /// Where that description's trailer starts, to be confirmed when the reader gets there.
+    trailer_offset: Option<u64>,
+    /// Which description entries FULL sections have used.
+    used_devices: Vec<bool>,
+    /// Whether sections have footers, once the first section tells.
+    footers: Option<bool>,
+    /// Header fields of the sections that START opened, by section id.
+    open_sections: HashMap<u32, (String, u32, u32)>,
+    /// The page size, once the first RAM section needs it.
+    page_size: Option<PageSize>,
+    /// Capabilities from the configuration section.
+    capabilities: Vec<String>,
+    /// Target page bits from the configuration section.
+    target_page_bits: Option<u64>,
+    /// Postcopy advice: the OR of block page sizes (0 when not given).
+    postcopy_page_sizes: Option<u64>,
+    /// RAM blocks by name, with their used length.
+    ram_blocks: HashMap<String, u64>,
+    /// The block of the last page record, for CONTINUE.
+    last_block: Option<String>,
+    /// Whether a MULTIFD_FLUSH note was given.
+    multifd_noted: bool,
+    notes: Vec<Note>,
+}
+
+impl Context {
+    fn new(data: &[u8]) -> Result<Context> {
+        let mut notes = Vec::new();
+        let (description, trailer_offset) = match locate_trailer(data)? {
+            Some((offset, json)) => {
+                let json_offset = offset.saturating_add(5);
+                match description::parse(json, json_offset) {
+                    Ok(d) => (Some(d), Some(offset)),
+                    Err(e) => {
+                        notes.push(Note::new(
+                            json_offset,
+                            "vmdescription",
+                            format!("the description is not used: {}", e.kind()),
+                        ));
+                        (None, Some(offset))
+                    }
+                }
+            }
+            None => (None, None),
+        };
+        let used_devices = vec![false; description.as_ref().map_or(0, |d| d.devices.len())];
+        Ok(Context {
+            description,
+            trailer_offset,
+            used_devices,
+            footers: None,
+            open_sections: HashMap::new(),
+            page_size: None,
+            capabilities: Vec::new(),
+            target_page_bits: None,
+            postcopy_page_sizes: None,
+            ram_blocks: HashMap::new(),
+            last_block: None,
+            multifd_noted: false,
+            notes,
+        })
+    }
+
+    fn resolve_page_size(&self) -> PageSize {
+        if let Some(bytes) = self.description.as_ref().and_then(|d| d.page_size) {
+            return PageSize {
+                bytes,
+                source: PageSizeSource::Description,
+            };
+        }
+        if let Some(bytes) = self
+            .target_page_bits
+            .and_then(|bits| u32::try_from(bits).ok())
+            .and_then(|bits| 1u64.checked_shl(bits))
+        {
+            return PageSize {
+                bytes,
+                source: PageSizeSource::TargetPageBits,
+            };
+        }
+        PageSize {
+            bytes: DEFAULT_PAGE_SIZE,
+            source: PageSizeSource::DefaultX86,
+        }
+    }
+
+    /// The next unused description entry for a FULL section.
+    fn take_device(&mut self, idstr: &str, instance_id: u32) -> Option<usize> {
+        let devices = &self.description.as_ref()?.devices;
+        let index = devices.iter().enumerate().position(|(i, d)| {
+            d.name == idstr
+                && d.instance_id == instance_id
+                && !self.used_devices.get(i).copied().unwrap_or(true)
+        })?;
+        if let Some(used) = self.used_devices.get_mut(index) {
+            *used = true;
+        }
+        Some(index)
+    }
+}
+
+/// Finds the JSON trailer from the end of the input, as analyze-migration.py does: the last
+/// NUL byte, the first `{` after it, and 0x06 + be32 length just before that.
+///
+/// Returns the offset of the 0x06 byte and the JSON text. A trailer whose length passes the
+/// end of the input is a truncated stream: that is an error naming the JSON's offset.
+fn locate_trailer(data: &[u8]) -> Result<Option<(u64, &[u8])>> {
+    let Some(nul) = data.iter().rposition(|&b| b == 0) else {
+        return Ok(None);
+    };
+    let Some(brace) = data
+        .get(nul..)
+        .and_then(|tail| tail.iter().position(|&b| b == b'{'))
+        .and_then(|p| p.checked_add(nul))
+    else {
+        return Ok(None);
+    };
+    let Some(start) = brace.checked_sub(6) else {
+        return Ok(None);
+    };
+    let (Some(&TYPE_EOF), Some(&TYPE_VMDESCRIPTION), Some(len)) = (
+        data.get(start),
+        data.get(start.saturating_add(1)),
+        data.get(start.saturating_add(2)..brace),
+    ) else {
+        return Ok(None);
+    };
+    let Ok(len) = <[u8; 4]>::try_from(len) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(len) as usize;
+    let available = data.len().saturating_sub(brace);
+    if len > available {
+        return Err(Error::new(
+            ErrorKind::UnexpectedEof {
+                needed: len as u64,
+                available: available as u64,
+            },
+            brace as u64,
+            "vmdescription.json",
+        ));
+    }
+    let json = data.get(brace..brace.saturating_add(len)).unwrap_or(&[]);
+    Ok(Some(((start as u64).saturating_add(1), json)))
+}
+
+/// Reads records up to EOF (top level) or to the end of `r` (a packaged stream, which may
+/// also end with EOF). Returns the records and the offset of the EOF byte.
+fn read_records(
+    r: &mut Reader,
+    ctx: &mut Context,
+    top_level: bool,
+) -> Result<(Vec<Record>, Option<u64>)> {
+    let mut records = Vec::new();
+    loop {
+        if !top_level && r.is_empty() {
+            return Ok((records, None));
+        }
+        let offset = r.offset();
+        let byte = r.u8("section_type")?;
+        let record = match byte {
+            TYPE_EOF => return Ok((records, Some(offset))),
+            0x01..=0x04 => Record::Section(read_section(r, ctx, byte, offset)?),
+            TYPE_CONFIGURATION if top_level && records.is_empty() => {
+                let config = read_configuration(r, offset)?;
+                remember_configuration(ctx, &config);
+                Record::Configuration(config)
+            }
+            TYPE_COMMAND => Record::Command(read_command(r, ctx, offset)?),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::UnknownSectionType { byte: other },
+                    offset,
+                    "section_type",
+                ))
+            }
+        };
+        records.push(record);
+    }
+}
+
+fn remember_configuration(ctx: &mut Context, config: &Configuration) {
+    ctx.target_page_bits = config.target_page_bits();
+    ctx.capabilities = config
+        .capabilities()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+}
+
+fn read_command(r: &mut Reader, ctx: &mut Context, start: u64) -> Result<Command> {
+    let number_offset = r.offset();
+    let number = r.u16(Endian::Big, "command.number")?;
+    let length = r.u16(Endian::Big, "command.length")?;
+    let Some(&(name, lengths)) = COMMANDS.get(usize::from(number)).filter(|_| number != 0) else {
+        return Err(Error::new(
+            ErrorKind::UnknownCommand { command: number },
+            number_offset,
+            "command.number",
+        ));
+    };
+    if let Some(lengths) = lengths {
+        if !lengths.contains(&length) {
+            return Err(Error::new(
+                ErrorKind::CommandLength {
+                    command: name,
+                    length,
+                    expected: if number == CMD_POSTCOPY_ADVISE {
+                        "0 or 16"
+                    } else if lengths == [4] {
+                        "4"
+                    } else {
+                        "0"
+                    },
+                },
+                number_offset,
+                "command.length",
+            ));
+        }
+    }
+    let payload_offset = r.offset();
+    let payload = r.bytes(usize::from(length), "command.payload")?;
+    check_variable_payload(number, name, payload, payload_offset)?;
+    let span = Span {
+        offset: start,
+        len: r.offset().saturating_sub(start),
+    };
+    if number == CMD_POSTCOPY_ADVISE {
+        let summary = payload
+            .get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map_or(0, u64::from_be_bytes);
+        ctx.postcopy_page_sizes = Some(summary);
+    }
+    let packaged = if number == CMD_PACKAGED {
+        let size = payload
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, u32::from_be_bytes);
+        if size > MAX_PACKAGED_SIZE {
+            return Err(Error::new(
+                ErrorKind::CountTooLarge {
+                    value: u64::from(size),
+                    max: u64::from(MAX_PACKAGED_SIZE),
+                },
+                payload_offset,
+                "command.packaged.length",
+            ));
+        }
+        let nested_offset = r.offset();
+        let mut nested = r.sub_reader(size as usize, "command.packaged")?;
+        let (records, eof_offset) = read_records(&mut nested, ctx, false)?;
+        if eof_offset.is_some() {
+            nested.expect_end("command.packaged")?;
+        }
+        Some(Packaged {
+            span: Span {
+                offset: nested_offset,
+                len: u64::from(size),
+            },
+            records,
+            eof_offset,
+        })
+    } else {
+        None
+    };
+    Ok(Command {
+        span,
+        number,
+        name,
+        payload: payload.to_vec(),
+        packaged,
+    })
+}
+
+/// Checks the payloads of the commands whose length varies.
+fn check_variable_payload(number: u16, name: &str, payload: &[u8], offset: u64) -> Result<()> {
+    let invalid = |reason: &'static str| {
+        Error::new(
+            ErrorKind::InvalidValue {
+                value: payload.len() as u64,
+                expected: reason,
+            },
+            offset,
+            format!("command.{name}"),
+        )
+    };
+    match number {
+        CMD_POSTCOPY_RAM_DISCARD => {
+            // u8 version 0, counted block name, u8 0, then (be64 start, be64 length) pairs.
+            let name_len = usize::from(payload.get(1).copied().unwrap_or(0));
+            let pairs = payload.len().checked_sub(name_len.saturating_add(3));
+            let ok = payload.len() >= 20
+                && payload.first() == Some(&0)
+                && name_len > 0
+                && payload.get(name_len.saturating_add(2)) == Some(&0)
+                && pairs.is_some_and(|p| p % 16 == 0);
+            if !ok {
+                return Err(invalid(
+                    "a discard list: version 0, block name, 0, then 16-byte ranges",
+                ));
+            }
+        }
+        CMD_RECV_BITMAP => {
+            let name_len = usize::from(payload.first().copied().unwrap_or(0));
+            if payload.is_empty() || name_len.saturating_add(1) != payload.len() {
+                return Err(invalid("a counted block name filling the payload"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Result<Section> {
+    let kind = match byte {
+        0x01 => SectionKind::Start,
+        0x02 => SectionKind::Part,
+        0x03 => SectionKind::End,
+        _ => SectionKind::Full,
+    };
+    let id_offset = r.offset();
+    let section_id = r.u32(Endian::Big, "section.id")?;
+    let (idstr, instance_id, version_id) = if kind.has_full_header() {
+        let idstr_offset = r.offset();
+        let idstr = r.counted_bytes("section.idstr")?;
+        if idstr.is_empty() {
+            return Err(Error::new(
+                ErrorKind::EmptyString,
+                idstr_offset,
+                "section.idstr",
+            ));
+        }
+        let idstr = std::str::from_utf8(idstr)
+            .map_err(|_| Error::new(ErrorKind::NotUtf8, idstr_offset, "section.idstr"))?
+            .to_owned();
+        let instance_id = r.u32(Endian::Big, "section.instance_id")?;
+        let version_id = r.u32(Endian::Big, "section.version_id")?;
+        if kind == SectionKind::Start {
+            ctx.open_sections
+                .insert(section_id, (idstr.clone(), instance_id, version_id));
+        }
+        (idstr, instance_id, version_id)
+    } else {
+        ctx.open_sections.get(&section_id).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnknownSectionId { section_id },
+                id_offset,
+                "section.id",
+            )
+        })?
+    };
+    let path = format!("section[{idstr}]");
+    let body = if idstr == "ram" {
+        SectionBody::Ram(read_ram_section(r, ctx, version_id).map_err(|e| e.within(&path))?)
+    } else if kind != SectionKind::Full {
+        return Err(Error::new(
+            ErrorKind::Unsupported {
+                what: format!("iterative section {idstr:?} (only \"ram\" is read)"),
+            },
+            start,
+            path,
+        ));
+    } else {
+        read_device(r, ctx, &idstr, instance_id, section_id).map_err(|e| e.within(&path))?
+    };
+    let footer_offset = read_footer(r, ctx, section_id).map_err(|e| e.within(&path))?;
+    Ok(Section {
+        kind,
+        span: Span {
+            offset: start,
+            len: r.offset().saturating_sub(start),
+        },
+        section_id,
+        idstr,
+        instance_id,
+        version_id,
+        body,
+        footer_offset,
+    })
+}
+
+/// Reads the footer after a section payload, learning from the first section whether the
+/// stream has footers at all.
+fn read_footer(r: &mut Reader, ctx: &mut Context, section_id: u32) -> Result<Option<u64>> {
+    let offset = r.offset();
+    let present = match ctx.footers {
+        Some(present) => present,
+        None => {
+            let present = r.peek(1) == [TYPE_FOOTER];
+            ctx.footers = Some(present);
+            present
+        }
+    };
+    if !present {
+        return Ok(None);
+    }
+    let marker = r.u8("footer")?;
+    if marker != TYPE_FOOTER {
+        return Err(Error::new(
+            ErrorKind::MissingFooter {
+                section_id,
+                found: marker,
+            },
+            offset,
+            "footer",
+        ));
+    }
+    let found = r.u32(Endian::Big, "footer.section_id")?;
+    if found != section_id {
+        return Err(Error::new(
+            ErrorKind::FooterMismatch {
+                expected: section_id,
+                found,
+            },
+            offset,
+            "footer",
+        ));
+    }
+    Ok(Some(offset))
+}
+
+fn read_device(
+    r: &mut Reader,
+    ctx: &mut Context,
+    idstr: &str,
+    instance_id: u32,
+    section_id: u32,
+) -> Result<SectionBody> {
+    if let Some(index) = ctx.take_device(idstr, instance_id) {
+        let desc = ctx
+            .description
+            .as_ref()
+            .and_then(|d| d.devices.get(index))
+            .map(|d| d.vmsd.clone())
+            .unwrap_or_default();
+        return decode_struct(r, &desc).map(SectionBody::Device);
+    }
+    let reason = if ctx.description.is_some() {
+        format!("the stream's description has no entry for {idstr:?} instance {instance_id}")
+    } else {
+        "the stream has no description (vmdesc trailer)".to_owned()
+    };
+    let span = delimit_by_footer(r, ctx, section_id, &reason)?;
+    let bytes = r.bytes(span.len as usize, "payload")?.to_vec();
+    Ok(SectionBody::Opaque {
+        span,
+        bytes,
+        reason,
+    })
+}
+
+/// Finds the end of an undescribed payload: the first footer with this section's id that is
+/// followed by something a section can be followed by.
+fn delimit_by_footer(r: &Reader, ctx: &Context, section_id: u32, reason: &str) -> Result<Span> {
+    if ctx.footers == Some(false) {
+        return Err(r.error(
+            ErrorKind::Undelimited {
+                reason: format!("{reason} and no section footers (or is the stream cut short?)"),
+            },
+            "payload",
+        ));
+    }
+    let rest = r.rest();
+    let mut marker = [TYPE_FOOTER; 5];
+    if let Some(id) = marker.get_mut(1..) {
+        id.copy_from_slice(&section_id.to_be_bytes());
+    }
+    let found = rest.windows(5).enumerate().find_map(|(i, w)| {
+        let next = rest.get(i.saturating_add(5)).copied();
+        let plausible = matches!(next, None | Some(0x00..=0x04 | TYPE_COMMAND));
+        (w == marker && plausible).then_some(i)
+    });
+    match found {
+        Some(len) => Ok(Span {
+            offset: r.offset(),
+            len: len as u64,
+        }),
+        None => Err(r.error(
+            ErrorKind::Undelimited {
+                reason: format!("{reason} and no footer for section {section_id} follows"),
+            },
+            "payload",
+        )),
+    }
+}
+
+fn ram_context(ctx: &mut Context, r: &Reader) -> Result<RamContext> {
+    for capability in &ctx.capabilities {
+        if capability == "mapped-ram" {
+            return Err(r.error(
+                ErrorKind::Unsupported {
+                    what: "mapped-ram (pages at fixed file offsets)".to_owned(),
+                },
+                "ram",
+            ));
+        }
+    }
+    let page_size = match ctx.page_size {
+        Some(p) => p,
+        None => {
+            let p = ctx.resolve_page_size();
+            ctx.page_size = Some(p);
+            p
+        }
+    };
+    Ok(RamContext {
+        page_size: page_size.bytes,
+        postcopy_page_sizes: ctx.postcopy_page_sizes,
+        ignore_shared: ctx.capabilities.iter().any(|c| c == "x-ignore-shared"),
+    })
+}
+
+fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Result<RamPayload> {
+    if version_id != 4 {
+        return Err(r.error(
+            ErrorKind::Unsupported {
+                what: format!("RAM section version {version_id} (only 4 is read)"),
+            },
+            "version_id",
+        ));
+    }
+    let ram = ram_context(ctx, r)?;
+    let mut items: Vec<RamItem> = Vec::new();
+    loop {
+        let record = read_ram_record(r, &ram)?;
+        let (block, kind) = match record.kind {
+            RamRecordKind::Eos => {
+                items.push(RamItem::Eos {
+                    offset: record.offset,
+                });
+                return Ok(RamPayload { items });
+            }
+            RamRecordKind::MultifdFlush => {
+                if !ctx.multifd_noted {
+                    ctx.multifd_noted = true;
+                    ctx.notes.push(Note::new(
+                        record.offset,
+                        "ram",
+                        "written with multifd: page data travels on other channels, not in this stream",
+                    ));
+                }
+                items.push(RamItem::MultifdFlush {
+                    offset: record.offset,
+                });
+                continue;
+            }
+            RamRecordKind::BlockList(list) => {
+                for block in &list.blocks {
+                    ctx.ram_blocks.insert(block.name.clone(), block.used_length);
+                }
+                items.push(RamItem::BlockList(list));
+                continue;
+            }
+            RamRecordKind::Zero { fill } => (record.block.clone(), RunKind::Zero { fill }),
+            RamRecordKind::Page { .. } => (record.block.clone(), RunKind::Page),
+            RamRecordKind::Xbzrle { data } => (
+                record.block.clone(),
+                RunKind::Xbzrle {
+                    encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
+                },
+            ),
+        };
+        let bad = |reason: String| {
+            Error::new(
+                ErrorKind::BadRamRecord { reason },
+                record.offset,
+                "ram.word",
+            )
+        };
+        let block = match block {
+            Some(name) => {
+                ctx.last_block = Some(name.clone());
+                name
+            }
+            None => ctx
+                .last_block
+                .clone()
+                .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?,
+        };
+        let used_length = *ctx
+            .ram_blocks
+            .get(&block)
+            .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?;
+        if record.page >= used_length {
+            return Err(bad(format!(
+                "page offset {:#x} outside block {block:?} of {used_length:#x} bytes",
+                record.page
+            )));
+        }
+        let span = Span {
+            offset: record.offset,
+            len: record.len,
+        };
+        if let Some(RamItem::Pages(run)) = items.last_mut() {
+            let next_page = run
+                .count
+                .checked_mul(ram.page_size)
+                .and_then(|d| d.checked_add(run.first_page));
+            let extends = record.continues
+                && run.block == block
+                && run.kind == kind
+                && !matches!(kind, RunKind::Xbzrle { .. })
+                && next_page == Some(record.page)
+                && run.span.end() == record.offset;
+            if extends {
+                run.count = run.count.saturating_add(1);
+                run.span.len = run.span.len.saturating_add(record.len);
+                continue;
+            }
+        }
+        items.push(RamItem::Pages(RamRun {
+            block,
+            kind,
+            first_page: record.page,
+            count: 1,
+            first_continues: record.continues,
+            span,
+        }));
+    }
+}
+
+fn read_trailer(r: &mut Reader, ctx: &mut Context) -> Result<Option<Trailer>> {
+    if r.is_empty() {
+        ctx.notes.push(Note::new(
+            r.offset(),
+            "vmdescription",
+            "the stream ends at EOF without a description (as after postcopy or a device-only save)",
+        ));
+        return Ok(None);
+    }
+    let offset = r.offset();
+    let byte = r.u8("vmdescription")?;
+    if byte != TYPE_VMDESCRIPTION {
+        return Err(Error::new(
+            ErrorKind::UnknownSectionType { byte },
+            offset,
+            "vmdescription",
+        ));
+    }
+    let len = r.u32(Endian::Big, "vmdescription.length")?;
+    let len = r.check_count(u64::from(len), 1, "vmdescription.json")?;
+    let json = r.bytes(len, "vmdescription.json")?.to_vec();
+    r.expect_end("vmdescription")?;
+    if ctx.trailer_offset != Some(offset) {
+        return Err(Error::new(
+            ErrorKind::BadDescription {
+                reason: "the trailer is not where the end of the input puts it".to_owned(),
+            },
+            offset,
+            "vmdescription",
+        ));
+    }
+    Ok(Some(Trailer {
+        offset,
+        json,
+        description: ctx.description.take(),
+    }))
+}

@@ -1,0 +1,370 @@
+//! RAM records (`ram`, version 4): one record at a time.
+//!
+//! [`read_ram_record`] parses exactly one record from a [`Reader`] and returns where its data
+//! is, without copying page contents; grouping records into runs and checking them against the
+//! block list is the caller's business. Keeping the two apart lets the record parser be fed
+//! from any source of bytes.
+
+use serde::Serialize;
+
+use super::{BlockList, RamBlock, Span};
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::{Endian, Reader};
+
+/// Obsolete whole-page flag (before 2009); rejected.
+pub(crate) const FLAG_FULL: u64 = 0x01;
+/// A zero page, followed by its fill byte.
+pub(crate) const FLAG_ZERO: u64 = 0x02;
+/// The block list.
+pub(crate) const FLAG_MEM_SIZE: u64 = 0x04;
+/// A whole page.
+pub(crate) const FLAG_PAGE: u64 = 0x08;
+/// End of the section's RAM data.
+pub(crate) const FLAG_EOS: u64 = 0x10;
+/// Same block as the previous page record (no block name follows).
+pub(crate) const FLAG_CONTINUE: u64 = 0x20;
+/// A delta-encoded page.
+pub(crate) const FLAG_XBZRLE: u64 = 0x40;
+/// RDMA control.
+pub(crate) const FLAG_HOOK: u64 = 0x80;
+/// A zlib-compressed page (removed in QEMU 9.1).
+pub(crate) const FLAG_COMPRESS_PAGE: u64 = 0x100;
+/// A multifd synchronisation point.
+pub(crate) const FLAG_MULTIFD_FLUSH: u64 = 0x200;
+
+/// The XBZRLE encoding byte QEMU writes (`ENCODING_FLAG_XBZRLE`).
+pub(crate) const XBZRLE_ENCODING: u8 = 0x01;
+
+/// What the reader of RAM records must know from outside the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RamContext {
+    /// The target page size: the low bits of each record word are flags.
+    pub page_size: u64,
+    /// Postcopy was advised: block list entries may carry a page size. The value is the
+    /// advice's OR of all block page sizes, or 0 when the advice had no payload.
+    pub postcopy_page_sizes: Option<u64>,
+    /// The x-ignore-shared capability is on: block list entries carry `mr_addr`.
+    pub ignore_shared: bool,
+}
+
+/// One RAM record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RamRecord {
+    /// Offset of the record's first byte.
+    pub offset: u64,
+    /// Bytes the record occupies.
+    pub len: u64,
+    /// The page offset within the block (for MEM_SIZE: the total RAM size).
+    pub page: u64,
+    /// Whether the record carries the CONTINUE flag.
+    pub continues: bool,
+    /// The block name the record carries (page records without CONTINUE).
+    pub block: Option<String>,
+    /// What the record is.
+    pub kind: RamRecordKind,
+}
+
+/// The type of a RAM record, with its payload's place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RamRecordKind {
+    /// MEM_SIZE and the block list.
+    BlockList(BlockList),
+    /// A zero page.
+    Zero {
+        /// Its fill byte.
+        fill: u8,
+    },
+    /// A whole page.
+    Page {
+        /// Where the page bytes are.
+        data: Span,
+    },
+    /// A delta-encoded page.
+    Xbzrle {
+        /// Where the encoded bytes are.
+        data: Span,
+    },
+    /// End of section.
+    Eos,
+    /// Multifd synchronisation point.
+    MultifdFlush,
+}
+
+/// Reads one RAM record.
+pub(crate) fn read_ram_record(r: &mut Reader, ctx: &RamContext) -> Result<RamRecord> {
+    let offset = r.offset();
+    let word = r.u64(Endian::Big, "ram.word")?;
+    let flag_mask = ctx.page_size.saturating_sub(1);
+    let flags = word & flag_mask;
+    let page = word & !flag_mask;
+    let continues = flags & FLAG_CONTINUE != 0;
+    let bad = |reason: String| Error::new(ErrorKind::BadRamRecord { reason }, offset, "ram.word");
+    let unsupported = |what: &str| {
+        Error::new(
+            ErrorKind::Unsupported {
+                what: what.to_owned(),
+            },
+            offset,
+            "ram.word",
+        )
+    };
+    // QEMU dispatches on the exact value without CONTINUE: one type flag per record.
+    let kind_flag = flags & !FLAG_CONTINUE;
+    let needs_block = matches!(kind_flag, FLAG_ZERO | FLAG_PAGE | FLAG_XBZRLE);
+    // QEMU writes these words bare; anything more could not be written back as read.
+    let stray_bits = match kind_flag {
+        FLAG_MEM_SIZE => continues,
+        FLAG_EOS | FLAG_MULTIFD_FLUSH => continues || page != 0,
+        _ => false,
+    };
+    if stray_bits {
+        return Err(bad(format!(
+            "record word {word:#x} has bits that its type does not take"
+        )));
+    }
+    let block = if needs_block && !continues {
+        let name_offset = r.offset();
+        let name = r.counted_bytes("ram.block")?;
+        if name.is_empty() {
+            return Err(Error::new(ErrorKind::EmptyString, name_offset, "ram.block"));
+        }
+        Some(utf8(name, name_offset, "ram.block")?)
+    } else {
+        None
+    };
+    let kind = match kind_flag {
+        FLAG_MEM_SIZE => RamRecordKind::BlockList(read_block_list(r, ctx, offset, page)?),
+        FLAG_ZERO => RamRecordKind::Zero {
+            fill: r.u8("ram.fill")?,
+        },
+        FLAG_PAGE => {
+            let data = span_of(r, ctx.page_size, "ram.page")?;
+            RamRecordKind::Page { data }
+        }
+        FLAG_XBZRLE => {
+            let encoding = r.u8("ram.xbzrle.encoding")?;
+            if encoding != XBZRLE_ENCODING {
+                return Err(r.error(
+                    ErrorKind::InvalidValue {
+                        value: u64::from(encoding),
+                        expected: "the XBZRLE encoding byte 0x01",
+                    },
+                    "ram.xbzrle.encoding",
+                ));
+            }
+            let len_offset = r.offset();
+            let len = r.u16(Endian::Big, "ram.xbzrle.len")?;
+            if u64::from(len) > ctx.page_size {
+                return Err(Error::new(
+                    ErrorKind::CountTooLarge {
+                        value: u64::from(len),
+                        max: ctx.page_size,
+                    },
+                    len_offset,
+                    "ram.xbzrle.len",
+                ));
+            }
+            let data_offset = r.offset();
+            let encoded = r.bytes(usize::from(len), "ram.xbzrle.data")?;
+            check_xbzrle(encoded, ctx.page_size, data_offset)?;
+            RamRecordKind::Xbzrle {
+                data: Span {
+                    offset: data_offset,
+                    len: u64::from(len),
+                },
+            }
+        }
+        FLAG_EOS => RamRecordKind::Eos,
+        FLAG_MULTIFD_FLUSH => RamRecordKind::MultifdFlush,
+        FLAG_HOOK => return Err(unsupported("RAM_SAVE_FLAG_HOOK (RDMA control records)")),
+        FLAG_COMPRESS_PAGE => {
+            return Err(unsupported(
+                "RAM_SAVE_FLAG_COMPRESS_PAGE (zlib-compressed pages)",
+            ))
+        }
+        FLAG_FULL => return Err(bad("obsolete RAM_SAVE_FLAG_FULL".to_owned())),
+        other => return Err(bad(format!("unknown flags {other:#x}"))),
+    };
+    Ok(RamRecord {
+        offset,
+        len: r.offset().saturating_sub(offset),
+        page,
+        continues,
+        block,
+        kind,
+    })
+}
+
+fn span_of(r: &mut Reader, len: u64, field: &str) -> Result<Span> {
+    let offset = r.offset();
+    let n = r.check_count(len, 1, field)?;
+    r.skip(n, field)?;
+    Ok(Span { offset, len })
+}
+
+fn utf8(bytes: &[u8], offset: u64, field: &str) -> Result<String> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| Error::new(ErrorKind::NotUtf8, offset, field))
+}
+
+fn read_block_list(r: &mut Reader, ctx: &RamContext, start: u64, total: u64) -> Result<BlockList> {
+    let mut blocks = Vec::new();
+    let mut sum: u64 = 0;
+    while sum < total {
+        let name_offset = r.offset();
+        let name = r.counted_bytes("ram.block_list.name")?;
+        if name.is_empty() {
+            return Err(Error::new(
+                ErrorKind::EmptyString,
+                name_offset,
+                "ram.block_list.name",
+            ));
+        }
+        let name = utf8(name, name_offset, "ram.block_list.name")?;
+        let length_offset = r.offset();
+        let used_length = r.u64(Endian::Big, "ram.block_list.used_length")?;
+        sum = match sum.checked_add(used_length).filter(|s| *s <= total) {
+            Some(s) => s,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::BadRamRecord {
+                        reason: format!(
+                            "block {name:?} of {used_length:#x} bytes passes the total RAM size {total:#x}"
+                        ),
+                    },
+                    length_offset,
+                    "ram.block_list.used_length",
+                ))
+            }
+        };
+        let page_size = match ctx.postcopy_page_sizes {
+            Some(summary) if block_page_size_follows(r, ctx.page_size, summary) => {
+                Some(r.u64(Endian::Big, "ram.block_list.page_size")?)
+            }
+            _ => None,
+        };
+        let mr_addr = if ctx.ignore_shared {
+            Some(r.u64(Endian::Big, "ram.block_list.mr_addr")?)
+        } else {
+            None
+        };
+        blocks.push(RamBlock {
+            name,
+            used_length,
+            page_size,
+            mr_addr,
+        });
+    }
+    Ok(BlockList {
+        span: Span {
+            offset: start,
+            len: r.offset().saturating_sub(start),
+        },
+        total_bytes: total,
+        blocks,
+    })
+}
+
+/// Decides whether a block list entry carries its own page size.
+///
+/// QEMU writes it only with postcopy and only for blocks whose page size differs from the
+/// host's, which a reader cannot know. What follows instead is the next block's name (whose
+/// length byte makes a huge 64-bit value) or the EOS/MULTIFD_FLUSH word (smaller than any page
+/// size), so a power of two above the target page size, within the advised page sizes, can
+/// only be a page size.
+fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> bool {
+    let Ok(next) = <[u8; 8]>::try_from(r.peek(8)) else {
+        return false;
+    };
+    let value = u64::from_be_bytes(next);
+    value.is_power_of_two()
+        && value > target_page_size
+        && value < (1 << 48)
+        && (advised == 0 || advised & value != 0)
+}
+
+/// Checks an XBZRLE payload the way QEMU's decoder does: pairs of (unchanged run, literal
+/// run) lengths in one- or two-byte ULEB128, a zero unchanged run only first, literal runs
+/// non-empty, and nothing past the page.
+fn check_xbzrle(encoded: &[u8], page_size: u64, base: u64) -> Result<()> {
+    let error = |pos: usize, reason: &str| {
+        Error::new(
+            ErrorKind::BadRamRecord {
+                reason: format!("XBZRLE data: {reason}"),
+            },
+            base.saturating_add(pos as u64),
+            "ram.xbzrle.data",
+        )
+    };
+    let mut pos = 0usize;
+    let mut decoded = 0u64;
+    while pos < encoded.len() {
+        let rest = encoded.get(pos..).unwrap_or(&[]);
+        if rest.len() < 2 {
+            return Err(error(pos, "truncated run length"));
+        }
+        let (skip, used) = uleb128_small(rest).ok_or_else(|| error(pos, "bad run length"))?;
+        if pos != 0 && skip == 0 {
+            return Err(error(pos, "empty unchanged run after the first"));
+        }
+        pos = pos.saturating_add(used);
+        decoded = decoded.saturating_add(skip);
+        if decoded > page_size {
+            return Err(error(pos, "runs pass the end of the page"));
+        }
+        let rest = encoded.get(pos..).unwrap_or(&[]);
+        if rest.len() < 2 {
+            return Err(error(pos, "truncated literal run"));
+        }
+        let (literal, used) = uleb128_small(rest).ok_or_else(|| error(pos, "bad run length"))?;
+        if literal == 0 {
+            return Err(error(pos, "empty literal run"));
+        }
+        pos = pos.saturating_add(used);
+        let literal_end = pos.saturating_add(usize::try_from(literal).unwrap_or(usize::MAX));
+        decoded = decoded.saturating_add(literal);
+        if decoded > page_size || literal_end > encoded.len() {
+            return Err(error(pos, "literal run passes the end of the page or data"));
+        }
+        pos = literal_end;
+    }
+    Ok(())
+}
+
+/// Decodes a ULEB128 value of one or two bytes (QEMU accepts no longer encodings).
+fn uleb128_small(bytes: &[u8]) -> Option<(u64, usize)> {
+    let first = *bytes.first()?;
+    if first & 0x80 == 0 {
+        return Some((u64::from(first), 1));
+    }
+    let second = *bytes.get(1)?;
+    if second & 0x80 != 0 {
+        return None;
+    }
+    Some((u64::from(first & 0x7f) | (u64::from(second) << 7), 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xbzrle_payloads_are_checked_like_qemu() {
+        // skip 0, 3 literal bytes.
+        check_xbzrle(&[0, 3, 1, 2, 3], 4096, 0).unwrap();
+        // two-byte skip of 200, 1 literal byte.
+        check_xbzrle(&[0xc8, 0x01, 1, 9], 4096, 0).unwrap();
+        // empty literal run.
+        assert!(check_xbzrle(&[0, 0], 4096, 0).is_err());
+        // literal run past the data.
+        assert!(check_xbzrle(&[0, 5, 1], 4096, 0).is_err());
+        // skip past the page.
+        assert!(check_xbzrle(&[0xff, 0x7f, 1, 1], 4096, 0).is_err());
+        // three-byte ULEB128.
+        assert!(check_xbzrle(&[0x80, 0x80, 0x01, 1, 1], 4096, 0).is_err());
+        // zero skip after the first pair.
+        assert!(check_xbzrle(&[0, 1, 7, 0, 1, 7], 4096, 0).is_err());
+    }
+}
