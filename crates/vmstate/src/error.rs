@@ -165,6 +165,14 @@ pub enum ErrorKind {
         /// The decompressor's complaint.
         reason: String,
     },
+    /// Several readings of device state that the stream does not delimit all fit, and the
+    /// stream holds nothing that decides between them.
+    AmbiguousFraming {
+        /// The readings that fit.
+        readings: Vec<String>,
+        /// The options that settle it.
+        settle: String,
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -256,6 +264,11 @@ impl fmt::Display for ErrorKind {
             ErrorKind::EmptyString => f.write_str("empty name (length 0)"),
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
             ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
+            ErrorKind::AmbiguousFraming { readings, settle } => write!(
+                f,
+                "the stream fits several readings ({}); settle it with {settle}",
+                readings.join("; ")
+            ),
         }
     }
 }

@@ -43,7 +43,9 @@
 pub mod element;
 pub mod error;
 pub mod note;
+pub mod schema;
 pub mod stream;
+pub mod virtio;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

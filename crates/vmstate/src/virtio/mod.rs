@@ -1,0 +1,661 @@
+//! virtio device state: the opaque `virtio` field of a device section, decoded.
+//!
+//! QEMU saves each virtio device as one field whose bytes no description covers: the
+//! transport's state (virtio-pci), the common device fields, every virtqueue, the device's own
+//! state (for virtio-blk, the requests in flight), and the core subsections. Nothing in it
+//! carries a length, and some of its shape depends on device properties that the stream does
+//! not hold. Where the bytes themselves settle such a fact, the decoder reads it from them;
+//! where they do not, it tries every reading and keeps the one under which the whole field
+//! parses and agrees with itself, and it records each such fact as an [`Inference`] saying how
+//! it was settled. A fact that stays open is an error naming the `--assume` that settles it.
+//!
+//! Encoding the decoded state gives back the original bytes.
+
+mod blk;
+mod core;
+mod pci;
+
+pub use self::blk::{BlkRequest, BlkState, Framing, NdescsOrder};
+pub use self::core::{
+    CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
+    RingAddresses, VIRTIO_QUEUE_MAX,
+};
+pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
+
+use serde::{Serialize, Serializer};
+
+use crate::element::{Layout, LayoutChoice};
+use crate::error::{Error, ErrorKind, Result};
+use crate::note::Note;
+use crate::wire::{Endian, Reader, Writer};
+
+/// Bytes shown as a lowercase hex string in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HexBytes(pub Vec<u8>);
+
+impl Serialize for HexBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(self.0.len().saturating_mul(2));
+        for byte in &self.0 {
+            text.push_str(&format!("{byte:02x}"));
+        }
+        serializer.serialize_str(&text)
+    }
+}
+
+/// A fact the stream does not state, and how the decoder settled it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inference {
+    /// What the fact is about (a field path).
+    pub subject: String,
+    /// The fact.
+    pub fact: String,
+    /// How it was settled.
+    pub how: String,
+}
+
+impl Inference {
+    /// A fact about `subject`, settled as `how` says.
+    pub fn new(subject: &str, fact: impl Into<String>, how: impl Into<String>) -> Self {
+        Inference {
+            subject: subject.to_owned(),
+            fact: fact.into(),
+            how: how.into(),
+        }
+    }
+}
+
+/// Which virtio device a section holds, from its VMState name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// `virtio-blk`.
+    Blk,
+    /// `virtio-scsi`.
+    Scsi,
+    /// `virtio-rng`.
+    Rng,
+    /// Any other virtio device; its own state is not decoded yet.
+    Other(String),
+}
+
+impl DeviceKind {
+    /// The device a section's VMState name (`virtio-blk`, ...) stands for.
+    pub fn from_vmsd_name(name: &str) -> Self {
+        match name {
+            "virtio-blk" => DeviceKind::Blk,
+            "virtio-scsi" => DeviceKind::Scsi,
+            "virtio-rng" => DeviceKind::Rng,
+            other => DeviceKind::Other(other.to_owned()),
+        }
+    }
+}
+
+/// Facts about the device that a user states because the stream does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Assumptions {
+    /// The device's `num-queues` property.
+    pub num_queues: Option<u32>,
+    /// The device's `packed` property (packed rings offered).
+    pub packed: Option<bool>,
+    /// Where `ndescs` stands relative to the element, when `packed` is on.
+    pub ndescs_order: Option<NdescsOrder>,
+    /// Host layout of the in-flight elements.
+    pub layout: LayoutChoice,
+}
+
+/// One virtqueue's saved fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueState {
+    /// Ring size.
+    pub num: u32,
+    /// Guest-physical address of the descriptor table (0: not set up).
+    pub desc: u64,
+    /// Next avail-ring entry the device will read.
+    pub last_avail_idx: u16,
+    /// MSI-X vector, when the transport has MSI-X.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<u16>,
+}
+
+/// What a device saves between its queues and the core subsections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DeviceState {
+    /// Nothing (virtio-scsi, virtio-rng).
+    Empty,
+    /// virtio-blk's request list.
+    Blk(BlkState),
+    /// Not decoded: the rest of the field, core subsections included, as it was.
+    Opaque {
+        /// The bytes.
+        bytes: HexBytes,
+    },
+}
+
+/// A virtio device's state, decoded from its `virtio` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtioDevice {
+    /// Which device this is.
+    pub kind: DeviceKind,
+    /// The virtio-pci transport's state.
+    pub transport: PciTransport,
+    /// Device status register.
+    pub status: u8,
+    /// Interrupt status register.
+    pub isr: u8,
+    /// Queue select register.
+    pub queue_sel: u16,
+    /// Guest features, bits 0 to 31 (the rest is in `virtio/64bit_features`).
+    pub guest_features_low: u32,
+    /// The device's config space as cached by the device.
+    pub config: HexBytes,
+    /// The queues, in index order (those with a non-zero size).
+    pub queues: Vec<QueueState>,
+    /// The device's own state.
+    pub device: DeviceState,
+    /// The core subsections, in stream order.
+    pub subsections: Vec<CoreSubsection>,
+    /// Facts the stream does not state, and how they were settled.
+    pub inferred: Vec<Inference>,
+    /// Facts about the bytes that are not defects.
+    pub notes: Vec<Note>,
+}
+
+impl VirtioDevice {
+    /// Decodes the whole `virtio` field in `blob` of a device of `kind`.
+    ///
+    /// `blob` must hold exactly the field (the description's size of it): the decoder uses its
+    /// end to tell readings apart. Offsets in errors and notes are those of the reader.
+    pub fn decode(blob: &mut Reader<'_>, kind: DeviceKind, assume: &Assumptions) -> Result<Self> {
+        let mut inferred = Vec::new();
+        let transport = PciTransport::decode(blob, &mut inferred)?;
+        let status = blob.u8("status")?;
+        let isr = blob.u8("isr")?;
+        let queue_sel_offset = blob.offset();
+        let queue_sel = blob.u16(Endian::Big, "queue_sel")?;
+        if usize::from(queue_sel) >= VIRTIO_QUEUE_MAX {
+            return Err(Error::new(
+                ErrorKind::CountTooLarge {
+                    value: u64::from(queue_sel),
+                    max: (VIRTIO_QUEUE_MAX as u64).saturating_sub(1),
+                },
+                queue_sel_offset,
+                "queue_sel",
+            ));
+        }
+        let guest_features_low = blob.u32(Endian::Big, "guest_features")?;
+        let config_len_offset = blob.offset();
+        let config_len = blob.i32(Endian::Big, "config_len")?;
+        let config_len = usize::try_from(config_len).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidValue {
+                    value: u64::from(config_len.unsigned_abs()),
+                    expected: "a config length of at least 0 (it is negative)",
+                },
+                config_len_offset,
+                "config_len",
+            )
+        })?;
+        let config = HexBytes(blob.bytes(config_len, "config")?.to_vec());
+        let num_queues_offset = blob.offset();
+        let num_queues = u64::from(blob.u32(Endian::Big, "num_queues")?);
+        if num_queues > VIRTIO_QUEUE_MAX as u64 {
+            return Err(Error::new(
+                ErrorKind::CountTooLarge {
+                    value: num_queues,
+                    max: VIRTIO_QUEUE_MAX as u64,
+                },
+                num_queues_offset,
+                "num_queues",
+            ));
+        }
+        let queue_size = if transport.has_vectors() { 16 } else { 14 };
+        let num_queues = blob.check_count(num_queues, queue_size, "num_queues")?;
+        let mut queues = Vec::with_capacity(num_queues);
+        for index in 0..num_queues {
+            let path = format!("vq[{index}]");
+            let mut read = || -> Result<QueueState> {
+                Ok(QueueState {
+                    num: blob.u32(Endian::Big, "num")?,
+                    desc: blob.u64(Endian::Big, "desc")?,
+                    last_avail_idx: blob.u16(Endian::Big, "last_avail_idx")?,
+                    vector: match transport.has_vectors() {
+                        true => Some(blob.u16(Endian::Big, "vector")?),
+                        false => None,
+                    },
+                })
+            };
+            queues.push(read().map_err(|e| e.within(&path))?);
+        }
+
+        let common = Common {
+            kind,
+            transport,
+            status,
+            isr,
+            queue_sel,
+            guest_features_low,
+            config,
+            queues,
+        };
+        common.decode_device(blob, assume, inferred)
+    }
+
+    /// Writes the `virtio` field back, with the framing the device was read with.
+    pub fn encode(&self, w: &mut Writer) -> Result<()> {
+        let framing = match &self.device {
+            DeviceState::Blk(blk) => Some(blk.framing),
+            _ => None,
+        };
+        self.encode_with(w, framing)
+    }
+
+    /// Writes the `virtio` field back; `framing` (virtio-blk only) replaces the one the
+    /// requests were read with, to change their element layout or where `ndescs` stands.
+    pub fn encode_with(&self, w: &mut Writer, framing: Option<Framing>) -> Result<()> {
+        self.transport.encode(w);
+        w.u8(self.status);
+        w.u8(self.isr);
+        w.u16(Endian::Big, self.queue_sel);
+        w.u32(Endian::Big, self.guest_features_low);
+        let config_len = i32::try_from(self.config.0.len()).map_err(|_| {
+            Error::new(
+                ErrorKind::ValueTooWide {
+                    value: self.config.0.len() as u64,
+                    bits: 31,
+                },
+                w.offset(),
+                "config_len",
+            )
+        })?;
+        w.i32(Endian::Big, config_len);
+        w.bytes(&self.config.0);
+        // At most 1024 queues were decoded.
+        w.u32(
+            Endian::Big,
+            u32::try_from(self.queues.len()).unwrap_or(u32::MAX),
+        );
+        for q in &self.queues {
+            w.u32(Endian::Big, q.num);
+            w.u64(Endian::Big, q.desc);
+            w.u16(Endian::Big, q.last_avail_idx);
+            if let Some(vector) = q.vector {
+                w.u16(Endian::Big, vector);
+            }
+        }
+        match &self.device {
+            DeviceState::Empty => {}
+            DeviceState::Blk(blk) => blk::encode(blk, framing.unwrap_or(blk.framing), w)?,
+            DeviceState::Opaque { bytes } => {
+                w.bytes(&bytes.0);
+                return Ok(());
+            }
+        }
+        core::encode(&self.subsections, w)
+    }
+
+    /// True when the core subsections include `virtio/packed_virtqueues`, which QEMU sends
+    /// exactly when the device offers packed rings.
+    pub fn offers_packed_rings(&self) -> bool {
+        self.subsections
+            .iter()
+            .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)))
+    }
+
+    /// The avail and used ring addresses of queue `index`, from `virtio/virtqueues`.
+    pub fn ring_addresses(&self, index: usize) -> Option<RingAddresses> {
+        self.subsections.iter().find_map(|s| match &s.state {
+            CoreState::Virtqueues(rings) => rings.get(index).copied(),
+            _ => None,
+        })
+    }
+}
+
+/// The part of a device every virtio device has, read before its own state.
+struct Common {
+    kind: DeviceKind,
+    transport: PciTransport,
+    status: u8,
+    isr: u8,
+    queue_sel: u16,
+    guest_features_low: u32,
+    config: HexBytes,
+    queues: Vec<QueueState>,
+}
+
+/// One reading of a virtio-blk request list: the framing tried and what came of it.
+struct Trial {
+    framing: Framing,
+    outcome: Result<(BlkState, Vec<CoreSubsection>, Vec<Note>)>,
+}
+
+impl Common {
+    fn finish(
+        self,
+        device: DeviceState,
+        subsections: Vec<CoreSubsection>,
+        inferred: Vec<Inference>,
+        notes: Vec<Note>,
+    ) -> VirtioDevice {
+        VirtioDevice {
+            kind: self.kind,
+            transport: self.transport,
+            status: self.status,
+            isr: self.isr,
+            queue_sel: self.queue_sel,
+            guest_features_low: self.guest_features_low,
+            config: self.config,
+            queues: self.queues,
+            device,
+            subsections,
+            inferred,
+            notes,
+        }
+    }
+
+    fn decode_device(
+        self,
+        r: &mut Reader<'_>,
+        assume: &Assumptions,
+        inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        match &self.kind {
+            DeviceKind::Scsi | DeviceKind::Rng => {
+                let subsections = core::decode(r)?;
+                r.expect_end("virtio")?;
+                Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
+            }
+            DeviceKind::Blk => self.decode_blk(r, assume, inferred),
+            DeviceKind::Other(name) => {
+                let note = Note::new(
+                    r.offset(),
+                    "virtio.device",
+                    format!(
+                        "{name} device state is not decoded yet: its own state and the core \
+                         subsections are kept as {} raw bytes",
+                        r.remaining()
+                    ),
+                );
+                let bytes = HexBytes(r.rest().to_vec());
+                r.skip(r.remaining(), "virtio.device")?;
+                Ok(self.finish(
+                    DeviceState::Opaque { bytes },
+                    Vec::new(),
+                    inferred,
+                    vec![note],
+                ))
+            }
+        }
+    }
+
+    /// Reads virtio-blk's requests under every framing the assumptions allow and keeps the
+    /// one reading under which the field parses to its end and agrees with itself.
+    fn decode_blk(
+        self,
+        r: &mut Reader<'_>,
+        assume: &Assumptions,
+        mut inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        let saved_queues = self.queues.len();
+        let queue_index_options: Vec<bool> = match assume.num_queues {
+            Some(n) => vec![n > 1],
+            None => vec![saved_queues > 1, saved_queues <= 1],
+        };
+        let ndescs_options: Vec<NdescsOrder> = match (assume.packed, assume.ndescs_order) {
+            (Some(false), _) => vec![NdescsOrder::Absent],
+            (_, Some(order)) => vec![order],
+            (Some(true), None) => vec![NdescsOrder::BeforeElement, NdescsOrder::AfterElement],
+            (None, None) => vec![
+                NdescsOrder::Absent,
+                NdescsOrder::BeforeElement,
+                NdescsOrder::AfterElement,
+            ],
+        };
+        let layouts: Vec<Layout> = match assume.layout {
+            LayoutChoice::Fixed(layout) => vec![layout],
+            LayoutChoice::Auto => Layout::ALL.to_vec(),
+        };
+
+        let mut trials = Vec::new();
+        for &queue_index in &queue_index_options {
+            for &ndescs in &ndescs_options {
+                for &layout in &layouts {
+                    let framing = Framing {
+                        queue_index,
+                        ndescs,
+                        layout,
+                    };
+                    let mut attempt = r.clone();
+                    let outcome = read_blk_rest(&mut attempt, framing);
+                    trials.push(Trial { framing, outcome });
+                    // With no request in the list the framing does not matter: one reading
+                    // tells everything.
+                    if let Some(Ok((blk, _, _))) = trials.last().map(|t| &t.outcome) {
+                        if blk.requests.is_empty() {
+                            return self.finish_blk_without_requests(r, trials, assume, inferred);
+                        }
+                    }
+                }
+            }
+        }
+
+        let parsed: Vec<&Trial> = trials.iter().filter(|t| t.outcome.is_ok()).collect();
+        if parsed.is_empty() {
+            // Report the reading that got furthest: its error is the most telling.
+            let best = trials
+                .into_iter()
+                .filter_map(|t| t.outcome.err())
+                .max_by_key(Error::offset);
+            return Err(best.unwrap_or_else(|| {
+                r.error(
+                    ErrorKind::Undelimited {
+                        reason: "no framing of the request list was tried".to_owned(),
+                    },
+                    "virtio.rq",
+                )
+            }));
+        }
+
+        // Keep the readings that agree with the rest of the field.
+        let consistent: Vec<&Trial> = parsed
+            .iter()
+            .copied()
+            .filter(|t| match &t.outcome {
+                Ok((_, subsections, _)) => {
+                    let packed = subsections
+                        .iter()
+                        .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)));
+                    (t.framing.ndescs != NdescsOrder::Absent) == packed
+                }
+                Err(_) => false,
+            })
+            .collect();
+        let pool = if consistent.is_empty() {
+            &parsed
+        } else {
+            &consistent
+        };
+        let preferred_queue_index = pool
+            .iter()
+            .copied()
+            .filter(|t| t.framing.queue_index == (saved_queues > 1))
+            .collect::<Vec<_>>();
+        let pool = if preferred_queue_index.is_empty() {
+            pool.clone()
+        } else {
+            preferred_queue_index
+        };
+        // Legacy writers may leave stale bytes, but a wrong reading shifts real data into the
+        // unused slots; prefer readings whose elements are clean.
+        let clean: Vec<&Trial> = pool
+            .iter()
+            .copied()
+            .filter(|t| matches!(&t.outcome, Ok((_, _, notes)) if notes.is_empty()))
+            .collect();
+        let pool = if clean.is_empty() { pool } else { clean };
+
+        let [chosen] = pool.as_slice() else {
+            let framings: Vec<String> = pool.iter().map(|t| describe(&t.framing)).collect();
+            return Err(r.error(
+                ErrorKind::AmbiguousFraming {
+                    readings: framings,
+                    settle: "--assume SECTION:num-queues=N, --assume SECTION:packed=on|off or \
+                             --from-layout NAME"
+                        .to_owned(),
+                },
+                "virtio.rq",
+            ));
+        };
+        let framing = chosen.framing;
+        let Ok((blk, subsections, notes)) = &chosen.outcome else {
+            return Err(r.error(
+                ErrorKind::Undelimited {
+                    reason: "the chosen reading failed".to_owned(),
+                },
+                "virtio.rq",
+            ));
+        };
+        let (blk, subsections, notes) = (blk.clone(), subsections.clone(), notes.clone());
+        let others = parsed.len().saturating_sub(1);
+        inferred.extend(framing_inferences(&framing, saved_queues, assume, others));
+        r.skip(r.remaining(), "virtio")?;
+        Ok(self.finish(DeviceState::Blk(blk), subsections, inferred, notes))
+    }
+
+    fn finish_blk_without_requests(
+        self,
+        r: &mut Reader<'_>,
+        mut trials: Vec<Trial>,
+        assume: &Assumptions,
+        mut inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        let Some(Trial {
+            framing,
+            outcome: Ok((mut blk, subsections, notes)),
+        }) = trials.pop()
+        else {
+            return Err(r.error(
+                ErrorKind::Undelimited {
+                    reason: "the request list could not be read".to_owned(),
+                },
+                "virtio.rq",
+            ));
+        };
+        let packed = subsections
+            .iter()
+            .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)));
+        blk.framing = Framing {
+            queue_index: assume.num_queues.map_or(self.queues.len() > 1, |n| n > 1),
+            ndescs: if packed {
+                NdescsOrder::BeforeElement
+            } else {
+                NdescsOrder::Absent
+            },
+            layout: framing.layout,
+        };
+        inferred.push(Inference::new(
+            "virtio.rq",
+            "no requests in flight",
+            "the list ends at its first byte; the framing below applies to requests added later",
+        ));
+        inferred.extend(framing_inferences(
+            &blk.framing,
+            self.queues.len(),
+            assume,
+            0,
+        ));
+        r.skip(r.remaining(), "virtio")?;
+        Ok(self.finish(DeviceState::Blk(blk), subsections, inferred, notes))
+    }
+}
+
+/// Reads the request list and the core subsections with one framing, to the end of the field.
+fn read_blk_rest(
+    r: &mut Reader<'_>,
+    framing: Framing,
+) -> Result<(BlkState, Vec<CoreSubsection>, Vec<Note>)> {
+    let mut notes = Vec::new();
+    let blk = blk::decode(r, framing, &mut notes).map_err(|e| e.within("virtio"))?;
+    let subsections = core::decode(r).map_err(|e| e.within("virtio"))?;
+    r.expect_end("virtio")?;
+    Ok((blk, subsections, notes))
+}
+
+fn describe(framing: &Framing) -> String {
+    format!(
+        "queue index {}, ndescs {}, layout {}",
+        if framing.queue_index {
+            "present"
+        } else {
+            "absent"
+        },
+        match framing.ndescs {
+            NdescsOrder::Absent => "absent",
+            NdescsOrder::BeforeElement => "before the element",
+            NdescsOrder::AfterElement => "after the element",
+        },
+        framing.layout
+    )
+}
+
+/// Says how each part of the chosen framing was settled.
+fn framing_inferences(
+    framing: &Framing,
+    saved_queues: usize,
+    assume: &Assumptions,
+    other_readings: usize,
+) -> Vec<Inference> {
+    let queue_how = match assume.num_queues {
+        Some(n) => format!("assumed: num-queues={n}"),
+        None => format!(
+            "the device saved {saved_queues} queue(s), and virtio-blk creates exactly \
+             num-queues of them"
+        ),
+    };
+    let ndescs_how = match (assume.packed, assume.ndescs_order) {
+        (Some(p), _) => format!("assumed: packed={}", if p { "on" } else { "off" }),
+        (None, Some(_)) => "assumed".to_owned(),
+        (None, None) => "the virtio/packed_virtqueues subsection, sent exactly when the device \
+                         offers packed rings, is present iff the requests carry ndescs; the \
+                         field parses to its end under this reading"
+            .to_owned(),
+    };
+    let layout_how = match assume.layout {
+        LayoutChoice::Fixed(_) => "assumed: --from-layout".to_owned(),
+        LayoutChoice::Auto => format!(
+            "the only layout under which every request parses and the field ends where its \
+             description says ({other_readings} other reading(s) parsed but disagreed with the \
+             rest of the field)"
+        ),
+    };
+    vec![
+        Inference::new(
+            "virtio.rq.queue",
+            if framing.queue_index {
+                "each request carries its virtqueue index (num-queues > 1)"
+            } else {
+                "requests carry no virtqueue index (num-queues = 1)"
+            },
+            queue_how,
+        ),
+        Inference::new(
+            "virtio.rq.ndescs",
+            match framing.ndescs {
+                NdescsOrder::Absent => "no ndescs word (packed rings off)",
+                NdescsOrder::BeforeElement => {
+                    "ndescs word before each element (packed rings on; the order QEMU writes)"
+                }
+                NdescsOrder::AfterElement => {
+                    "ndescs word after each element (packed rings on; the order QEMU's loader reads)"
+                }
+            },
+            ndescs_how,
+        ),
+        Inference::new(
+            "virtio.rq.element",
+            format!("elements in the {} layout", framing.layout),
+            layout_how,
+        ),
+    ]
+}
