@@ -11,8 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use stream_checks::{
-    check_against_peer_state, check_cut, check_stream, cut_points, read_json_gz,
-    read_stream_file,
+    check_against_peer_state, check_cut, check_stream, cut_points, read_json_gz, read_stream_file,
 };
 use vmstate::stream::{self, SectionKind};
 
@@ -50,7 +49,10 @@ fn every_corpus_stream_reads_agrees_and_writes_back() {
         sections_compared += check_against_peer_state(name, &parsed, &peer);
 
         // What the MANIFEST says about the stream's framing.
-        let has_switchover = parsed.commands().iter().any(|c| c.name == "SWITCHOVER_START");
+        let has_switchover = parsed
+            .commands()
+            .iter()
+            .any(|c| c.name == "SWITCHOVER_START");
         assert_eq!(
             has_switchover,
             name.starts_with("qemu10.0") && !name.contains("2.6-legacy"),

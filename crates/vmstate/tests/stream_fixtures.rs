@@ -7,12 +7,9 @@ mod stream_checks;
 mod support;
 
 use stream_checks::{
-    check_against_peer_state, check_cut, check_stream, cut_points, read_json_gz,
-    read_stream_file,
+    check_against_peer_state, check_cut, check_stream, cut_points, read_json_gz, read_stream_file,
 };
-use vmstate::stream::{
-    self, PageSizeSource, RamItem, Record, RunKind, SectionBody, SectionKind,
-};
+use vmstate::stream::{self, PageSizeSource, RamItem, Record, RunKind, SectionBody, SectionKind};
 use vmstate::wire::{Endian, Writer};
 use vmstate::ErrorKind;
 
@@ -67,7 +64,11 @@ fn q35_10_0_has_configuration_switchover_and_footers() {
     );
     let pc_ram = &blocks[0];
     assert_eq!(pc_ram.used_length, 32 << 20);
-    assert_eq!(pc_ram.pages + pc_ram.zero_pages, 8192, "32 MiB of 4 KiB pages");
+    assert_eq!(
+        pc_ram.pages + pc_ram.zero_pages,
+        8192,
+        "32 MiB of 4 KiB pages"
+    );
     let kinds: Vec<_> = parsed
         .sections()
         .iter()
@@ -127,7 +128,10 @@ fn cut_inside_the_trailer_names_the_json() {
     let cut = (trailer.offset + 5 + 100) as usize;
     let err = stream::read(&data[..cut]).unwrap_err();
     assert_eq!(err.offset(), trailer.offset + 5);
-    assert!(matches!(err.kind(), ErrorKind::UnexpectedEof { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::UnexpectedEof { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -163,7 +167,10 @@ fn damaged_sections_are_named_with_their_offset() {
     let mut bad = data.clone();
     bad[footer + 4] ^= 0x40;
     let err = stream::read(&bad).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::FooterMismatch { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::FooterMismatch { .. }),
+        "{err}"
+    );
     assert_eq!(err.offset(), footer as u64);
     // An unknown section type where the next section starts.
     let mut bad = data.clone();
@@ -175,7 +182,10 @@ fn damaged_sections_are_named_with_their_offset() {
     // A zero-length idstr.
     let mut bad = data.clone();
     bad[timer.span.offset as usize + 5] = 0;
-    assert_eq!(stream::read(&bad).unwrap_err().kind(), &ErrorKind::EmptyString);
+    assert_eq!(
+        stream::read(&bad).unwrap_err().kind(),
+        &ErrorKind::EmptyString
+    );
     // A prefixed subsection the description does not list.
     let fw_cfg = sections.iter().find(|s| s.idstr == "fw_cfg").unwrap();
     let SectionBody::Device(state) = &fw_cfg.body else {
@@ -187,7 +197,10 @@ fn damaged_sections_are_named_with_their_offset() {
     let last = name_at + sub.name.len() - 1;
     bad[last] = b'~';
     let err = stream::read(&bad).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::UnknownSubsection { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::UnknownSubsection { .. }),
+        "{err}"
+    );
     assert_eq!(err.offset(), sub.offset);
 }
 
@@ -257,7 +270,11 @@ fn built_stream_with_xbzrle_and_packaged_reads_and_writes_back() {
     let summary = parsed.ram_summary();
     assert_eq!(summary.len(), 1);
     assert_eq!(
-        (summary[0].pages, summary[0].zero_pages, summary[0].xbzrle_pages),
+        (
+            summary[0].pages,
+            summary[0].zero_pages,
+            summary[0].xbzrle_pages
+        ),
         (1, 1, 1)
     );
     let Some(Record::Command(packaged)) = parsed.records.last() else {
@@ -287,7 +304,10 @@ fn built_stream_with_bad_xbzrle_is_refused() {
     // An empty literal run.
     let data = built_stream(&[0, 0]);
     let err = stream::read(&data).unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::BadRamRecord { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::BadRamRecord { .. }),
+        "{err}"
+    );
 }
 
 #[test]

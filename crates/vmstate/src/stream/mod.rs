@@ -208,7 +208,7 @@ pub struct Section {
 
 /// The payload of a section.
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "body", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum SectionBody {
     /// RAM records (`ram`, version 4).
     Ram(RamPayload),
@@ -280,7 +280,7 @@ pub struct RamBlock {
 
 /// The kind of the page records of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunKind {
     /// ZERO records, each followed by its fill byte.
     Zero {

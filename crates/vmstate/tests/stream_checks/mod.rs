@@ -44,7 +44,10 @@ pub fn check_stream(name: &str, data: &[u8]) -> Stream {
 /// FULL sections and the description's devices: same names, instances and order, and every
 /// described section decoded through its description.
 pub fn check_against_description(name: &str, parsed: &Stream) {
-    let trailer = parsed.trailer.as_ref().expect("corpus streams have a trailer");
+    let trailer = parsed
+        .trailer
+        .as_ref()
+        .expect("corpus streams have a trailer");
     let description = trailer.description.as_ref().expect("the trailer parses");
     let full: Vec<_> = parsed
         .sections()
@@ -106,7 +109,12 @@ pub fn check_against_peer_state(name: &str, parsed: &Stream, peer: &Json) -> usi
                 .collect();
             let ours: Map<String, Json> = blocks
                 .iter()
-                .map(|b| (b.name.clone(), Json::String(format!("0x{:016x}", b.used_length))))
+                .map(|b| {
+                    (
+                        b.name.clone(),
+                        Json::String(format!("0x{:016x}", b.used_length)),
+                    )
+                })
                 .collect();
             assert_eq!(&Json::Object(ours), sizes, "{name}: RAM block list");
         } else {
