@@ -328,3 +328,40 @@ fn bad_common_fields_are_named() {
         ErrorKind::CountTooLarge { value: 1025, .. }
     ));
 }
+
+/// Ground truth (qemu7.2-booted-pc-legacy-idle, a legacy virtio-blk): QEMU reported the
+/// rings of queue 0 at desc 37699584, avail 37703680, used 37707776, 256 entries, index 17.
+/// A legacy device saves only the descriptor table; the others are computed as QEMU does.
+#[test]
+fn legacy_ring_addresses_are_computed_as_qemu_does() {
+    let (_, device) = decode("qemu7.2-booted-pc-legacy-idle--0000_00_02.0-virtio-blk");
+    assert!(device.ring_addresses(0).is_none());
+    let q = device.queues[0];
+    assert_eq!((q.desc, q.num, q.last_avail_idx), (37_699_584, 256, 17));
+    assert_eq!(device.ring_areas(0), Some((37_703_680, 37_707_776)));
+    let json = serde_json::to_value(&device).unwrap();
+    assert_eq!(json["queues"][0]["avail"], 37_703_680);
+    assert_eq!(json["queues"][0]["used"], 37_707_776);
+    assert_eq!(json["device"], "virtio-blk");
+}
+
+#[test]
+fn json_shows_each_request_once_with_its_queue() {
+    let (_, device) = decode("qemu7.2-blk-inflight-mq2--0000_00_01.0-virtio-blk");
+    let json = serde_json::to_value(&device).unwrap();
+    let requests = json["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 2);
+    for r in requests {
+        assert!(r["queue"].is_u64() && r["index"].is_u64());
+        assert!(r["out"].is_array() && r["in"].is_array());
+    }
+    assert_eq!(json["queues"][1]["avail"], 37_335_040);
+    let virtqueues = json["subsections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "virtio/virtqueues")
+        .unwrap();
+    assert_eq!(virtqueues["queues"].as_array().unwrap().len(), 2);
+    assert_eq!(virtqueues["other_non_zero_slots"], 0);
+}

@@ -76,7 +76,7 @@ pub enum CoreState {
 }
 
 /// Avail and used ring addresses of one queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct RingAddresses {
     /// Guest-physical address of the avail (driver) ring.
     pub avail: u64,
@@ -85,7 +85,7 @@ pub struct RingAddresses {
 }
 
 /// Indices of one packed-ring queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct PackedQueueState {
     /// Next descriptor the device will read.
     pub last_avail_idx: u16,
@@ -124,7 +124,7 @@ pub struct ModernState {
 }
 
 /// One queue's registers in the modern interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ModernQueue {
     /// Queue size the driver chose.
     pub num: u16,

@@ -13,6 +13,7 @@
 
 mod blk;
 mod core;
+mod json;
 mod pci;
 
 pub use self::blk::{BlkRequest, BlkState, Framing, NdescsOrder};
@@ -134,7 +135,9 @@ pub enum DeviceState {
 }
 
 /// A virtio device's state, decoded from its `virtio` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Its JSON form (`Serialize`) is the one `dump --json` shows; see the `json` module.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VirtioDevice {
     /// Which device this is.
     pub kind: DeviceKind,
