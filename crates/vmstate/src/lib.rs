@@ -42,6 +42,7 @@
 
 pub mod element;
 pub mod error;
+pub mod hex;
 pub mod note;
 pub mod schema;
 pub mod stream;

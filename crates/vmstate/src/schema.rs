@@ -34,6 +34,16 @@ pub fn next_subsection<'a>(
     parent: &str,
     known: &[&str],
 ) -> Result<Option<SubsectionHeader<'a>>> {
+    next_subsection_if(reader, parent, |name| known.contains(&name))
+}
+
+/// Like [`next_subsection`], with the parent's subsections given by a predicate on the name
+/// (for parents whose subsections come from the stream's own description).
+pub fn next_subsection_if<'a>(
+    reader: &mut Reader<'a>,
+    parent: &str,
+    is_known: impl Fn(&str) -> bool,
+) -> Result<Option<SubsectionHeader<'a>>> {
     let head = reader.peek(2);
     let (Some(&SUBSECTION_MARKER), Some(&len)) = (head.first(), head.get(1)) else {
         return Ok(None);
@@ -60,7 +70,7 @@ pub fn next_subsection<'a>(
         )
     };
     let name = match std::str::from_utf8(name) {
-        Ok(name) if known.contains(&name) => name,
+        Ok(name) if is_known(name) => name,
         _ => return Err(unknown(String::from_utf8_lossy(name).into_owned())),
     };
     reader.skip(len.saturating_add(2), "subsection.name")?;

@@ -13,6 +13,13 @@ use crate::wire::{Endian, Reader};
 const NAME: &str = "configuration";
 
 /// Reads the configuration section whose type byte (already consumed) was at `start`.
+/// The configuration section's subsections.
+const SUBSECTIONS: &[&str] = &[
+    "configuration/target-page-bits",
+    "configuration/capabilities",
+    "configuration/uuid",
+];
+
 pub(crate) fn read_configuration(r: &mut Reader, start: u64) -> Result<Configuration> {
     let len_offset = r.offset();
     let len = r.u32(Endian::Big, "configuration.len")?;
@@ -40,14 +47,16 @@ pub(crate) fn read_configuration(r: &mut Reader, start: u64) -> Result<Configura
             value: Value::Raw(name.to_vec()),
         },
     ];
-    let subsections = read_subsections(r, NAME, |name, r| match name {
-        "configuration/target-page-bits" => {
-            Ok(Some(fixed(r, &[("target_page_bits", "uint32", 4)])?))
-        }
-        "configuration/capabilities" => capabilities(r).map(Some),
-        "configuration/uuid" => Ok(Some(fixed(r, &[("uuid", "buffer", 16)])?)),
-        _ => Ok(None),
-    })
+    let subsections = read_subsections(
+        r,
+        NAME,
+        |name| SUBSECTIONS.contains(&name),
+        |name, r| match name {
+            "configuration/target-page-bits" => fixed(r, &[("target_page_bits", "uint32", 4)]),
+            "configuration/capabilities" => capabilities(r),
+            _ => fixed(r, &[("uuid", "buffer", 16)]),
+        },
+    )
     .map_err(|e| e.within(NAME))?;
     Ok(Configuration {
         span: Span {

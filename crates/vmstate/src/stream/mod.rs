@@ -28,6 +28,9 @@ pub use gzip::decompress_if_gzip;
 pub use ram::{RamRecord, RamRecordKind};
 pub use writer::write;
 
+pub use crate::hex::hex;
+use crate::hex::serialize_hex;
+
 use crate::note::Note;
 
 /// The stream magic, `QEVM`.
@@ -508,19 +511,4 @@ pub struct RamBlockSummary {
     pub xbzrle_pages: u64,
     /// Where the block's page records are in the stream (adjacent runs merged).
     pub ranges: Vec<Span>,
-}
-
-fn serialize_hex<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&hex(bytes))
-}
-
-/// Lower-case hex of `bytes`, two digits per byte, no separators.
-pub fn hex(bytes: &[u8]) -> String {
-    let digit = |nibble: u8| char::from_digit(u32::from(nibble), 16).unwrap_or('?');
-    let mut out = String::with_capacity(bytes.len().saturating_mul(2));
-    for &b in bytes {
-        out.push(digit(b >> 4));
-        out.push(digit(b & 0xf));
-    }
-    out
 }

@@ -10,10 +10,8 @@
 use super::description::{FieldDescription, VmsdDescription};
 use super::{Field, StructValue, Subsection, Value};
 use crate::error::{Error, ErrorKind, Result};
+use crate::schema;
 use crate::wire::{Endian, Reader, Writer};
-
-/// The byte that opens a subsection.
-pub(crate) const SUBSECTION: u8 = 0x05;
 
 /// Types that analyze-migration.py reads as signed integers.
 const SIGNED_TYPES: &[&str] = &[
@@ -38,17 +36,32 @@ pub(crate) fn decode_struct(r: &mut Reader, desc: &VmsdDescription) -> Result<St
     }
     let subsections = match &desc.vmsd_name {
         Some(parent) => {
-            let mut unused: Vec<&VmsdDescription> = desc.subsections.iter().collect();
-            let found = read_subsections(r, parent, |name, r| {
-                let Some(position) = unused
+            // Each described subsection is expected once; a repeat is not in the description.
+            let unused = std::cell::RefCell::new(desc.subsections.iter().collect::<Vec<_>>());
+            let position = |name: &str| {
+                unused
+                    .borrow()
                     .iter()
                     .position(|s| s.vmsd_name.as_deref() == Some(name))
-                else {
-                    return Ok(None);
-                };
-                let sub = unused.remove(position);
-                decode_struct(r, sub).map(Some)
-            })?;
+            };
+            let found = read_subsections(
+                r,
+                parent,
+                |name| position(name).is_some(),
+                |name, r| {
+                    let sub = position(name).map(|p| unused.borrow_mut().remove(p));
+                    match sub {
+                        Some(sub) => decode_struct(r, sub),
+                        None => Err(r.error(
+                            ErrorKind::MissingSubsection {
+                                name: name.to_owned(),
+                            },
+                            parent,
+                        )),
+                    }
+                },
+            )?;
+            let unused = unused.into_inner();
             if let Some(missing) = unused.first() {
                 return Err(r.error(
                     ErrorKind::MissingSubsection {
@@ -68,56 +81,22 @@ pub(crate) fn decode_struct(r: &mut Reader, desc: &VmsdDescription) -> Result<St
     })
 }
 
-/// Reads the subsections that follow a struct's fields, as QEMU's loader detects them.
-///
-/// A subsection is present when the next byte is 0x05, the byte after it (the name length)
-/// is at least the parent's name length + 1, and the name starts with the parent's name;
-/// otherwise the bytes belong to whatever follows and nothing is consumed. A present
-/// subsection whose name `decode` does not know (it returns `None`) is an error, as in QEMU.
+/// Reads the subsections that follow a struct, as QEMU's loader detects them (see
+/// [`schema::next_subsection`]): `is_known` says which names the parent has, and `decode`
+/// reads the payload of each one found.
 pub(crate) fn read_subsections(
     r: &mut Reader,
     parent: &str,
-    mut decode: impl FnMut(&str, &mut Reader) -> Result<Option<StructValue>>,
+    is_known: impl Fn(&str) -> bool,
+    mut decode: impl FnMut(&str, &mut Reader) -> Result<StructValue>,
 ) -> Result<Vec<Subsection>> {
     let mut out = Vec::new();
-    loop {
-        let head = r.peek(2);
-        let (Some(&SUBSECTION), Some(&len)) = (head.first(), head.get(1)) else {
-            break;
-        };
-        let len = usize::from(len);
-        if len < parent.len().saturating_add(1) {
-            break;
-        }
-        let Some(name) = r.peek(len.saturating_add(2)).get(2..) else {
-            break;
-        };
-        if name.len() != len || !name.starts_with(parent.as_bytes()) {
-            break;
-        }
-        let offset = r.offset();
-        let name = std::str::from_utf8(name)
-            .map_err(|_| r.error(ErrorKind::NotUtf8, "subsection.name"))?
-            .to_owned();
-        r.skip(len.saturating_add(2), "subsection.name")?;
-        let version = r.u32(Endian::Big, "subsection.version")?;
-        let state = match decode(&name, r).map_err(|e| e.within(&name))? {
-            Some(state) => state,
-            None => {
-                return Err(Error::new(
-                    ErrorKind::UnknownSubsection {
-                        name,
-                        parent: parent.to_owned(),
-                    },
-                    offset,
-                    "subsection",
-                ))
-            }
-        };
+    while let Some(header) = schema::next_subsection_if(r, parent, &is_known)? {
+        let state = decode(header.name, r).map_err(|e| e.within(header.name))?;
         out.push(Subsection {
-            offset,
-            name,
-            version,
+            offset: header.offset,
+            name: header.name.to_owned(),
+            version: header.version,
             state,
         });
     }
@@ -215,9 +194,7 @@ pub(crate) fn encode_struct(w: &mut Writer, value: &StructValue) -> Result<()> {
         encode_field(w, field).map_err(|e| e.within(&field.name))?;
     }
     for sub in &value.subsections {
-        w.u8(SUBSECTION);
-        w.counted_bytes(sub.name.as_bytes(), "subsection.name")?;
-        w.u32(Endian::Big, sub.version);
+        schema::write_subsection_header(w, &sub.name, sub.version)?;
         encode_struct(w, &sub.state).map_err(|e| e.within(&sub.name))?;
     }
     Ok(())
@@ -287,7 +264,13 @@ mod tests {
         // 0x05 followed by a short name is ordinary data of whatever follows.
         let data = [0x05, 0x02, b'a', b'b', 0, 0, 0, 1];
         let mut r = Reader::new(&data);
-        let subs = read_subsections(&mut r, "parent", |_, _| Ok(None)).unwrap();
+        let subs = read_subsections(
+            &mut r,
+            "parent",
+            |_| false,
+            |_, _| Ok(StructValue::default()),
+        )
+        .unwrap();
         assert!(subs.is_empty());
         assert_eq!(r.offset(), 0);
         // A prefixed name the parent does not know is an error.
@@ -295,7 +278,13 @@ mod tests {
         data.extend_from_slice(b"parent/new");
         data.extend_from_slice(&[0, 0, 0, 1]);
         let mut r = Reader::new(&data);
-        let err = read_subsections(&mut r, "parent", |_, _| Ok(None)).unwrap_err();
+        let err = read_subsections(
+            &mut r,
+            "parent",
+            |_| false,
+            |_, _| Ok(StructValue::default()),
+        )
+        .unwrap_err();
         assert!(matches!(err.kind(), ErrorKind::UnknownSubsection { .. }));
         assert_eq!(err.offset(), 0);
     }

@@ -23,26 +23,14 @@ pub use self::core::{
 };
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
+
+pub use crate::hex::HexBytes;
 
 use crate::element::{Layout, LayoutChoice};
 use crate::error::{Error, ErrorKind, Result};
 use crate::note::Note;
 use crate::wire::{Endian, Reader, Writer};
-
-/// Bytes shown as a lowercase hex string in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HexBytes(pub Vec<u8>);
-
-impl Serialize for HexBytes {
-    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut text = String::with_capacity(self.0.len().saturating_mul(2));
-        for byte in &self.0 {
-            text.push_str(&format!("{byte:02x}"));
-        }
-        serializer.serialize_str(&text)
-    }
-}
 
 /// A fact the stream does not state, and how the decoder settled it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
