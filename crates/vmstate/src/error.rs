@@ -165,6 +165,11 @@ pub enum ErrorKind {
         /// The decompressor's complaint.
         reason: String,
     },
+    /// Writing the output failed (a full disk, a closed pipe).
+    Output {
+        /// The operating system's complaint.
+        reason: String,
+    },
     /// Several readings of device state that the stream does not delimit all fit, and the
     /// stream holds nothing that decides between them.
     AmbiguousFraming {
@@ -264,6 +269,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::EmptyString => f.write_str("empty name (length 0)"),
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
             ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
+            ErrorKind::Output { reason } => write!(f, "cannot write the output: {reason}"),
             ErrorKind::AmbiguousFraming { readings, settle } => write!(
                 f,
                 "the stream fits several readings ({}); settle it with {settle}",
