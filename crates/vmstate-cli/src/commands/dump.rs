@@ -244,10 +244,11 @@ fn section_row(out: &mut String, section: &Section, indent: &str) {
             for item in &ram.items {
                 match item {
                     stream::RamItem::BlockList(list) => blocks = list.blocks.len(),
-                    stream::RamItem::Pages(run) => match run.kind {
-                        stream::RunKind::Zero { .. } => zero = zero.saturating_add(run.count),
-                        _ => pages = pages.saturating_add(run.count),
-                    },
+                    stream::RamItem::Pages(run) => {
+                        let (full, zeros, xbzrle) = run.page_counts();
+                        pages = pages.saturating_add(full).saturating_add(xbzrle);
+                        zero = zero.saturating_add(zeros);
+                    }
                     _ => {}
                 }
             }

@@ -53,6 +53,18 @@ const CMD_RECV_BITMAP: u16 = 10;
 /// Errors name the byte offset where the stream stops making sense; a stream that ends
 /// before the bytes it announces is always an error, never a shorter stream.
 pub fn read(data: &[u8]) -> Result<Stream> {
+    read_with_progress(data, &mut |_| {})
+}
+
+/// [`read`], telling `progress` how far it has got.
+///
+/// `progress` receives absolute offsets of `data`, never decreasing: after every top-level
+/// record, after every RAM record, and `data.len()` at the end. Everything before the offset
+/// it was given has been read and is not looked at again except the trailer, found first from
+/// the end, so a caller whose `data` is a file mapping may release the pages before that
+/// offset and keep its resident memory bounded on a stream of any size. The model itself
+/// grows with the number of records and runs, never with the number of pages.
+pub fn read_with_progress(data: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Stream> {
     let mut r = Reader::new(data);
     let magic = r.u32(Endian::Big, "header.magic")?;
     if magic == MULTIFD_MAGIC {
@@ -81,11 +93,12 @@ pub fn read(data: &[u8]) -> Result<Stream> {
         ));
     }
 
-    let mut ctx = Context::new(data)?;
+    let mut ctx = Context::new(data, progress)?;
     let (records, eof_offset) = read_records(&mut r, &mut ctx, true)?;
     let eof_offset = eof_offset.unwrap_or(r.offset());
     let page_size = ctx.page_size.unwrap_or_else(|| ctx.resolve_page_size());
     let trailer = read_trailer(&mut r, &mut ctx)?;
+    (ctx.progress)(r.offset());
     Ok(Stream {
         version,
         footers: ctx.footers,
@@ -98,7 +111,9 @@ pub fn read(data: &[u8]) -> Result<Stream> {
 }
 
 /// What the reader learns along the way and needs later.
-struct Context {
+struct Context<'p> {
+    /// Told how far the reader has got.
+    progress: &'p mut dyn FnMut(u64),
     /// The description found at the end of the input, before reading from the start.
     description: Option<Description>,
     /// Where that description's trailer starts, to be confirmed when the reader gets there.
@@ -126,8 +141,8 @@ struct Context {
     notes: Vec<Note>,
 }
 
-impl Context {
-    fn new(data: &[u8]) -> Result<Context> {
+impl<'p> Context<'p> {
+    fn new(data: &[u8], progress: &'p mut dyn FnMut(u64)) -> Result<Context<'p>> {
         let mut notes = Vec::new();
         let (description, trailer_offset) = match locate_trailer(data)? {
             Some((offset, json)) => {
@@ -148,6 +163,7 @@ impl Context {
         };
         let used_devices = vec![false; description.as_ref().map_or(0, |d| d.devices.len())];
         Ok(Context {
+            progress,
             description,
             trailer_offset,
             used_devices,
@@ -279,6 +295,9 @@ fn read_records(
             }
         };
         records.push(record);
+        if top_level {
+            (ctx.progress)(r.offset());
+        }
     }
 }
 
@@ -627,7 +646,8 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
     let mut items: Vec<RamItem> = Vec::new();
     loop {
         let record = read_ram_record(r, &ram)?;
-        let (block, kind) = match record.kind {
+        (ctx.progress)(r.offset());
+        let kind = match record.kind {
             RamRecordKind::Eos => {
                 items.push(RamItem::Eos {
                     offset: record.offset,
@@ -655,14 +675,11 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
                 items.push(RamItem::BlockList(list));
                 continue;
             }
-            RamRecordKind::Zero { fill } => (record.block.clone(), RunKind::Zero { fill }),
-            RamRecordKind::Page { .. } => (record.block.clone(), RunKind::Page),
-            RamRecordKind::Xbzrle { data } => (
-                record.block.clone(),
-                RunKind::Xbzrle {
-                    encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
-                },
-            ),
+            RamRecordKind::Zero { fill } => RunKind::Zero { fill },
+            RamRecordKind::Page { .. } => RunKind::Page,
+            RamRecordKind::Xbzrle { data } => RunKind::Xbzrle {
+                encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
+            },
         };
         let bad = |reason: String| {
             Error::new(
@@ -671,19 +688,18 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
                 "ram.word",
             )
         };
-        let block = match block {
-            Some(name) => {
-                ctx.last_block = Some(name.clone());
-                name
-            }
-            None => ctx
-                .last_block
-                .clone()
-                .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?,
-        };
+        // CONTINUE records name no block: they borrow the last one, so nothing is allocated
+        // per page.
+        if let Some(name) = record.block {
+            ctx.last_block = Some(name);
+        }
+        let block = ctx
+            .last_block
+            .as_deref()
+            .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?;
         let used_length = *ctx
             .ram_blocks
-            .get(&block)
+            .get(block)
             .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?;
         if record.page >= used_length {
             return Err(bad(format!(
@@ -691,35 +707,64 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
                 record.page
             )));
         }
-        let span = Span {
-            offset: record.offset,
-            len: record.len,
-        };
         if let Some(RamItem::Pages(run)) = items.last_mut() {
             let next_page = run
                 .count
                 .checked_mul(ram.page_size)
                 .and_then(|d| d.checked_add(run.first_page));
-            let extends = record.continues
-                && run.block == block
-                && run.kind == kind
-                && !matches!(kind, RunKind::Xbzrle { .. })
-                && next_page == Some(record.page)
-                && run.span.end() == record.offset;
-            if extends {
+            let merged = merge_kinds(run.kind, run.count, kind);
+            if let Some(merged) = merged.filter(|_| {
+                record.continues
+                    && run.block == block
+                    && next_page == Some(record.page)
+                    && run.span.end() == record.offset
+            }) {
+                run.kind = merged;
                 run.count = run.count.saturating_add(1);
                 run.span.len = run.span.len.saturating_add(record.len);
                 continue;
             }
         }
         items.push(RamItem::Pages(RamRun {
-            block,
+            block: block.to_owned(),
             kind,
             first_page: record.page,
             count: 1,
             first_continues: record.continues,
-            span,
+            span: Span {
+                offset: record.offset,
+                len: record.len,
+            },
         }));
+    }
+}
+
+/// The kind of a run of `count` records of kind `run` once a record of kind `next` joins it,
+/// or `None` when it cannot join.
+///
+/// ZERO and PAGE records mix freely (a guest's memory alternates between the two, and a run
+/// per change would make the model grow with the pages); XBZRLE records, rare and each with
+/// its own length, stay one per run.
+fn merge_kinds(run: RunKind, count: u64, next: RunKind) -> Option<RunKind> {
+    match (run, next) {
+        (RunKind::Page, RunKind::Page) => Some(RunKind::Page),
+        (RunKind::Zero { fill }, RunKind::Zero { fill: next }) if fill == next => Some(run),
+        (RunKind::Page, RunKind::Zero { fill }) => Some(RunKind::Mixed {
+            zero_pages: 1,
+            fill,
+        }),
+        (RunKind::Zero { fill }, RunKind::Page) => Some(RunKind::Mixed {
+            zero_pages: count,
+            fill,
+        }),
+        (RunKind::Mixed { zero_pages, fill }, RunKind::Zero { fill: next }) if fill == next => {
+            Some(RunKind::Mixed {
+                zero_pages: zero_pages.saturating_add(1),
+                fill,
+            })
+        }
+        (RunKind::Mixed { .. }, RunKind::Page) => Some(run),
+        _ => None,
     }
 }
 

@@ -9,6 +9,11 @@
 //! only where they are ([`RamRun`]), so [`write`] takes the input again as the source of page
 //! bytes.
 //!
+//! Streams of any size are read and written in bounded memory: the model grows with records
+//! and runs, never with pages; [`read_with_progress`] tells its caller how far it has got, so
+//! that a caller reading from a file mapping can release what lies behind; [`write_to`] hands
+//! its output on in pieces; [`gunzip`] decompresses a chunk at a time.
+//!
 //! Reading order and the rules applied are those of QEMU's loader (`migration/savevm.c`,
 //! `migration/ram.c`) and, for device payloads, of QEMU's `scripts/analyze-migration.py`.
 
@@ -22,11 +27,11 @@ mod writer;
 
 use serde::Serialize;
 
-pub use container::read;
+pub use container::{read, read_with_progress};
 pub use description::{Description, DeviceDescription, FieldDescription, VmsdDescription};
-pub use gzip::decompress_if_gzip;
+pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use ram::{RamRecord, RamRecordKind};
-pub use writer::write;
+pub use writer::{write, write_to};
 
 pub use crate::hex::hex;
 use crate::hex::serialize_hex;
@@ -297,6 +302,15 @@ pub enum RunKind {
         /// Length of the encoded data.
         encoded_len: u16,
     },
+    /// PAGE and ZERO records interleaved. Which record is which stays in the input, where
+    /// the writer reads it back: the model keeps only the counts, so that it does not grow
+    /// with the pages of a guest whose memory alternates between used and zero.
+    Mixed {
+        /// How many of the records are ZERO records.
+        zero_pages: u64,
+        /// The fill byte of every ZERO record of the run.
+        fill: u8,
+    },
 }
 
 /// Consecutive page records of one block, at consecutive page offsets, all of one kind.
@@ -317,6 +331,20 @@ pub struct RamRun {
     pub first_continues: bool,
     /// The records' bytes in the stream, headers included.
     pub span: Span,
+}
+
+impl RamRun {
+    /// How many of the run's records are PAGE, ZERO and XBZRLE records, in that order.
+    pub fn page_counts(&self) -> (u64, u64, u64) {
+        match self.kind {
+            RunKind::Zero { .. } => (0, self.count, 0),
+            RunKind::Page => (self.count, 0, 0),
+            RunKind::Xbzrle { .. } => (0, 0, self.count),
+            RunKind::Mixed { zero_pages, .. } => {
+                (self.count.saturating_sub(zero_pages), zero_pages, 0)
+            }
+        }
+    }
 }
 
 /// The decoded payload of a VMState struct: its fields, then its subsections.
@@ -475,12 +503,10 @@ impl Stream {
                         let Some(entry) = summary.iter_mut().find(|s| s.name == run.block) else {
                             continue;
                         };
-                        let counter = match run.kind {
-                            RunKind::Zero { .. } => &mut entry.zero_pages,
-                            RunKind::Page => &mut entry.pages,
-                            RunKind::Xbzrle { .. } => &mut entry.xbzrle_pages,
-                        };
-                        *counter = counter.saturating_add(run.count);
+                        let (pages, zero, xbzrle) = run.page_counts();
+                        entry.pages = entry.pages.saturating_add(pages);
+                        entry.zero_pages = entry.zero_pages.saturating_add(zero);
+                        entry.xbzrle_pages = entry.xbzrle_pages.saturating_add(xbzrle);
                         match entry.ranges.last_mut() {
                             Some(last) if last.end() == run.span.offset => {
                                 last.len = last.len.saturating_add(run.span.len)

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use super::{BlockList, RamBlock, Span};
+use super::{BlockList, Command, RamBlock, RamItem, Record, Section, SectionBody, Span, Stream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Reader};
 
@@ -194,6 +194,41 @@ pub(crate) fn read_ram_record(r: &mut Reader, ctx: &RamContext) -> Result<RamRec
         block,
         kind,
     })
+}
+
+impl Stream {
+    /// Drops every page record (PAGE, ZERO, XBZRLE), keeping the block lists, the EOS that
+    /// ends each RAM section and everything else: the result is device state without guest
+    /// memory, still a well-formed stream that loads as one whose RAM was never sent. Returns
+    /// the number of page records dropped.
+    ///
+    /// The JSON description does not describe RAM, so it needs no change.
+    pub fn strip_ram(&mut self) -> u64 {
+        fn strip(records: &mut [Record]) -> u64 {
+            let mut dropped = 0u64;
+            for record in records {
+                match record {
+                    Record::Section(Section {
+                        body: SectionBody::Ram(ram),
+                        ..
+                    }) => ram.items.retain(|item| match item {
+                        RamItem::Pages(run) => {
+                            dropped = dropped.saturating_add(run.count);
+                            false
+                        }
+                        _ => true,
+                    }),
+                    Record::Command(Command {
+                        packaged: Some(packaged),
+                        ..
+                    }) => dropped = dropped.saturating_add(strip(&mut packaged.records)),
+                    _ => {}
+                }
+            }
+            dropped
+        }
+        strip(&mut self.records)
+    }
 }
 
 fn span_of(r: &mut Reader, len: u64, field: &str) -> Result<Span> {

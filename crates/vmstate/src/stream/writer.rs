@@ -1,4 +1,10 @@
 //! Writing a [`Stream`] back to bytes.
+//!
+//! The output is produced in order and handed to an [`std::io::Write`] in pieces of about
+//! [`FLUSH_AT`] bytes, so writing a stream of any size takes a bounded amount of memory; page
+//! contents go from the source to the output run by run.
+
+use std::io::Write;
 
 use super::container::{
     TYPE_COMMAND, TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION,
@@ -14,88 +20,171 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Writer};
 
+/// How many bytes gather before they are handed to the output: few enough to stay far below
+/// any memory budget, enough that writes stay few.
+const FLUSH_AT: usize = 1 << 20;
+
 /// Writes `stream` as a migration stream.
 ///
 /// Everything comes from the model except RAM page contents, which the model only locates:
 /// they are copied from `source`, the input the stream was read from. Writing an unchanged
 /// model gives back that input byte for byte.
 pub fn write(stream: &Stream, source: &[u8]) -> Result<Vec<u8>> {
-    let mut w = Writer::with_capacity(source.len());
-    w.u32(Endian::Big, MAGIC);
-    w.u32(Endian::Big, stream.version);
-    let out = Output {
+    let mut out = Vec::with_capacity(source.len());
+    write_to(stream, source, &mut out, &mut |_| {})?;
+    Ok(out)
+}
+
+/// [`write`] to `out`, in pieces, returning the number of bytes written.
+///
+/// `progress` receives offsets of `source` up to which page contents have been copied, never
+/// decreasing, so that a caller whose `source` is a file mapping may release what lies
+/// before. Nothing is flushed: `out` is left to its owner.
+pub fn write_to(
+    stream: &Stream,
+    source: &[u8],
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    let mut w = Sink::to(out);
+    w.buf.u32(Endian::Big, MAGIC);
+    w.buf.u32(Endian::Big, stream.version);
+    let mut output = Output {
         source,
         page_size: stream.page_size.bytes,
+        progress,
     };
-    out.records(&mut w, &stream.records)?;
-    w.u8(TYPE_EOF);
+    output.records(&mut w, &stream.records)?;
+    w.buf.u8(TYPE_EOF);
     if let Some(trailer) = &stream.trailer {
-        w.u8(TYPE_VMDESCRIPTION);
+        w.buf.u8(TYPE_VMDESCRIPTION);
         let len = u64::try_from(trailer.json.len()).unwrap_or(u64::MAX);
-        w.uint(4, Endian::Big, len, "vmdescription.length")?;
-        w.bytes(&trailer.json);
+        w.buf.uint(4, Endian::Big, len, "vmdescription.length")?;
+        w.buf.bytes(&trailer.json);
     }
-    Ok(w.into_bytes())
+    w.finish()
+}
+
+/// Where the writer puts bytes: a buffer, handed on to the output whenever it is full, or
+/// kept whole for a PACKAGED command, whose length precedes it.
+struct Sink<'o> {
+    buf: Writer,
+    out: Option<&'o mut dyn Write>,
+    written: u64,
+}
+
+impl<'o> Sink<'o> {
+    fn to(out: &'o mut dyn Write) -> Sink<'o> {
+        Sink {
+            buf: Writer::with_capacity(FLUSH_AT),
+            out: Some(out),
+            written: 0,
+        }
+    }
+
+    fn nested() -> Sink<'static> {
+        Sink {
+            buf: Writer::new(),
+            out: None,
+            written: 0,
+        }
+    }
+
+    /// Hands the buffer to the output once it is full; returns whether it did.
+    fn spill(&mut self) -> Result<bool> {
+        if self.out.is_none() || self.buf.as_bytes().len() < FLUSH_AT {
+            return Ok(false);
+        }
+        self.drain()?;
+        Ok(true)
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        let full = std::mem::replace(&mut self.buf, Writer::with_capacity(FLUSH_AT));
+        out.write_all(full.as_bytes()).map_err(|e| {
+            Error::new(
+                ErrorKind::Output {
+                    reason: e.to_string(),
+                },
+                self.written,
+                "output",
+            )
+        })?;
+        self.written = self.written.saturating_add(full.offset());
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<u64> {
+        self.drain()?;
+        Ok(self.written)
+    }
 }
 
 struct Output<'a> {
     source: &'a [u8],
     page_size: u64,
+    progress: &'a mut dyn FnMut(u64),
 }
 
 impl Output<'_> {
-    fn records(&self, w: &mut Writer, records: &[Record]) -> Result<()> {
+    fn records(&mut self, w: &mut Sink, records: &[Record]) -> Result<()> {
         for record in records {
             match record {
                 Record::Configuration(config) => {
-                    w.u8(TYPE_CONFIGURATION);
-                    encode_struct(w, &config.state).map_err(|e| e.within("configuration"))?;
+                    w.buf.u8(TYPE_CONFIGURATION);
+                    encode_struct(&mut w.buf, &config.state)
+                        .map_err(|e| e.within("configuration"))?;
                 }
                 Record::Command(command) => self.command(w, command)?,
                 Record::Section(section) => self.section(w, section)?,
             }
+            w.spill()?;
         }
         Ok(())
     }
 
-    fn command(&self, w: &mut Writer, command: &Command) -> Result<()> {
-        w.u8(TYPE_COMMAND);
-        w.u16(Endian::Big, command.number);
+    fn command(&mut self, w: &mut Sink, command: &Command) -> Result<()> {
+        w.buf.u8(TYPE_COMMAND);
+        w.buf.u16(Endian::Big, command.number);
         match &command.packaged {
             Some(packaged) => {
-                let mut nested = Writer::new();
+                let mut nested = Sink::nested();
                 self.records(&mut nested, &packaged.records)?;
                 if packaged.eof_offset.is_some() {
-                    nested.u8(TYPE_EOF);
+                    nested.buf.u8(TYPE_EOF);
                 }
-                let nested = nested.into_bytes();
-                w.u16(Endian::Big, 4);
-                w.uint(
+                let nested = nested.buf.into_bytes();
+                w.buf.u16(Endian::Big, 4);
+                w.buf.uint(
                     4,
                     Endian::Big,
                     nested.len() as u64,
                     "command.packaged.length",
                 )?;
-                w.bytes(&nested);
+                w.buf.bytes(&nested);
             }
             None => {
                 let len = command.payload.len() as u64;
-                w.uint(2, Endian::Big, len, "command.length")?;
-                w.bytes(&command.payload);
+                w.buf.uint(2, Endian::Big, len, "command.length")?;
+                w.buf.bytes(&command.payload);
             }
         }
         Ok(())
     }
 
-    fn section(&self, w: &mut Writer, section: &Section) -> Result<()> {
+    fn section(&mut self, w: &mut Sink, section: &Section) -> Result<()> {
         let path = format!("section[{}]", section.idstr);
-        w.u8(section.kind.byte());
-        w.u32(Endian::Big, section.section_id);
+        w.buf.u8(section.kind.byte());
+        w.buf.u32(Endian::Big, section.section_id);
         if section.kind.has_full_header() {
-            w.counted_bytes(section.idstr.as_bytes(), "section.idstr")
+            w.buf
+                .counted_bytes(section.idstr.as_bytes(), "section.idstr")
                 .map_err(|e| e.within(&path))?;
-            w.u32(Endian::Big, section.instance_id);
-            w.u32(Endian::Big, section.version_id);
+            w.buf.u32(Endian::Big, section.instance_id);
+            w.buf.u32(Endian::Big, section.version_id);
         }
         match &section.body {
             SectionBody::Ram(ram) => {
@@ -103,74 +192,90 @@ impl Output<'_> {
                     self.ram_item(w, item).map_err(|e| e.within(&path))?;
                 }
             }
-            SectionBody::Device(state) => encode_struct(w, state).map_err(|e| e.within(&path))?,
-            SectionBody::Opaque { bytes, .. } => w.bytes(bytes),
+            SectionBody::Device(state) => {
+                encode_struct(&mut w.buf, state).map_err(|e| e.within(&path))?
+            }
+            SectionBody::Opaque { bytes, .. } => w.buf.bytes(bytes),
         }
         if section.footer_offset.is_some() {
-            w.u8(TYPE_FOOTER);
-            w.u32(Endian::Big, section.section_id);
+            w.buf.u8(TYPE_FOOTER);
+            w.buf.u32(Endian::Big, section.section_id);
         }
         Ok(())
     }
 
-    fn ram_item(&self, w: &mut Writer, item: &RamItem) -> Result<()> {
+    fn ram_item(&mut self, w: &mut Sink, item: &RamItem) -> Result<()> {
         match item {
-            RamItem::BlockList(list) => block_list(w, list),
+            RamItem::BlockList(list) => block_list(&mut w.buf, list),
             RamItem::Pages(run) => self.run(w, run),
             RamItem::MultifdFlush { .. } => {
-                w.u64(Endian::Big, FLAG_MULTIFD_FLUSH);
+                w.buf.u64(Endian::Big, FLAG_MULTIFD_FLUSH);
                 Ok(())
             }
             RamItem::Eos { .. } => {
-                w.u64(Endian::Big, FLAG_EOS);
+                w.buf.u64(Endian::Big, FLAG_EOS);
                 Ok(())
             }
         }
     }
 
     /// Writes a run's records; page and XBZRLE bytes come from the source at the places the
-    /// run's span gives them.
-    fn run(&self, w: &mut Writer, run: &RamRun) -> Result<()> {
-        let type_flag = match run.kind {
-            RunKind::Zero { .. } => FLAG_ZERO,
-            RunKind::Page => FLAG_PAGE,
-            RunKind::Xbzrle { .. } => FLAG_XBZRLE,
-        };
+    /// run's span gives them, and so, for a mixed run, does which record is a ZERO record.
+    fn run(&mut self, w: &mut Sink, run: &RamRun) -> Result<()> {
         let mut source_offset = run.span.offset;
         let mut page = run.first_page;
+        let mut zero_pages = 0u64;
         for index in 0..run.count {
             let continues = index > 0 || run.first_continues;
-            let start = w.offset();
-            w.u64(
+            let kind = match run.kind {
+                RunKind::Mixed { fill, .. } => self.mixed_record_kind(source_offset, fill)?,
+                kind => kind,
+            };
+            let type_flag = match kind {
+                RunKind::Zero { .. } => {
+                    zero_pages = zero_pages.saturating_add(1);
+                    FLAG_ZERO
+                }
+                RunKind::Page | RunKind::Mixed { .. } => FLAG_PAGE,
+                RunKind::Xbzrle { .. } => FLAG_XBZRLE,
+            };
+            let start = w.buf.offset();
+            w.buf.u64(
                 Endian::Big,
                 page | type_flag | if continues { FLAG_CONTINUE } else { 0 },
             );
             if !continues {
-                w.counted_bytes(run.block.as_bytes(), "ram.block")?;
+                w.buf.counted_bytes(run.block.as_bytes(), "ram.block")?;
             }
-            let header = w.offset().saturating_sub(start);
+            let header = w.buf.offset().saturating_sub(start);
             let payload_offset = source_offset.saturating_add(header);
-            let payload_len = match run.kind {
+            let payload_len = match kind {
                 RunKind::Zero { fill } => {
-                    w.u8(fill);
+                    w.buf.u8(fill);
                     1
                 }
-                RunKind::Page => {
-                    w.bytes(self.source_bytes(payload_offset, self.page_size)?);
+                RunKind::Page | RunKind::Mixed { .. } => {
+                    w.buf
+                        .bytes(self.source_bytes(payload_offset, self.page_size)?);
                     self.page_size
                 }
                 RunKind::Xbzrle { encoded_len } => {
-                    w.u8(XBZRLE_ENCODING);
-                    w.u16(Endian::Big, encoded_len);
+                    w.buf.u8(XBZRLE_ENCODING);
+                    w.buf.u16(Endian::Big, encoded_len);
                     let data_offset = payload_offset.saturating_add(3);
-                    w.bytes(self.source_bytes(data_offset, u64::from(encoded_len))?);
+                    w.buf
+                        .bytes(self.source_bytes(data_offset, u64::from(encoded_len))?);
                     u64::from(encoded_len).saturating_add(3)
                 }
             };
             source_offset = payload_offset.saturating_add(payload_len);
             page = page.saturating_add(self.page_size);
+            if w.spill()? {
+                (self.progress)(source_offset);
+            }
         }
-        if source_offset != run.span.end() {
+        let zero_expected = run.page_counts().1;
+        if source_offset != run.span.end() || zero_pages != zero_expected {
             return Err(Error::new(
                 ErrorKind::InvalidValue {
                     value: run.span.len,
@@ -181,6 +286,28 @@ impl Output<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the record of a mixed run at `offset` of the source is a ZERO or a PAGE record.
+    fn mixed_record_kind(&self, offset: u64, fill: u8) -> Result<RunKind> {
+        let word = self
+            .source_bytes(offset, 8)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        match word & self.page_size.saturating_sub(1) & !FLAG_CONTINUE {
+            FLAG_ZERO => Ok(RunKind::Zero { fill }),
+            FLAG_PAGE => Ok(RunKind::Page),
+            _ => Err(Error::new(
+                ErrorKind::InvalidValue {
+                    value: word,
+                    expected: "a PAGE or ZERO record of a mixed run in the source",
+                },
+                offset,
+                "ram.run (source)",
+            )),
+        }
     }
 
     fn source_bytes(&self, offset: u64, len: u64) -> Result<&[u8]> {
