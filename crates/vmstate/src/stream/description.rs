@@ -177,3 +177,81 @@ fn string(json: &Json, key: &str, context: &str) -> Parsed<String> {
         .map(str::to_owned)
         .ok_or_else(|| format!("{context:?}: no string {key:?}"))
 }
+
+/// Sets the `size` of field `field` of the device `name`/`instance_id` in the JSON text of a
+/// description, and renders the text again as QEMU writes it.
+///
+/// Used when a conversion changes how many bytes a field takes (an element written in another
+/// layout): the description must keep matching the stream, or readers that trust it (this
+/// one, analyze-migration.py) would misread what follows.
+pub fn set_field_size(
+    json: &[u8],
+    name: &str,
+    instance_id: u32,
+    field: &str,
+    size: u64,
+) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::new(ErrorKind::BadDescription { reason }, 0, "vmdescription");
+    let mut root: Json = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let entry = root
+        .get_mut("devices")
+        .and_then(Json::as_array_mut)
+        .and_then(|devices| {
+            devices.iter_mut().find(|d| {
+                d.get("name").and_then(Json::as_str) == Some(name)
+                    && d.get("instance_id").and_then(Json::as_u64) == Some(u64::from(instance_id))
+            })
+        })
+        .and_then(|d| d.get_mut("fields"))
+        .and_then(Json::as_array_mut)
+        .and_then(|fields| {
+            fields
+                .iter_mut()
+                .find(|f| f.get("name").and_then(Json::as_str) == Some(field))
+        })
+        .and_then(Json::as_object_mut)
+        .ok_or_else(|| {
+            bad(format!(
+                "no field {field:?} of {name:?} instance {instance_id}"
+            ))
+        })?;
+    entry.insert("size".to_owned(), Json::from(size));
+    Ok(render_like_qemu(&root).into_bytes())
+}
+
+/// Renders JSON the way QEMU's JSON writer does: keys in their original order, `": "` after
+/// a key and `", "` between members, no other white space. Re-rendering a description QEMU
+/// wrote gives back its exact bytes.
+pub fn render_like_qemu(value: &Json) -> String {
+    let mut out = String::new();
+    render(value, &mut out);
+    out
+}
+
+fn render(value: &Json, out: &mut String) {
+    match value {
+        Json::Object(members) => {
+            out.push('{');
+            for (k, (key, member)) in members.iter().enumerate() {
+                if k > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&Json::String(key.clone()).to_string());
+                out.push_str(": ");
+                render(member, out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (k, item) in items.iter().enumerate() {
+                if k > 0 {
+                    out.push_str(", ");
+                }
+                render(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}

@@ -22,8 +22,8 @@ struct QueueJson {
     index: usize,
     num: u32,
     desc: u64,
-    avail: u64,
-    used: u64,
+    avail: Option<u64>,
+    used: Option<u64>,
     last_avail_idx: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     vector: Option<u16>,
@@ -33,9 +33,15 @@ impl VirtioDevice {
     /// Avail and used ring addresses of queue `index`: from `virtio/virtqueues` when the
     /// device saved it, else computed from the descriptor table as QEMU does for a legacy
     /// queue (avail right after the table, used at the next 4096-byte boundary after avail).
+    ///
+    /// `None` when the queue does not exist, or when the device's state past its queues was
+    /// not decoded (so whether `virtio/virtqueues` is there is unknown).
     pub fn ring_areas(&self, index: usize) -> Option<(u64, u64)> {
         if let Some(rings) = self.ring_addresses(index) {
             return Some((rings.avail, rings.used));
+        }
+        if matches!(self.device, DeviceState::Opaque { .. }) {
+            return None;
         }
         let queue = self.queues.get(index)?;
         if queue.desc == 0 {
@@ -132,13 +138,13 @@ impl Serialize for VirtioDevice {
             .iter()
             .enumerate()
             .map(|(index, q)| {
-                let (avail, used) = self.ring_areas(index).unwrap_or((0, 0));
+                let areas = self.ring_areas(index);
                 QueueJson {
                     index,
                     num: q.num,
                     desc: q.desc,
-                    avail,
-                    used,
+                    avail: areas.map(|a| a.0),
+                    used: areas.map(|a| a.1),
                     last_avail_idx: q.last_avail_idx,
                     vector: q.vector,
                 }
