@@ -28,7 +28,10 @@ mod writer;
 use serde::Serialize;
 
 pub use container::{read, read_with_progress};
-pub use description::{Description, DeviceDescription, FieldDescription, VmsdDescription};
+pub use description::{
+    render_like_qemu, set_field_size, Description, DeviceDescription, FieldDescription,
+    VmsdDescription,
+};
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use ram::{RamRecord, RamRecordKind};
 pub use writer::{write, write_to};
