@@ -1,10 +1,39 @@
 //! Reading inputs and writing outputs, with `-` for standard input and output.
+//!
+//! Small inputs (element blobs, JSON) are read whole by [`read_input`]. Migration streams,
+//! which carry all of a guest's memory, go through [`Input`]: a read-only mapping of the file,
+//! so that the library parses a `&[u8]` without the stream ever being copied into memory, and
+//! whose pages behind the parser are released as it goes ([`Input::release_before`]).
+//! Input that cannot be mapped as it is (a pipe, a socket, gzip) is first spooled, a chunk at
+//! a time, to an anonymous temporary file in the temporary folder (`TMPDIR`), which is then
+//! mapped the same way: the stream's JSON description sits at its end and must be read
+//! first, so a one-pass reader of a pipe would have nowhere to look.
+//!
+//! This is the crate's only `unsafe` code: mapping a file and releasing pages of the mapping.
 
+use std::cell::Cell;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Deref;
+use std::os::fd::AsFd;
 use std::path::Path;
 
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+use vmstate::stream;
+
 use crate::outcome::Failure;
+use crate::progress::Progress;
+
+/// The largest stream spooled from a pipe or decompressed from gzip: it goes to disk, not
+/// memory, but a small compressed input must not fill the disk.
+pub const SPOOL_LIMIT: u64 = 1 << 38;
+
+/// How much of the mapping the parser gets ahead before the pages behind it are released:
+/// resident memory stays within about this much whatever the size of the stream.
+const RELEASE_STEP: usize = 16 << 20;
+
+/// Bytes copied at a time when spooling.
+const SPOOL_CHUNK: usize = 1 << 16;
 
 /// Reads all of `path` (`-` for standard input), refusing inputs larger than `limit` bytes so
 /// that a wrong file cannot exhaust memory.
@@ -38,4 +67,254 @@ pub fn write_output(path: &Path, data: &[u8]) -> Result<(), Failure> {
         std::fs::write(path, data)
     };
     written.map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))
+}
+
+/// A migration stream's bytes, decompressed, mapped read-only from a file.
+pub struct Input {
+    map: Mmap,
+    /// Bytes of the input as given (compressed, for gzip).
+    pub file_size: u64,
+    /// Whether the input was gzip-compressed.
+    pub compressed: bool,
+    /// The mapping before this offset has been released.
+    released: Cell<usize>,
+}
+
+impl Deref for Input {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Input {
+    /// Opens the stream in `path` (`-` for standard input): a regular file is mapped as it
+    /// is; gzip and anything that is not a regular file are spooled to a temporary file first.
+    pub fn open(path: &Path) -> Result<Input, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
+        if path == Path::new("-") {
+            // Standard input redirected from a file can be mapped like any file.
+            let stdin = std::io::stdin();
+            let as_file = stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .map(File::from)
+                .ok()
+                .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
+                .filter(|f| matches!((&*f).stream_position(), Ok(0)));
+            return match as_file {
+                Some(file) => Input::from_file(file, path),
+                None => Input::spool(stdin.lock(), path, None),
+            };
+        }
+        let file = File::open(path).map_err(cannot)?;
+        let meta = file.metadata().map_err(cannot)?;
+        if meta.is_file() {
+            Input::from_file(file, path)
+        } else {
+            Input::spool(file, path, None)
+        }
+    }
+
+    fn from_file(mut file: File, path: &Path) -> Result<Input, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
+        let map = map(&file).map_err(cannot)?;
+        if stream::is_gzip(&map) {
+            let size = map.len() as u64;
+            drop(map);
+            file.seek(SeekFrom::Start(0)).map_err(cannot)?;
+            return Input::spool(file, path, Some(size));
+        }
+        Ok(Input::new(map.len() as u64, false, map))
+    }
+
+    fn new(file_size: u64, compressed: bool, map: Mmap) -> Input {
+        // Only a hint: the parser reads front to back, so the kernel may read ahead further.
+        let _ = map.advise(Advice::Sequential);
+        Input {
+            map,
+            file_size,
+            compressed,
+            released: Cell::new(0),
+        }
+    }
+
+    /// Copies `source` (decompressing gzip) to an anonymous temporary file, a chunk at a
+    /// time, and maps that. `size`, when known, drives the progress bar.
+    fn spool(source: impl Read, path: &Path, size: Option<u64>) -> Result<Input, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
+        let mut bar = Progress::new("spooling", size.unwrap_or(0));
+        let mut source = Counted {
+            inner: BufReader::with_capacity(SPOOL_CHUNK, source),
+            count: 0,
+            bar: &mut bar,
+        };
+        let mut magic = [0u8; 2];
+        let mut got = 0usize;
+        while let Some(rest) = magic.get_mut(got..).filter(|r| !r.is_empty()) {
+            match source.read(rest) {
+                Ok(0) => break,
+                Ok(n) => got = got.saturating_add(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(cannot(e)),
+            }
+        }
+        let prefix = magic.get(..got).unwrap_or(&[]);
+        let compressed = stream::is_gzip(prefix);
+        let spool = tempfile::tempfile()
+            .map_err(|e| Failure::unreadable(format!("cannot create a temporary file: {e}")))?;
+        let mut out = BufWriter::with_capacity(SPOOL_CHUNK, &spool);
+        let mut input = prefix.chain(&mut source);
+        if compressed {
+            stream::gunzip(&mut input, &mut out, SPOOL_LIMIT)
+                .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        } else {
+            let copied =
+                std::io::copy(&mut (&mut input).take(SPOOL_LIMIT), &mut out).map_err(cannot)?;
+            let more = input.read(&mut [0u8]).map_err(cannot)?;
+            if copied >= SPOOL_LIMIT && more > 0 {
+                return Err(Failure::unreadable(format!(
+                    "{shown} is larger than {SPOOL_LIMIT} bytes, more than this command spools"
+                )));
+            }
+        }
+        out.flush()
+            .map_err(|e| Failure::unreadable(format!("cannot write a temporary file: {e}")))?;
+        drop(out);
+        let file_size = source.count;
+        drop(source);
+        bar.finish();
+        let map = map(&spool).map_err(cannot)?;
+        Ok(Input::new(file_size, compressed, map))
+    }
+
+    /// Tells the kernel that the mapping before `offset` is no longer needed, once the
+    /// parser is [`RELEASE_STEP`] past what was released last.
+    ///
+    /// The pages are dropped from this process, not from the file: touching them again reads
+    /// them back (from the page cache), so a release is never wrong, only sometimes wasted.
+    pub fn release_before(&self, offset: u64) {
+        let offset = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        self.release(offset.saturating_sub(offset % RELEASE_STEP));
+    }
+
+    /// Releases the whole mapping, at the end of a pass.
+    pub fn release_all(&self) {
+        self.release(self.len());
+    }
+
+    fn release(&self, target: usize) {
+        let from = self.released.get();
+        if target <= from {
+            return;
+        }
+        // SAFETY: the mapping is read-only and private, and never written through, so no page
+        // of it holds data that is not in the file: MADV_DONTNEED only drops the pages from
+        // this process, and a later access faults them in again with the same contents. The
+        // range lies within the mapping (`target <= self.len()`) and starts at 0 or where the
+        // last release ended, a multiple of RELEASE_STEP and so of every page size.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                from,
+                target.saturating_sub(from),
+            )
+        };
+        self.released.set(target);
+    }
+
+    /// Starts releasing from the start again, for a second pass over the mapping (the writer
+    /// copying pages after the reader has gone through).
+    pub fn rewind(&self) {
+        self.released.set(0);
+    }
+}
+
+/// Maps `file` read-only.
+fn map(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: the mapping is read-only, and the only way to change the bytes under it is for
+    // the file to be changed while this process runs. Spooled files are anonymous, so only a
+    // file named on the command line could be; like every tool that maps its input, vmstate
+    // relies on its input file not being rewritten while it reads it (`convert` never
+    // truncates a file it has mapped: its output replaces the old file by renaming).
+    unsafe { Mmap::map(file) }
+}
+
+/// A reader that counts the bytes read through it and moves a progress bar.
+struct Counted<'b, R> {
+    inner: R,
+    count: u64,
+    bar: &'b mut Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count = self.count.saturating_add(n as u64);
+        self.bar.update(self.count);
+        Ok(n)
+    }
+}
+
+/// Reads the stream in `input`, drawing a progress bar for large inputs and releasing the
+/// mapping behind the parser.
+pub fn read_stream(input: &Input) -> vmstate::Result<stream::Stream> {
+    let mut bar = Progress::new("reading", input.len() as u64);
+    input.rewind();
+    let parsed = stream::read_with_progress(input, &mut |offset| {
+        bar.update(offset);
+        input.release_before(offset);
+    });
+    input.release_all();
+    bar.finish();
+    parsed
+}
+
+/// Writes `stream` to `path` (`-` for standard output), copying pages from `input`, with a
+/// progress bar for large inputs; releases the mapping behind the writer.
+///
+/// A regular file (or a new one) is written under a temporary name beside it and renamed
+/// into place at the end, so a failed write leaves no partial output, and converting a file
+/// onto itself never truncates the file that is being read.
+pub fn write_stream(stream: &stream::Stream, input: &Input, path: &Path) -> Result<(), Failure> {
+    let shown = path.display();
+    let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
+    let mut bar = Progress::new("writing", input.len() as u64);
+    input.rewind();
+    let mut write = |out: &mut dyn Write| -> Result<(), Failure> {
+        stream::write_to(stream, input, out, &mut |offset| {
+            bar.update(offset);
+            input.release_before(offset);
+        })
+        .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
+        input.release_all();
+        out.flush().map_err(cannot)
+    };
+    if path == Path::new("-") {
+        write(&mut std::io::stdout().lock())?;
+    } else if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        // A device or a pipe (`/dev/null`, a FIFO): written in place.
+        let mut file = File::create(path).map_err(cannot)?;
+        write(&mut file)?;
+    } else {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut temp = tempfile::Builder::new()
+            .prefix(".vmstate-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(cannot)?;
+        write(temp.as_file_mut())?;
+        temp.persist(path).map_err(|e| cannot(e.error))?;
+    }
+    bar.finish();
+    Ok(())
 }

@@ -14,6 +14,7 @@
 mod commands;
 mod io;
 mod outcome;
+mod progress;
 
 use std::process::ExitCode;
 

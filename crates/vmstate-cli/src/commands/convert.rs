@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use vmstate::stream;
 
 use super::dump::load_stream;
-use crate::io::write_output;
-use crate::outcome::{Failure, Outcome};
+use crate::io::write_stream;
+use crate::outcome::Outcome;
 
 /// Arguments of `vmstate convert`.
 #[derive(Debug, Args)]
@@ -16,13 +15,18 @@ pub struct ConvertArgs {
     input: PathBuf,
     /// Where to write the stream, uncompressed (`-` for standard output).
     output: PathBuf,
+    /// Drop the RAM pages, keeping the RAM block list and all device state: the output
+    /// shares device state without guest memory.
+    #[arg(long)]
+    strip_ram: bool,
 }
 
 /// Runs `vmstate convert`: the stream is decoded into its model and written from the model,
 /// so an unchanged stream comes out byte for byte as it went in (decompressed).
 pub fn run(args: ConvertArgs) -> Outcome {
-    let loaded = load_stream(&args.input)?;
-    let bytes = stream::write(&loaded.stream, &loaded.bytes)
-        .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
-    write_output(&args.output, &bytes)
+    let mut loaded = load_stream(&args.input)?;
+    if args.strip_ram {
+        loaded.stream.strip_ram();
+    }
+    write_stream(&loaded.stream, &loaded.bytes, &args.output)
 }

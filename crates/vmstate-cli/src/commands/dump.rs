@@ -1,6 +1,5 @@
 //! `vmstate dump`: what a migration stream holds, as a summary or as JSON.
 
-use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -10,11 +9,8 @@ use vmstate::stream::{
     self, Command, Configuration, RamBlockSummary, Record, Section, SectionBody, Stream,
 };
 
-use crate::io::{read_input, write_output};
+use crate::io::{read_stream, write_output, Input};
 use crate::outcome::{Failure, Outcome};
-
-/// The largest stream read, compressed or not: streams are read whole into memory.
-pub const INPUT_LIMIT: u64 = 1 << 32;
 
 /// Arguments of `vmstate dump`.
 #[derive(Debug, Args)]
@@ -28,8 +24,8 @@ pub struct DumpArgs {
 
 /// A stream read from a file: its (decompressed) bytes and its model.
 pub struct LoadedStream {
-    /// The stream's bytes, decompressed.
-    pub bytes: Vec<u8>,
+    /// The stream's bytes, decompressed, mapped rather than read into memory.
+    pub bytes: Input,
     /// Bytes in the file, before decompression.
     pub file_size: u64,
     /// Whether the file was gzip-compressed.
@@ -41,19 +37,12 @@ pub struct LoadedStream {
 /// Reads and parses the stream in `path` (`-` for standard input).
 pub fn load_stream(path: &Path) -> Result<LoadedStream, Failure> {
     let shown = path.display();
-    let file = read_input(path, INPUT_LIMIT)?;
-    let file_size = file.len() as u64;
-    let (bytes, compressed) = match stream::decompress_if_gzip(&file, INPUT_LIMIT)
-        .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?
-    {
-        Cow::Borrowed(_) => (file, false),
-        Cow::Owned(bytes) => (bytes, true),
-    };
-    let stream = stream::read(&bytes).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    let bytes = Input::open(path)?;
+    let stream = read_stream(&bytes).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     Ok(LoadedStream {
+        file_size: bytes.file_size,
+        compressed: bytes.compressed,
         bytes,
-        file_size,
-        compressed,
         stream,
     })
 }
