@@ -178,6 +178,11 @@ pub enum ErrorKind {
         /// The options that settle it.
         settle: String,
     },
+    /// A field path given by a user does not name an editable field.
+    BadPath {
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -270,6 +275,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
             ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
             ErrorKind::Output { reason } => write!(f, "cannot write the output: {reason}"),
+            ErrorKind::BadPath { reason } => write!(f, "cannot set this path: {reason}"),
             ErrorKind::AmbiguousFraming { readings, settle } => write!(
                 f,
                 "the stream fits several readings ({}); settle it with {settle}",

@@ -6,7 +6,7 @@
 //! the queue index and `ndescs` are there is not written anywhere: the caller settles it
 //! (see [`Framing`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::element::{self, Element, Layout};
 use crate::error::{Error, ErrorKind, Result};
@@ -37,7 +37,8 @@ pub struct Framing {
 }
 
 /// One request waiting to be retried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BlkRequestJson")]
 pub struct BlkRequest {
     /// The virtqueue it was popped from, when the stream says.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,6 +49,34 @@ pub struct BlkRequest {
     /// The request's element.
     #[serde(flatten)]
     pub element: Element,
+}
+
+/// The JSON a request is read from: its own fields and its element's, in one object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlkRequestJson {
+    #[serde(default)]
+    queue: Option<u32>,
+    #[serde(default)]
+    ndescs: Option<u32>,
+    index: u32,
+    out: Vec<crate::element::Segment>,
+    #[serde(rename = "in")]
+    device_writable: Vec<crate::element::Segment>,
+}
+
+impl From<BlkRequestJson> for BlkRequest {
+    fn from(json: BlkRequestJson) -> Self {
+        BlkRequest {
+            queue: json.queue,
+            ndescs: json.ndescs,
+            element: Element {
+                index: json.index,
+                device_readable: json.out,
+                device_writable: json.device_writable,
+            },
+        }
+    }
 }
 
 /// virtio-blk's device state: its request list, head first as QEMU wrote it.

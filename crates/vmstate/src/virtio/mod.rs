@@ -13,6 +13,7 @@
 
 mod blk;
 mod core;
+mod edit;
 mod json;
 mod pci;
 
@@ -21,6 +22,7 @@ pub use self::core::{
     CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
     RingAddresses, VIRTIO_QUEUE_MAX,
 };
+pub use self::edit::{parse_path, Step};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
 
 use serde::Serialize;
