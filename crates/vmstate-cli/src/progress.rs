@@ -4,9 +4,13 @@
 //! enough to be done before anyone would look.
 
 use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 /// Inputs smaller than this get no bar.
 const MIN_TOTAL: u64 = 64 << 20;
+
+/// The line is redrawn at most this often: a terminal is slower than the parser.
+const REDRAW: Duration = Duration::from_millis(100);
 
 /// Width of the bar in characters.
 const WIDTH: u64 = 30;
@@ -18,6 +22,8 @@ pub struct Progress {
     enabled: bool,
     /// The offset at which the next whole percent is reached and the line is redrawn.
     next: u64,
+    /// When the line was last drawn.
+    drawn_at: Option<Instant>,
     drawn: bool,
 }
 
@@ -31,6 +37,7 @@ impl Progress {
             total,
             enabled,
             next: 0,
+            drawn_at: None,
             drawn: false,
         }
     }
@@ -41,6 +48,14 @@ impl Progress {
             return;
         }
         let percent = done.saturating_mul(100) / self.total.max(1);
+        self.next = percent
+            .saturating_add(1)
+            .saturating_mul(self.total)
+            .div_ceil(100);
+        if self.drawn_at.is_some_and(|at| at.elapsed() < REDRAW) {
+            return;
+        }
+        self.drawn_at = Some(Instant::now());
         let filled = (done.saturating_mul(WIDTH) / self.total.max(1)).min(WIDTH);
         let bar: String = (0..WIDTH)
             .map(|i| if i < filled { '#' } else { '.' })
@@ -56,10 +71,6 @@ impl Progress {
         );
         let _ = err.flush();
         self.drawn = true;
-        self.next = percent
-            .saturating_add(1)
-            .saturating_mul(self.total)
-            .div_ceil(100);
     }
 
     /// Clears the line, leaving stderr as it was for what follows.
