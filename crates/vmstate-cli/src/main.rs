@@ -37,8 +37,11 @@ enum Command {
     Element(commands::element::ElementCommand),
     /// Summarise a QEMU migration stream (gzip or raw); --json for the full decode.
     Dump(commands::dump::DumpArgs),
-    /// Read a migration stream and write it back (byte-identical when unchanged).
+    /// Read a migration stream and write it back (byte-identical when unchanged), optionally
+    /// converting in-flight elements to another host layout.
     Convert(commands::convert::ConvertArgs),
+    /// Change decoded virtio device fields and write the stream from the typed state.
+    Edit(commands::edit::EditArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Element(command) => commands::element::run(command),
         Command::Dump(args) => commands::dump::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Edit(args) => commands::edit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -178,6 +178,13 @@ pub enum ErrorKind {
         /// The options that settle it.
         settle: String,
     },
+    /// The only readings of undelimited device state that parse contradict the rest of it.
+    InconsistentFraming {
+        /// The readings that parsed.
+        readings: Vec<String>,
+        /// The rule they break.
+        reason: String,
+    },
     /// A field path given by a user does not name an editable field.
     BadPath {
         /// What is wrong with it.
@@ -275,6 +282,11 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
             ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
             ErrorKind::Output { reason } => write!(f, "cannot write the output: {reason}"),
+            ErrorKind::InconsistentFraming { readings, reason } => write!(
+                f,
+                "no reading of the request list agrees with the rest of the device ({}): {reason}",
+                readings.join("; ")
+            ),
             ErrorKind::BadPath { reason } => write!(f, "cannot set this path: {reason}"),
             ErrorKind::AmbiguousFraming { readings, settle } => write!(
                 f,

@@ -9,6 +9,7 @@ use vmstate::stream::{
     self, Command, Configuration, RamBlockSummary, Record, Section, SectionBody, Stream,
 };
 
+use super::devices::{self, DeviceArgs, VirtioJson};
 use crate::io::{read_stream, write_output, Input};
 use crate::outcome::{Failure, Outcome};
 
@@ -20,6 +21,8 @@ pub struct DumpArgs {
     /// Print the full decode as JSON (RAM as counts and ranges, not page contents).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    devices: DeviceArgs,
 }
 
 /// A stream read from a file: its (decompressed) bytes and its model.
@@ -50,19 +53,25 @@ pub fn load_stream(path: &Path) -> Result<LoadedStream, Failure> {
 /// Runs `vmstate dump`.
 pub fn run(args: DumpArgs) -> Outcome {
     let loaded = load_stream(&args.file)?;
+    let virtio = args
+        .devices
+        .decode(&loaded.stream, &args.file.display().to_string())?;
     let text = if args.json {
         let mut text = serde_json::to_string_pretty(&DumpJson {
             size: loaded.bytes.len() as u64,
             compressed: loaded.compressed,
             trailer_json_len: loaded.stream.trailer.as_ref().map(|t| t.json.len() as u64),
             ram_blocks: loaded.stream.ram_summary(),
+            virtio_devices: virtio.iter().map(VirtioJson::from).collect(),
             stream: &loaded.stream,
         })
         .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
         text.push('\n');
         text
     } else {
-        summary(&args.file, &loaded)
+        let mut text = summary(&args.file, &loaded);
+        devices::summary(&virtio, &mut text);
+        text
     };
     write_output(Path::new("-"), text.as_bytes())
 }
@@ -78,6 +87,8 @@ struct DumpJson<'a> {
     trailer_json_len: Option<u64>,
     /// Per RAM block: counts and where its pages are.
     ram_blocks: Vec<RamBlockSummary>,
+    /// Every virtio device, decoded.
+    virtio_devices: Vec<VirtioJson<'a>>,
     /// The full model.
     #[serde(flatten)]
     stream: &'a Stream,

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
 pub mod convert;
+pub mod devices;
 pub mod dump;
+pub mod edit;
 pub mod element;

@@ -464,11 +464,20 @@ impl Common {
                 Err(_) => false,
             })
             .collect();
-        let pool = if consistent.is_empty() {
-            &parsed
-        } else {
-            &consistent
-        };
+        if consistent.is_empty() {
+            let framings: Vec<String> = parsed.iter().map(|t| describe(&t.framing)).collect();
+            return Err(r.error(
+                ErrorKind::InconsistentFraming {
+                    readings: framings,
+                    reason: "requests carry an ndescs word exactly when the device offers \
+                             packed rings, and it offers them exactly when the \
+                             virtio/packed_virtqueues subsection is present"
+                        .to_owned(),
+                },
+                "virtio.rq",
+            ));
+        }
+        let pool = &consistent;
         let preferred_queue_index = pool
             .iter()
             .copied()

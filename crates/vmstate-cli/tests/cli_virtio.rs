@@ -1,0 +1,272 @@
+//! virtio devices through the command line: `dump` shows them, `convert` changes element
+//! layouts and the packed-ring ndescs order, `edit` changes one field and nothing else.
+
+#[path = "../../vmstate/tests/support/mod.rs"]
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vmstate(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmstate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
+fn ok(args: &[&str]) -> Output {
+    let out = vmstate(args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stripped(name: &str) -> String {
+    support::fixture(&format!("stripped/qemu7.2-{name}.stripped.mig.gz"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_virtio");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn gunzip(path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn dump_json(path: &str) -> serde_json::Value {
+    serde_json::from_slice(&ok(&["dump", "--json", path]).stdout).unwrap()
+}
+
+fn blk(json: &serde_json::Value) -> &serde_json::Value {
+    json["virtio_devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["virtio"]["device"] == "virtio-blk")
+        .map(|d| &d["virtio"])
+        .unwrap()
+}
+
+#[test]
+fn dump_shows_queues_and_requests() {
+    let text = String::from_utf8(ok(&["dump", &stripped("blk-inflight-split")]).stdout).unwrap();
+    assert!(text.contains("0000:00:01.0/virtio-blk"), "{text}");
+    assert!(text.contains("queue 0: num 256 desc 0x2318000"), "{text}");
+    assert!(
+        text.contains("8 request(s) in flight (stable layout)"),
+        "{text}"
+    );
+
+    let json = dump_json(&stripped("blk-inflight-split"));
+    let device = blk(&json);
+    let queue = &device["queues"][0];
+    for key in [
+        "index",
+        "num",
+        "desc",
+        "avail",
+        "used",
+        "last_avail_idx",
+        "vector",
+    ] {
+        assert!(queue.get(key).is_some(), "queue has no {key}");
+    }
+    assert_eq!(queue["last_avail_idx"], 9);
+    let requests = device["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 8);
+    assert_eq!(requests[0]["index"], 7);
+    assert_eq!(requests[0]["out"][0]["addr"], 0x232cd00);
+    assert!(device["inferred"].as_array().unwrap().len() >= 3);
+}
+
+#[test]
+fn convert_with_decoding_is_byte_identical() {
+    for name in [
+        "blk-inflight-split",
+        "blk-inflight-mq2",
+        "blk-inflight-packed",
+    ] {
+        let out = tmp(&format!("{name}.reencoded.mig"));
+        ok(&[
+            "convert",
+            "--reencode",
+            &stripped(name),
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            std::fs::read(&out).unwrap() == gunzip(&stripped(name)),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn layout_conversion_rewrites_sizes_and_comes_back() {
+    let original = gunzip(&stripped("blk-inflight-split"));
+    let i386 = tmp("split.i386.mig");
+    ok(&[
+        "convert",
+        "--to-layout",
+        "i386",
+        &stripped("blk-inflight-split"),
+        i386.to_str().unwrap(),
+    ]);
+    let i386_bytes = std::fs::read(&i386).unwrap();
+    // Eight elements, each 49,168 - 32,780 bytes shorter.
+    assert_eq!(original.len() - i386_bytes.len(), 8 * (49_168 - 32_780));
+
+    let json = dump_json(i386.to_str().unwrap());
+    let device = blk(&json);
+    assert_eq!(device["framing"]["layout"], "i386");
+    let field_size = json["virtio_devices"][0]["field_size"].as_u64().unwrap();
+    assert_eq!(field_size, 438_957 - 8 * (49_168 - 32_780));
+
+    let back = tmp("split.back.mig");
+    ok(&[
+        "convert",
+        "--to-layout",
+        "stable",
+        i386.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&back).unwrap() == original);
+
+    // The layout can be forced on input; a wrong one is an error, not a wrong decode.
+    ok(&["dump", "--from-layout", "i386", i386.to_str().unwrap()]);
+    let wrong = vmstate(&["dump", "--from-layout", "stable", i386.to_str().unwrap()]);
+    assert_eq!(wrong.status.code(), Some(2));
+}
+
+#[test]
+fn packed_ndescs_can_move_to_where_qemus_loader_reads_it() {
+    let after = tmp("packed.after.mig");
+    ok(&[
+        "convert",
+        "--packed-ndescs-after",
+        &stripped("blk-inflight-packed"),
+        after.to_str().unwrap(),
+    ]);
+    let json = dump_json(after.to_str().unwrap());
+    assert_eq!(blk(&json)["framing"]["ndescs"], "after-element");
+    let original = dump_json(&stripped("blk-inflight-packed"));
+    assert_eq!(blk(&original)["framing"]["ndescs"], "before-element");
+    assert_eq!(blk(&json)["requests"], blk(&original)["requests"]);
+
+    let before = tmp("packed.before.mig");
+    ok(&[
+        "convert",
+        "--packed-ndescs-before",
+        after.to_str().unwrap(),
+        before.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&before).unwrap() == gunzip(&stripped("blk-inflight-packed")));
+}
+
+#[test]
+fn edit_to_the_same_value_is_identical_and_to_another_changes_only_that_field() {
+    let input = stripped("blk-inflight-split");
+    let original = gunzip(&input);
+    let same = tmp("edit.same.mig");
+    ok(&[
+        "edit",
+        &input,
+        same.to_str().unwrap(),
+        "--set",
+        "virtio_devices[0].virtio.queues[0].last_avail_idx=9",
+    ]);
+    assert!(std::fs::read(&same).unwrap() == original);
+
+    let changed = tmp("edit.changed.mig");
+    ok(&[
+        "edit",
+        &input,
+        changed.to_str().unwrap(),
+        "--set",
+        "virtio_devices[0000:00:01.0/virtio-blk].virtio.queues[0].last_avail_idx=0x1234",
+    ]);
+    let edited = std::fs::read(&changed).unwrap();
+    assert_eq!(edited.len(), original.len());
+    let differing: Vec<usize> = (0..edited.len())
+        .filter(|&i| edited[i] != original[i])
+        .collect();
+    assert!(
+        !differing.is_empty() && differing.len() <= 2,
+        "{differing:?}"
+    );
+
+    let before = dump_json(&input);
+    let after = dump_json(changed.to_str().unwrap());
+    assert_eq!(blk(&after)["queues"][0]["last_avail_idx"], 0x1234);
+    let mut expected = blk(&before).clone();
+    expected["queues"][0]["last_avail_idx"] = 0x1234.into();
+    assert_eq!(blk(&after)["queues"], expected["queues"]);
+    assert_eq!(blk(&after)["requests"], blk(&before)["requests"]);
+}
+
+#[test]
+fn edit_of_an_element_segment_and_bad_paths() {
+    let input = stripped("blk-inflight-split");
+    let out = tmp("edit.segment.mig");
+    ok(&[
+        "edit",
+        &input,
+        out.to_str().unwrap(),
+        "--set",
+        "virtio_devices[0].virtio.requests[1].out[2].len=4096",
+    ]);
+    let after = dump_json(out.to_str().unwrap());
+    assert_eq!(blk(&after)["requests"][1]["out"][2]["len"], 4096);
+
+    for bad in [
+        "virtio_devices[0].virtio.queues[5].num=1",
+        "virtio_devices[0].virtio.queues[0].last_avail_idx=70000",
+        "virtio_devices[0].virtio.frobs=1",
+        "virtio_devices[9].virtio.status=1",
+        "status=1",
+    ] {
+        let result = vmstate(&["edit", &input, out.to_str().unwrap(), "--set", bad]);
+        assert_eq!(result.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            stderr.starts_with("error: ") && stderr.lines().count() == 1,
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn assumptions_settle_or_refuse() {
+    let input = stripped("blk-inflight-mq2");
+    ok(&[
+        "dump",
+        "--assume",
+        "0000:00:01.0/virtio-blk:num-queues=2",
+        &input,
+    ]);
+    // Contradicting the stream is an error, not a wrong decode.
+    let out = vmstate(&[
+        "dump",
+        "--assume",
+        "0000:00:01.0/virtio-blk:num-queues=1",
+        &input,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = vmstate(&["dump", "--assume", "nonsense", &input]);
+    assert_eq!(out.status.code(), Some(2));
+}
