@@ -10,7 +10,7 @@
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use super::core::{CoreState, CoreSubsection};
-use super::{DeviceKind, DeviceState, VirtioDevice};
+use super::{DeviceState, VirtioDevice};
 
 /// Alignment of the used ring of a legacy virtio-pci queue (`VIRTIO_PCI_VRING_ALIGN`), as
 /// the mask of the bits below it.
@@ -120,13 +120,7 @@ impl Serialize for SubsectionJson<'_> {
 impl Serialize for VirtioDevice {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("virtio", 14)?;
-        let kind = match &self.kind {
-            DeviceKind::Blk => "virtio-blk",
-            DeviceKind::Scsi => "virtio-scsi",
-            DeviceKind::Rng => "virtio-rng",
-            DeviceKind::Other(name) => name.as_str(),
-        };
-        s.serialize_field("device", kind)?;
+        s.serialize_field("device", self.kind.vmsd_name())?;
         s.serialize_field("transport", &self.transport)?;
         s.serialize_field("status", &self.status)?;
         s.serialize_field("isr", &self.isr)?;

@@ -71,6 +71,16 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// The section's VMState name for this kind of device (`virtio-blk`, `virtio-console`...).
+    pub fn vmsd_name(&self) -> &str {
+        match self {
+            DeviceKind::Blk => "virtio-blk",
+            DeviceKind::Scsi => "virtio-scsi",
+            DeviceKind::Rng => "virtio-rng",
+            DeviceKind::Other(name) => name,
+        }
+    }
+
     /// The device a section's VMState name (`virtio-blk`, ...) stands for.
     pub fn from_vmsd_name(name: &str) -> Self {
         match name {
