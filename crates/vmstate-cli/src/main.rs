@@ -40,6 +40,8 @@ enum Command {
     /// Read a migration stream and write it back (byte-identical when unchanged), optionally
     /// converting in-flight elements to another host layout.
     Convert(commands::convert::ConvertArgs),
+    /// Check the virtio device state of a stream: exit 0 clean, 1 with findings.
+    Check(commands::check::CheckArgs),
     /// Change decoded virtio device fields and write the stream from the typed state.
     Edit(commands::edit::EditArgs),
 }
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Dump(args) => commands::dump::run(args),
         Command::Convert(args) => commands::convert::run(args),
         Command::Edit(args) => commands::edit::run(args),
+        Command::Check(args) => commands::check::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 
 use std::fmt::Display;
 
+/// Exit code when the input parsed but its state is wrong.
+pub const INVALID_STATE: i32 = 1;
 /// Exit code when the input cannot be read or parsed, or the command line is wrong.
 pub const UNREADABLE: i32 = 2;
 

@@ -40,6 +40,7 @@
 )]
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod devices;
 pub mod element;
 pub mod error;

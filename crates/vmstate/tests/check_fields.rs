@@ -1,0 +1,265 @@
+//! Every field check against a real stream broken on purpose: the stream is decoded, one
+//! field is changed (by path, as `vmstate edit` does, or in the typed state), the stream is
+//! written and read again, and the check must report exactly that rule at that field.
+
+mod stream_checks;
+mod support;
+
+use stream_checks::read_stream_file;
+use vmstate::check::{self, Rule};
+use vmstate::devices::{self, DecodeOptions, VirtioSection};
+use vmstate::stream;
+use vmstate::virtio::{CoreState, CoreSubsection, QueueState, VirtioDevice};
+
+/// A stream with requests in flight (RAM stripped), or `alldev`: a 10.0 stream with every
+/// device (blk, net, scsi, serial, balloon, rng), none of them started.
+fn stripped(name: &str) -> Vec<u8> {
+    let file = match name {
+        "alldev" => "streams/qemu10.0-noos-q35-alldev.mig.gz".to_owned(),
+        _ => format!("stripped/qemu7.2-{name}.stripped.mig.gz"),
+    };
+    read_stream_file(&support::fixture(&file))
+}
+
+fn decode(data: &[u8]) -> (stream::Stream, Vec<VirtioSection>) {
+    let s = stream::read(data).unwrap();
+    let d = devices::decode_virtio(&s, &DecodeOptions::default()).unwrap();
+    (s, d)
+}
+
+/// Breaks device `index` of stream `name` with `change`, writes the stream, reads it back and
+/// returns the findings (rule, path) of that device.
+fn break_and_check(
+    name: &str,
+    device: &str,
+    change: impl FnOnce(&mut VirtioDevice),
+) -> Vec<(Rule, String)> {
+    let data = stripped(name);
+    let (mut model, mut found) = decode(&data);
+    let section = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == device)
+        .unwrap();
+    change(&mut section.device);
+    devices::store_virtio(&mut model, section, None).unwrap();
+    let written = stream::write(&model, &data).unwrap();
+    let (_, again) = decode(&written);
+    let report = check::check_devices(&again);
+    let device = report
+        .devices
+        .iter()
+        .find(|d| d.section.ends_with(device))
+        .unwrap();
+    device
+        .findings
+        .iter()
+        .map(|f| (f.rule, f.path.clone()))
+        .collect()
+}
+
+fn set(path: &'static str, value: &'static str) -> impl FnOnce(&mut VirtioDevice) {
+    move |d| d.set(path, value).unwrap()
+}
+
+fn expect(findings: Vec<(Rule, String)>, rule: Rule, path: &str) {
+    assert_eq!(findings, vec![(rule, path.to_owned())]);
+}
+
+#[test]
+fn every_fixture_checks_clean() {
+    for name in [
+        "blk-inflight-split",
+        "blk-inflight-mq2",
+        "blk-inflight-packed",
+        "scsi-inflight",
+        "serial-throttled",
+    ] {
+        let (_, found) = decode(&stripped(name));
+        let report = check::check_devices(&found);
+        assert!(report.is_clean(), "{name}: {:#?}", report);
+        assert!(report.devices.iter().all(|d| !d.checked.is_empty()));
+    }
+}
+
+#[test]
+fn queue_sel_past_the_queues() {
+    let f = break_and_check("blk-inflight-split", "virtio-blk", set("queue_sel", "5"));
+    expect(f, Rule::QueueSelOutOfRange, "queue_sel");
+}
+
+#[test]
+fn queue_count_of_a_device_with_a_fixed_number() {
+    let f = break_and_check("alldev", "virtio-rng", |d| {
+        d.queues.push(QueueState {
+            num: 8,
+            desc: 0,
+            last_avail_idx: 0,
+            vector: d.queues[0].vector,
+        })
+    });
+    expect(f, Rule::QueueCount, "queues");
+}
+
+#[test]
+fn ring_size_over_1024() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("queues[0].num", "2048"),
+    );
+    expect(f, Rule::RingSizeTooLarge, "queues[0].num");
+}
+
+#[test]
+fn split_ring_size_not_a_power_of_two() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("queues[0].num", "300"),
+    );
+    expect(f, Rule::RingSizeNotPowerOfTwo, "queues[0].num");
+}
+
+#[test]
+fn packed_ring_sizes_need_not_be_powers_of_two() {
+    let f = break_and_check(
+        "blk-inflight-packed",
+        "virtio-blk",
+        set("queues[0].num", "300"),
+    );
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn ring_size_zero() {
+    let f = break_and_check("alldev", "virtio-rng", set("queues[0].num", "0"));
+    expect(f, Rule::RingSizeZero, "queues[0].num");
+}
+
+#[test]
+fn last_avail_idx_without_a_ring() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("queues[0].desc", "0"),
+    );
+    expect(f, Rule::IndexWithoutRing, "queues[0].last_avail_idx");
+}
+
+#[test]
+fn config_longer_than_any_device() {
+    let f = break_and_check("blk-inflight-split", "virtio-blk", |d| {
+        d.config.0.resize(300, 0)
+    });
+    expect(f, Rule::ConfigTooLong, "config");
+}
+
+#[test]
+fn vectors_past_the_msix_table() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("queues[0].vector", "2"),
+    );
+    expect(f, Rule::VectorOutOfRange, "queues[0].vector");
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("transport.msix.config_vector", "7"),
+    );
+    expect(f, Rule::VectorOutOfRange, "transport.msix.config_vector");
+    // 0xffff means "no vector" and is always fine.
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("queues[0].vector", "0xffff"),
+    );
+    assert!(f.is_empty());
+}
+
+#[test]
+fn head_index_past_the_ring() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("requests[3].index", "256"),
+    );
+    expect(f, Rule::HeadOutOfRange, "requests[3].index");
+}
+
+#[test]
+fn duplicate_heads() {
+    // requests[0] has head 7.
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("requests[2].index", "7"),
+    );
+    expect(f, Rule::DuplicateHead, "requests[2].index");
+    // The same head on two different queues is no duplicate.
+    let f = break_and_check("blk-inflight-mq2", "virtio-blk", |d| {
+        d.set("requests[0].index", "3").unwrap();
+        d.set("requests[1].index", "3").unwrap();
+    });
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn request_on_a_queue_the_device_does_not_have() {
+    let f = break_and_check(
+        "blk-inflight-mq2",
+        "virtio-blk",
+        set("requests[0].queue", "2"),
+    );
+    expect(f, Rule::RequestQueueOutOfRange, "requests[0].queue");
+}
+
+#[test]
+fn device_endian_out_of_range() {
+    let f = break_and_check("blk-inflight-split", "virtio-blk", |d| {
+        d.subsections.insert(
+            0,
+            CoreSubsection {
+                offset: 0,
+                version: 1,
+                state: CoreState::DeviceEndian(7),
+            },
+        )
+    });
+    expect(
+        f,
+        Rule::DeviceEndian,
+        "subsections[virtio/device_endian].value",
+    );
+}
+
+#[test]
+fn guest_features_saved_twice_disagree() {
+    let f = break_and_check(
+        "blk-inflight-split",
+        "virtio-blk",
+        set("subsections[virtio/64bit_features].value", "0x100000001"),
+    );
+    expect(
+        f,
+        Rule::FeaturesDisagree,
+        "subsections[virtio/64bit_features].value",
+    );
+}
+
+#[test]
+fn legacy_layouts_and_the_packed_order_are_notes_not_findings() {
+    let data = stripped("blk-inflight-packed");
+    let (_, found) = decode(&data);
+    let report = check::check_devices(&found);
+    assert!(report.is_clean());
+    let blk = report
+        .devices
+        .iter()
+        .find(|d| d.section.ends_with("virtio-blk"))
+        .unwrap();
+    assert!(blk
+        .notes
+        .iter()
+        .any(|n| n.message.contains("--packed-ndescs-after")));
+}
