@@ -1,0 +1,211 @@
+//! Interop with real QEMU (extended tier): streams that `vmstate` re-encoded, converted
+//! between element layouts, fixed (packed-ring `ndescs` order) or edited are loaded by
+//! Debian's `qemu-system-x86_64`, and the guest finishes every write that was in flight.
+//!
+//! The work is done by `tests/interop/interop.py` (it boots the corpus' tiny guest under TCG,
+//! saves it with requests in flight, runs `vmstate`, loads the result with `-incoming`, sends
+//! `cont` and watches the serial console); this test runs it and asserts its results. Under
+//! `CI=true` a missing QEMU (that cannot be installed), Python or guest fails the test.
+//!
+//! Run it alone: `CI=true cargo test -p vmstate-cli --test interop_qemu -- --nocapture`.
+
+#[path = "../../vmstate/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// What QEMU and the guest must do with each scenario's stream.
+enum Expect {
+    /// QEMU loads it, and after `cont` the guest completes every write.
+    Completes,
+    /// QEMU refuses it: exits during the load with this message.
+    Refused(&'static str),
+    /// QEMU loads it, but the guest never finishes: the in-flight requests were lost.
+    Stuck,
+}
+
+const SCENARIOS: &[(&str, Expect)] = &[
+    ("split-unchanged", Expect::Completes),
+    ("split-reencode", Expect::Completes),
+    // Converted by vmstate to the i386 / lp64-be (s390x-like) layouts from the x86-64 stream,
+    // not written by 32-bit or big-endian QEMU builds.
+    (
+        "split-i386-unconverted",
+        Expect::Refused("virtio: error trying to map MMIO memory"),
+    ),
+    ("split-i386-to-stable", Expect::Completes),
+    (
+        "split-lp64be-unconverted",
+        Expect::Refused(
+            "qemu_get_virtqueue_element: Assertion `ARRAY_SIZE(data.in_addr) >= data.in_num' failed",
+        ),
+    ),
+    ("split-lp64be-to-stable", Expect::Completes),
+    ("split-reencode-i386-reencode", Expect::Completes),
+    (
+        "split-edit-addr-outside-ram",
+        Expect::Refused("virtio: unexpected memory split"),
+    ),
+    ("split-requests-dropped", Expect::Stuck),
+    ("mq2-reencode", Expect::Completes),
+    ("mq2-i386-to-stable", Expect::Completes),
+    (
+        "packed-unchanged",
+        Expect::Refused("virtio: unexpected memory split"),
+    ),
+    ("packed-ndescs-after", Expect::Completes),
+    ("split-live-pipe", Expect::Completes),
+];
+
+/// Streams converted to a legacy layout and back must equal what QEMU wrote.
+const BYTE_IDENTICAL: &[&str] = &[
+    "split-i386-to-stable",
+    "split-lp64be-to-stable",
+    "mq2-i386-to-stable",
+];
+
+fn text<'a>(r: &'a Value, key: &str) -> &'a str {
+    r[key].as_str().unwrap_or("")
+}
+
+/// The guest's writers: one 4 MiB write per vCPU (W0, W1), then W7, W8, W9.
+fn writers(r: &Value) -> Vec<&'static str> {
+    if text(r, "source") == "mq2" {
+        vec!["W0", "W1", "W7", "W8", "W9"]
+    } else {
+        vec!["W0", "W7", "W8", "W9"]
+    }
+}
+
+fn check(r: &Value, expect: &Expect) {
+    let name = text(r, "name");
+    let serial = text(r, "serial");
+    let error = text(r, "qemu_error");
+    let loaded = r["loaded"].as_bool() == Some(true);
+    let held: u64 = r["source_held"]
+        .as_array()
+        .map(|q| q.iter().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert!(
+        held >= 2,
+        "{name}: only {held} request(s) were in flight at the save"
+    );
+    match expect {
+        Expect::Completes => {
+            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
+            assert_eq!(text(r, "runstate"), "io-error", "{name}: loaded runstate");
+            assert_eq!(error, "", "{name}: QEMU reported errors");
+            for w in writers(r) {
+                assert!(
+                    serial.contains(&format!("INTEROP: {w} done\n")),
+                    "{name}: the guest did not finish write {w}; serial:\n{serial}"
+                );
+                assert!(
+                    serial.contains(&format!("INTEROP: {w} verified\n")),
+                    "{name}: write {w} did not read back; serial:\n{serial}"
+                );
+                assert_eq!(
+                    r["image"][w].as_bool(),
+                    Some(true),
+                    "{name}: write {w} is not on the destination's disk"
+                );
+            }
+            assert!(
+                serial.contains("INTEROP: ALL WRITES DONE"),
+                "{name}: no final marker; serial:\n{serial}"
+            );
+            for q in r["queues_after"].as_array().into_iter().flatten() {
+                assert_eq!(
+                    q["inuse"], 0,
+                    "{name}: requests still in use after the writes"
+                );
+            }
+        }
+        Expect::Refused(message) => {
+            assert!(!loaded, "{name}: QEMU loaded a stream it must refuse");
+            assert!(
+                error.contains(message),
+                "{name}: QEMU said {error:?}, expected {message:?}"
+            );
+        }
+        Expect::Stuck => {
+            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
+            assert!(
+                !serial.contains("INTEROP: W0 done") && !serial.contains("ALL WRITES DONE"),
+                "{name}: the guest finished writes whose requests were dropped; serial:\n{serial}"
+            );
+        }
+    }
+    if BYTE_IDENTICAL.contains(&name) {
+        assert_eq!(
+            r["equals_source_stream"].as_bool(),
+            Some(true),
+            "{name}: converting to a legacy layout and back changed the stream"
+        );
+    }
+    assert_eq!(
+        r["ok"].as_bool(),
+        Some(true),
+        "{name}: the suite's own verdict"
+    );
+}
+
+#[test]
+fn qemu_loads_converted_streams_and_the_guest_completes_every_in_flight_write() {
+    let Some(shared) = support::shared_dir("interop_qemu") else {
+        return;
+    };
+    let root = support::repo_root();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop_qemu");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let results = work.join("results.json");
+
+    let started = Instant::now();
+    let run = Command::new("python3")
+        .arg(root.join("tests/interop/interop.py"))
+        .arg("--vmstate")
+        .arg(env!("CARGO_BIN_EXE_vmstate"))
+        .arg("--assets")
+        .arg(shared.join("corpus/assets"))
+        .arg("--work")
+        .arg(&work)
+        .arg("--results")
+        .arg(&results)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 (the interop suite needs it): {e}"));
+    let seconds = started.elapsed().as_secs();
+    let table = String::from_utf8_lossy(&run.stdout);
+    println!("{table}");
+    match run.status.code() {
+        Some(0) | Some(1) => {}
+        Some(2) => panic!("interop suite: QEMU or the guest could not be prepared (reason above)"),
+        other => panic!("interop suite crashed ({other:?}); output:\n{table}"),
+    }
+
+    let json: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    let ran = json["results"].as_array().unwrap();
+    for (name, expect) in SCENARIOS {
+        let r = ran
+            .iter()
+            .find(|r| r["name"] == *name)
+            .unwrap_or_else(|| panic!("scenario {name} did not run"));
+        check(r, expect);
+    }
+    assert_eq!(
+        ran.len(),
+        SCENARIOS.len(),
+        "scenarios this test does not know"
+    );
+    assert_eq!(run.status.code(), Some(0), "interop suite verdict");
+    assert!(
+        seconds < 600,
+        "the interop suite took {seconds} s (budget: 10 minutes)"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -1,0 +1,612 @@
+#!/usr/bin/env python3
+"""Interop suite: streams changed by vmstate, loaded by real QEMU.
+
+usage: interop.py --vmstate PATH [--assets DIR] [--work DIR] [--results FILE]
+                  [--jobs N] [--keep] [SCENARIO ...]
+
+A tiny Linux guest (the corpus' kernel and busybox initramfs, with this folder's
+guest-init.sh as /init) writes a known pattern to a virtio-blk disk whose writes all fail on
+the source QEMU (blkdebug, werror=stop): the VM stops with requests in flight. The source
+migrates to a file; vmstate transforms the file; a fresh QEMU with the same devices and a
+plain disk loads the result (-incoming), is resumed with `cont`, and the guest must finish
+every write and say so on its serial console ("INTEROP: ALL WRITES DONE"); the host then
+reads the pattern back from the destination's disk image. Scenarios that QEMU must refuse
+record the exact message it exits with.
+
+Prints a results table, writes every scenario's facts as JSON (--results), exits 0 when every
+scenario met its expectation, 1 when one did not, and 2 (with the reason) when QEMU or the
+guest cannot be prepared: it never skips quietly.
+
+Every QEMU runs under `timeout`, talks only to a unix socket and files in the work folder
+(no network backend), and is stopped by its own pid.
+"""
+import argparse
+import filecmp
+import gzip
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QEMU = "qemu-system-x86_64"
+QEMU_TIMEOUT = 300  # seconds, per QEMU process
+DISK_SIZE = 16 << 20
+BLK = "/machine/peripheral/vblk0/virtio-backend"
+DONE = "INTEROP: ALL WRITES DONE"
+FAILED = "INTEROP: WRITES FAILED"
+
+# The guest's writers (id, size, offset), as guest-init.sh defines them; W1 only with 2 vCPUs.
+WRITERS = [(0, 4 << 20, 0), (1, 4 << 20, 4 << 20), (7, 64 << 10, 8 << 20),
+           (8, 12 << 10, 9 << 20), (9, 512, 10 << 20)]
+
+
+class SetupError(Exception):
+    """QEMU or the guest cannot be prepared: the suite fails with this reason."""
+
+
+def log(msg):
+    print("[interop] %s" % msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ preparation
+
+def ensure_qemu():
+    if shutil.which(QEMU):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SetupError("%s is missing and cannot be installed here (needs root and apt-get): "
+                         "install Debian's qemu-system-x86" % QEMU)
+    log("installing qemu-system-x86 with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"],
+                ["apt-get", "install", "-y", "--no-install-recommends", "qemu-system-x86"]):
+        r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise SetupError("%s failed:\n%s" % (" ".join(cmd), r.stdout.decode(errors="replace")[-3000:]))
+    if not shutil.which(QEMU):
+        raise SetupError("qemu-system-x86 installed but %s is still not on PATH" % QEMU)
+
+
+def newc(entries):
+    """A cpio archive (newc format) of (name, mode, bytes) regular files."""
+    out = bytearray()
+
+    def pad4():
+        out.extend(b"\0" * (-len(out) % 4))
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
+        namez = name.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(namez), 0]
+        out += b"070701" + "".join("%08X" % f for f in fields).encode() + namez
+        pad4()
+        out += data
+        pad4()
+    return bytes(out)
+
+
+def prepare_guest(assets, work):
+    """Kernel path and an initrd: the corpus' initramfs followed by a second archive that
+    replaces its /init with guest-init.sh (the kernel unpacks concatenated archives in order)."""
+    kernel = os.path.join(assets, "bzImage")
+    base = os.path.join(assets, "initramfs-tiny.cpio.gz")
+    for f in (kernel, base):
+        if not os.path.isfile(f):
+            raise SetupError("guest asset missing: %s (the corpus ships it in corpus/assets/)" % f)
+    with open(os.path.join(HERE, "guest-init.sh"), "rb") as f:
+        init = f.read()
+    initrd = os.path.join(work, "initramfs-interop.cpio.gz")
+    with open(base, "rb") as f, open(initrd, "wb") as out:
+        out.write(f.read())
+        out.write(gzip.compress(newc([("init", 0o100755, init)]), mtime=0))
+    return kernel, initrd
+
+
+# ------------------------------------------------------------------ QEMU and QMP
+
+class QMP:
+    def __init__(self, path, proc, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.s.connect(path)
+                break
+            except OSError:
+                self.s.close()
+                if proc.poll() is not None:
+                    raise EOFError("QEMU exited before its QMP socket was up")
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.s.settimeout(120)
+        self.buf = b""
+        self.events = []
+        self._recv()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _recv(self):
+        while b"\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError("QMP socket closed (QEMU exited)")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **args):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.s.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._recv()
+            if "event" in r:
+                self.events.append(r["event"])
+                continue
+            if "error" in r:
+                raise RuntimeError("QMP %s: %s" % (name, r["error"].get("desc", r["error"])))
+            return r["return"]
+
+    def close(self):
+        self.s.close()
+
+
+class Qemu:
+    """One QEMU process in its own folder: qemu.log (stdout+stderr), serial.log, qmp.sock."""
+
+    def __init__(self, folder, args):
+        os.makedirs(folder, exist_ok=True)
+        self.dir = folder
+        self.serial = os.path.join(folder, "serial.log")
+        self.logfile = os.path.join(folder, "qemu.log")
+        sock = os.path.join(folder, "qmp.sock")
+        if len(sock) > 100:
+            raise SetupError("work folder path too long for a unix socket: %s" % sock)
+        cmd = ["timeout", str(QEMU_TIMEOUT), QEMU] + args + [
+            "-serial", "file:" + self.serial, "-qmp", "unix:%s,server=on,wait=off" % sock]
+        with open(os.path.join(folder, "cmdline"), "w") as f:
+            f.write(" ".join(shlex.quote(a) for a in cmd) + "\n")
+        with open(self.logfile, "wb") as out:
+            # `timeout` is the process we hold; it forwards SIGTERM to its QEMU child.
+            self.proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        try:
+            self.qmp = QMP(sock, self.proc)
+        except (EOFError, OSError):
+            self.qmp = None  # QEMU exited (or closed the socket) right away: see qemu.log
+
+    def log_text(self):
+        with open(self.logfile, errors="replace") as f:
+            return f.read()
+
+    def serial_text(self):
+        try:
+            with open(self.serial, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_serial(self, texts, timeout):
+        """The first of `texts` to appear on the serial console (None on timeout or exit)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s = self.serial_text()
+            for t in texts:
+                if t in s:
+                    return t
+            if self.proc.poll() is not None:
+                return None
+            time.sleep(0.3)
+        return None
+
+    def wait_status(self, wanted, timeout):
+        deadline = time.time() + timeout
+        while True:
+            st = self.qmp.cmd("query-status")["status"]
+            if st in wanted:
+                return st
+            if time.time() > deadline:
+                raise TimeoutError("runstate still %s after %ss (waiting for %s)" % (st, timeout, "|".join(wanted)))
+            time.sleep(0.2)
+
+    def queues(self):
+        """virtio-blk queue status: (last-avail-idx, used-idx, inuse) per queue."""
+        out = []
+        for i in range(16):
+            try:
+                q = self.qmp.cmd("x-query-virtio-queue-status", path=BLK, queue=i)
+            except RuntimeError:
+                break
+            out.append({k: q[k] for k in ("last-avail-idx", "used-idx", "inuse")})
+        return out
+
+    def stop(self):
+        if self.qmp is not None:
+            try:
+                self.qmp.cmd("quit")
+            except (EOFError, OSError, RuntimeError):
+                pass
+            self.qmp.close()
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            log("%s: QEMU did not quit, terminating pid %d" % (self.dir, self.proc.pid))
+            self.proc.terminate()
+            try:
+                return self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+
+    def migrate(self, uri, timeout=180):
+        self.qmp.cmd("migrate", uri=uri)
+        deadline = time.time() + timeout
+        while True:
+            m = self.qmp.cmd("query-migrate")
+            if m.get("status") in ("completed", "failed", "cancelled"):
+                if m["status"] != "completed":
+                    raise RuntimeError("migrate to %s: %s %s" % (uri, m["status"], m.get("error-desc", "")))
+                return m
+            if time.time() > deadline:
+                raise TimeoutError("migrate to %s did not finish in %ss" % (uri, timeout))
+            time.sleep(0.2)
+
+
+class Suite:
+    def __init__(self, vmstate, kernel, initrd, work):
+        self.vmstate = vmstate
+        self.kernel = kernel
+        self.initrd = initrd
+        self.work = work
+
+    def base_args(self, smp):
+        return ["-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "128", "-smp", str(smp),
+                "-display", "none", "-no-reboot", "-kernel", self.kernel, "-initrd", self.initrd,
+                "-append", "console=ttyS0 panic=-1 loglevel=4 nokaslr init_on_free=1"]
+
+    @staticmethod
+    def disk(folder):
+        path = os.path.join(folder, "disk.img")
+        with open(path, "wb") as f:
+            f.truncate(DISK_SIZE)
+        return path
+
+    @staticmethod
+    def blk_device(props):
+        return ["-device", "virtio-blk-pci,drive=bd0,id=vblk0,werror=stop,rerror=stop" + props]
+
+    def source(self, folder, src):
+        """A source QEMU stopped on the injected write error with requests in flight (at
+        least 2, on at least src['min_queues'] queues); retried up to 5 times, since the
+        count depends on timing under TCG."""
+        for attempt in range(1, 6):
+            d = os.path.join(folder, "attempt%d" % attempt)
+            os.makedirs(d, exist_ok=True)
+            img = self.disk(d)
+            # Every write fails (blkdebug, EIO). The throttle group on top holds the first
+            # write for about a second (the guest's read just before fills its bucket), so the
+            # device has taken all the requests kicked with it off the ring when the error
+            # stops the VM: all of them are in flight, run after run.
+            args = self.base_args(src["smp"]) + [
+                "-blockdev", "driver=file,filename=%s,node-name=bf0" % img,
+                "-blockdev", "driver=blkdebug,image=bf0,node-name=bdbg,inject-error.0.event=write_aio,"
+                             "inject-error.0.iotype=write,inject-error.0.errno=5",
+                "-blockdev", "driver=raw,file=bdbg,node-name=raw0",
+                "-object", "throttle-group,id=tg0,x-iops-total=1",
+                "-blockdev", "driver=throttle,throttle-group=tg0,file=raw0,node-name=bd0",
+            ] + self.blk_device(src["props"])
+            q = Qemu(d, args)
+            if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150) is None:
+                q.stop()
+                raise SetupError("guest did not boot to READY (%s):\n%s\n%s" % (d, q.serial_text()[-2000:], q.log_text()[-2000:]))
+            q.wait_status({"io-error"}, 120)
+            queues = q.queues()
+            held = [x["inuse"] for x in queues]
+            if sum(held) >= 2 and sum(1 for n in held if n) >= src.get("min_queues", 1):
+                return q, {"attempts": attempt, "held_per_queue": held, "source_queues": queues}
+            log("%s: attempt %d held %s request(s) per queue, retrying" % (folder, attempt, held))
+            q.stop()
+        raise SetupError("%s: the source never held enough requests in flight in 5 runs" % folder)
+
+    def record_source(self, name, src):
+        """Runs a source and migrates it to a file: (stream path, facts)."""
+        folder = os.path.join(self.work, "source-" + name)
+        q, facts = self.source(folder, src)
+        stream = os.path.join(folder, "stream.mig")
+        try:
+            q.migrate("exec:cat > %s" % shlex.quote(stream))
+        finally:
+            q.stop()
+        facts["stream_bytes"] = os.path.getsize(stream)
+        log("source %s: %s request(s) in flight per queue, %d bytes" % (name, facts["held_per_queue"], facts["stream_bytes"]))
+        return stream, facts
+
+    def destination(self, folder, src, incoming, expect, expect_error=None):
+        """Loads `incoming` into a fresh QEMU with the same devices and a plain disk; when it
+        loads, resumes the guest and checks that every write completes (`expect`: COMPLETES),
+        or that QEMU refuses the stream (REFUSED, exiting with `expect_error`), or that the
+        guest never finishes (STUCK: requests were lost)."""
+        os.makedirs(folder, exist_ok=True)
+        img = self.disk(folder)
+        args = self.base_args(src["smp"]) + [
+            "-blockdev", "driver=file,filename=%s,node-name=bf0" % img,
+            "-blockdev", "driver=raw,file=bf0,node-name=bd0"] + self.blk_device(src["props"]) + [
+            "-incoming", incoming]
+        r = {"loaded": False}
+        q = Qemu(folder, args)
+        try:
+            try:
+                if q.qmp is not None:
+                    r["runstate"] = q.wait_status({"paused", "io-error", "running", "postmigrate"}, 90)
+                    r["loaded"] = True
+            except (EOFError, OSError):
+                pass  # QEMU exited during the load
+            if r["loaded"]:
+                r["queues_loaded"] = q.queues()
+                q.qmp.cmd("cont")
+                seen = q.wait_serial([DONE, FAILED], STUCK_WAIT if expect == STUCK else 180)
+                r["guest_result"] = seen
+                r["runstate_after"] = q.qmp.cmd("query-status")["status"]
+                r["queues_after"] = q.queues()
+        finally:
+            code = q.stop()
+        r["qemu_exit"] = code
+        r["qemu_log"] = q.log_text().strip()
+        r["serial"] = q.serial_text()
+        r["qemu_error"] = "\n".join(l for l in r["qemu_log"].splitlines() if l.startswith(QEMU + ":"))
+        if r["loaded"]:
+            r["image"] = verify_image(img, src["smp"])
+        r["ok"] = judge(r, src, expect, expect_error)
+        return r
+
+    def vm(self, *args):
+        cmd = [self.vmstate] + list(args)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            raise RuntimeError("%s: exit %d: %s" % (" ".join(cmd), p.returncode, p.stderr.decode(errors="replace")))
+        return p.stdout.decode(errors="replace")
+
+
+def verify_image(img, smp):
+    """Each writer's pattern, read back from the destination's disk image."""
+    out = {}
+    with open(img, "rb") as f:
+        for wid, size, off in WRITERS:
+            if wid == 1 and smp < 2:
+                continue
+            want = b"".join(("interop W%d sector %d" % (wid, i)).ljust(511).encode() + b"\n"
+                            for i in range(size // 512))
+            f.seek(off)
+            out["W%d" % wid] = f.read(size) == want
+    return out
+
+
+def judge(r, src, expect, expect_error):
+    if expect == REFUSED:
+        return not r["loaded"] and r["qemu_exit"] not in (0, None) and expect_error in r["qemu_error"]
+    writers = ["W%d" % w for w, _, _ in WRITERS if w != 1 or src["smp"] >= 2]
+    if expect == STUCK:
+        # the big writes were in flight at the save: without their elements they never end
+        return (r["loaded"] and r.get("guest_result") is None and "INTEROP: W0 done" not in r["serial"]
+                and r["runstate_after"] == "running" and not r["image"]["W0"])
+    serial_ok = all("INTEROP: %s done" % w in r["serial"] and "INTEROP: %s verified" % w in r["serial"]
+                    for w in writers)
+    return (r["loaded"] and r.get("runstate") in ("io-error", "paused")
+            and r.get("guest_result") == DONE and serial_ok
+            and all(r["image"].values()) and r["runstate_after"] == "running"
+            and all(q["inuse"] == 0 for q in r["queues_after"]) and r["qemu_error"] == "")
+
+
+# ------------------------------------------------------------------ scenarios
+
+COMPLETES = "completes"  # QEMU loads the stream, and after `cont` the guest finishes every write
+REFUSED = "refused"      # QEMU exits during the load with the expected message
+STUCK = "stuck"          # QEMU loads it, but the guest never finishes (requests lost)
+STUCK_WAIT = 20          # seconds a STUCK guest is watched (every write ends in ~3 s otherwise)
+
+SOURCES = {
+    "split": {"smp": 1, "props": ""},
+    "mq2": {"smp": 2, "props": ",num-queues=2", "min_queues": 2},
+    "packed": {"smp": 1, "props": ",packed=on"},
+}
+
+# name, source, what, how the stream is made from the source's (vmstate argument lists;
+# "{in}" is the source's stream, "{out}" the result), what QEMU and the guest must do, the
+# message QEMU must exit with (REFUSED), and whether the result must equal the stream QEMU
+# wrote byte for byte.
+#
+# The i386 and lp64-be streams here are CONVERTED by vmstate from the x86-64 stream (the
+# elements rewritten as a 32-bit i386 host and a 64-bit big-endian s390x host lay them out),
+# not written by 32-bit or big-endian QEMU builds.
+SCENARIOS = [
+    ("split-unchanged", "split", "the stream QEMU wrote, unchanged (control)",
+     [], COMPLETES, None, False),
+    ("split-reencode", "split", "convert --reencode (virtio devices written from typed state)",
+     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, False),
+    ("split-i386-unconverted", "split",
+     "elements converted to the i386 layout (32,780-byte structs), loaded as they are",
+     [["convert", "--to-layout", "i386", "{in}", "{out}"]],
+     REFUSED, "virtio: error trying to map MMIO memory", False),
+    ("split-i386-to-stable", "split",
+     "i386-layout stream, then convert --from-layout auto --to-layout stable",
+     [["convert", "--to-layout", "i386", "{in}", "{out}.i386"],
+      ["convert", "--from-layout", "auto", "--to-layout", "stable", "{out}.i386", "{out}"]],
+     COMPLETES, None, True),
+    ("split-lp64be-unconverted", "split",
+     "elements converted to the lp64-be layout (s390x-like big-endian 49,168-byte structs), "
+     "loaded as they are",
+     [["convert", "--to-layout", "lp64-be", "{in}", "{out}"]],
+     REFUSED, "qemu_get_virtqueue_element: Assertion `ARRAY_SIZE(data.in_addr) >= data.in_num' failed",
+     False),
+    ("split-lp64be-to-stable", "split",
+     "lp64-be-layout stream, then convert --from-layout auto --to-layout stable",
+     [["convert", "--to-layout", "lp64-be", "{in}", "{out}.be"],
+      ["convert", "--from-layout", "auto", "--to-layout", "stable", "{out}.be", "{out}"]],
+     COMPLETES, None, True),
+    ("split-reencode-i386-reencode", "split",
+     "convert --reencode, then --to-layout i386, then --reencode --to-layout stable",
+     [["convert", "--reencode", "{in}", "{out}.re"],
+      ["convert", "--to-layout", "i386", "{out}.re", "{out}.i386"],
+      ["convert", "--reencode", "--to-layout", "stable", "{out}.i386", "{out}"]],
+     COMPLETES, None, False),
+    ("split-edit-addr-outside-ram", "split",
+     "vmstate edit: requests[0].out[1].addr = 0x40000000 (1 GiB; guest RAM is 128 MiB)",
+     [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests[0].out[1].addr=0x40000000"]],
+     REFUSED, "virtio: unexpected memory split", False),
+    ("split-requests-dropped", "split",
+     "negative control: vmstate edit requests=[] (the in-flight requests lost)",
+     [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests=[]"]],
+     STUCK, None, False),
+    ("mq2-reencode", "mq2", "num-queues=2, 2 vCPUs: convert --reencode",
+     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, False),
+    ("mq2-i386-to-stable", "mq2", "num-queues=2: --to-layout i386, then --to-layout stable",
+     [["convert", "--to-layout", "i386", "{in}", "{out}.i386"],
+      ["convert", "--to-layout", "stable", "{out}.i386", "{out}"]], COMPLETES, None, True),
+    ("packed-unchanged", "packed", "packed=on: the stream QEMU wrote, unchanged",
+     [], REFUSED, "virtio: unexpected memory split", False),
+    ("packed-ndescs-after", "packed", "packed=on: convert --packed-ndescs-after",
+     [["convert", "--packed-ndescs-after", "{in}", "{out}"]], COMPLETES, None, False),
+]
+PIPE = ("split-live-pipe", "split",
+        "live migration through filters: exec:vmstate convert --to-layout i386 - - "
+        "| vmstate convert --to-layout stable - - into the destination's -incoming")
+
+
+def run_scenario(suite, streams, scn):
+    name, source, what, steps, expect, expect_error, equal = scn
+    folder = os.path.join(suite.work, name)
+    os.makedirs(folder, exist_ok=True)
+    t0 = time.time()
+    src_stream = streams[source]
+    out = os.path.join(folder, "stream.mig") if steps else src_stream
+    commands = []
+    for step in steps:
+        args = [a.replace("{in}", src_stream).replace("{out}", out) for a in step]
+        commands.append("vmstate " + " ".join(shlex.quote(a.replace(folder + "/", "").replace(suite.work + "/", ""))
+                                              for a in args))
+        suite.vm(*args)
+    r = {"name": name, "source": source, "what": what, "vmstate": commands, "expect": expect}
+    if equal:
+        r["equals_source_stream"] = filecmp.cmp(out, src_stream, shallow=False)
+    r.update(suite.destination(os.path.join(folder, "dst"), SOURCES[source],
+                               "exec:cat %s" % shlex.quote(out), expect, expect_error))
+    if equal:
+        r["ok"] = r["ok"] and r["equals_source_stream"]
+    r["seconds"] = round(time.time() - t0, 1)
+    return r
+
+
+def run_pipe(suite):
+    name, source, what = PIPE
+    folder = os.path.join(suite.work, name)
+    os.makedirs(folder, exist_ok=True)
+    t0 = time.time()
+    fifo = os.path.join(folder, "pipe")
+    os.mkfifo(fifo)
+    src = SOURCES[source]
+    q, facts = suite.source(os.path.join(folder, "src"), src)
+    vm = shlex.quote(suite.vmstate)
+    filt = "%s convert --to-layout i386 - - | %s convert --to-layout stable - - > %s" % (vm, vm, shlex.quote(fifo))
+    result = {}
+
+    def dst():
+        result.update(suite.destination(os.path.join(folder, "dst"), src,
+                                        "exec:cat %s" % shlex.quote(fifo), COMPLETES))
+    t = threading.Thread(target=dst)
+    t.start()
+    try:
+        q.migrate("exec:" + filt)
+    finally:
+        q.stop()
+        t.join()
+    r = {"name": name, "source": source, "what": what, "expect": COMPLETES,
+         "vmstate": ["migrate \"exec:vmstate convert --to-layout i386 - - | vmstate convert --to-layout stable - - > PIPE\""],
+         "source_facts": facts}
+    r.update(result)
+    r["seconds"] = round(time.time() - t0, 1)
+    return r
+
+
+def table(results):
+    lines = ["| scenario | in flight at save | QEMU loads? | guest completes after `cont`? "
+             "| expected | QEMU says |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if r["loaded"]:
+            loads = "yes (%s)" % r["runstate"]
+            done = "yes" if r.get("guest_result") == DONE else "no"
+        else:
+            code = r["qemu_exit"]
+            loads = "no (%s)" % ("SIGABRT" if code == -6 else "exit %s" % code)
+            done = "-"
+        said = r["qemu_error"].replace("\n", " / ").replace("|", "\\|") or "-"
+        expected = r["expect"] + ("" if r["ok"] else ": **NOT MET**")
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (r["name"], r["held"], loads, done, expected, said))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vmstate", required=True, help="the vmstate binary")
+    ap.add_argument("--assets", default=os.path.join(HERE, "../../../shared/corpus/assets"),
+                    help="folder with bzImage and initramfs-tiny.cpio.gz (default: ../shared/corpus/assets)")
+    ap.add_argument("--work", help="scratch folder (default: a new temporary folder, removed unless --keep)")
+    ap.add_argument("--results", help="write the results as JSON here")
+    ap.add_argument("--jobs", type=int, default=2, help="QEMU runs at a time (default 2)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("scenarios", nargs="*", help="only these (default: all)")
+    a = ap.parse_args()
+    t0 = time.time()
+    work = a.work or tempfile.mkdtemp(prefix="vmstate-interop-")
+    os.makedirs(work, exist_ok=True)
+    work = os.path.abspath(work)
+    wanted = [s for s in SCENARIOS if not a.scenarios or s[0] in a.scenarios]
+    pipe = not a.scenarios or PIPE[0] in a.scenarios
+    try:
+        if not os.access(a.vmstate, os.X_OK):
+            raise SetupError("vmstate binary not found: %s" % a.vmstate)
+        ensure_qemu()
+        version = subprocess.run([QEMU, "--version"], stdout=subprocess.PIPE).stdout.decode().splitlines()[0]
+        log(version)
+        kernel, initrd = prepare_guest(os.path.abspath(a.assets), work)
+        suite = Suite(os.path.abspath(a.vmstate), kernel, initrd, work)
+        needed = sorted({s[1] for s in wanted})
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            recorded = dict(zip(needed, pool.map(lambda n: suite.record_source(n, SOURCES[n]), needed)))
+        streams = {n: recorded[n][0] for n in needed}
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            futures = [pool.submit(run_scenario, suite, streams, s) for s in wanted]
+            if pipe:
+                futures.append(pool.submit(run_pipe, suite))
+            results = [f.result() for f in futures]
+        for r in results:
+            facts = r.get("source_facts") or recorded[r["source"]][1]
+            r["source_held"] = facts["held_per_queue"]
+            r["held"] = "+".join(str(n) for n in facts["held_per_queue"])
+    except SetupError as e:
+        log("SETUP FAILED: %s" % e)
+        return 2
+    seconds = round(time.time() - t0, 1)
+    print(version)
+    print(table(results))
+    print("suite: %.0f s" % seconds)
+    if a.results:
+        with open(a.results, "w") as f:
+            json.dump({"qemu": version, "seconds": seconds, "results": results}, f, indent=1)
+    bad = [r["name"] for r in results if not r["ok"]]
+    if bad:
+        log("UNEXPECTED: %s (work folder kept: %s)" % (", ".join(bad), work))
+        return 1
+    if not a.keep and not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
