@@ -392,6 +392,11 @@ def judge(r, src, expect, expect_error):
     if expect == REFUSED:
         return not r["loaded"] and r["qemu_exit"] not in (0, None) and expect_error in r["qemu_error"]
     writers = ["W%d" % w for w, _, _ in WRITERS if w != 1 or src["smp"] >= 2]
+    if expect == CORRUPT:
+        # W0's element reads its data from the wrong guest page: the write "succeeds"
+        return (r["loaded"] and r.get("guest_result") == FAILED and "INTEROP: W0 done" in r["serial"]
+                and "INTEROP: W0 MISMATCH" in r["serial"] and not r["image"]["W0"]
+                and all(ok for w, ok in r["image"].items() if w != "W0") and r["qemu_error"] == "")
     if expect == STUCK:
         # the big writes were in flight at the save: without their elements they never end
         return (r["loaded"] and r.get("guest_result") is None and "INTEROP: W0 done" not in r["serial"]
@@ -409,6 +414,7 @@ def judge(r, src, expect, expect_error):
 COMPLETES = "completes"  # QEMU loads the stream, and after `cont` the guest finishes every write
 REFUSED = "refused"      # QEMU exits during the load with the expected message
 STUCK = "stuck"          # QEMU loads it, but the guest never finishes (requests lost)
+CORRUPT = "corrupt"      # QEMU loads it without a word and writes the wrong bytes to disk
 STUCK_WAIT = 20          # seconds a STUCK guest is watched (every write ends in ~3 s otherwise)
 
 SOURCES = {
@@ -460,6 +466,10 @@ SCENARIOS = [
      "vmstate edit: requests[0].out[1].addr = 0x40000000 (1 GiB; guest RAM is 128 MiB)",
      [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests[0].out[1].addr=0x40000000"]],
      REFUSED, "virtio: unexpected memory split", False),
+    ("split-edit-addr-inside-ram", "split",
+     "vmstate edit: requests[0].out[1].addr = 0x100000 (another page of guest RAM)",
+     [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests[0].out[1].addr=0x100000"]],
+     CORRUPT, None, False),
     ("split-requests-dropped", "split",
      "negative control: vmstate edit requests=[] (the in-flight requests lost)",
      [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests=[]"]],
@@ -540,7 +550,13 @@ def table(results):
     for r in results:
         if r["loaded"]:
             loads = "yes (%s)" % r["runstate"]
-            done = "yes" if r.get("guest_result") == DONE else "no"
+            if r.get("guest_result") == DONE:
+                done = "yes"
+            elif r.get("guest_result") == FAILED:
+                bad = [l.split()[1] for l in r["serial"].splitlines() if l.endswith(" MISMATCH")]
+                done = "writes end, but %s wrong on disk" % ", ".join(bad)
+            else:
+                done = "no (never ends)"
         else:
             code = r["qemu_exit"]
             loads = "no (%s)" % ("SIGABRT" if code == -6 else "exit %s" % code)

@@ -26,6 +26,8 @@ enum Expect {
     Refused(&'static str),
     /// QEMU loads it, but the guest never finishes: the in-flight requests were lost.
     Stuck,
+    /// QEMU loads it without a word, and W0 ends with the wrong bytes on disk.
+    Corrupt,
 }
 
 const SCENARIOS: &[(&str, Expect)] = &[
@@ -50,6 +52,7 @@ const SCENARIOS: &[(&str, Expect)] = &[
         "split-edit-addr-outside-ram",
         Expect::Refused("virtio: unexpected memory split"),
     ),
+    ("split-edit-addr-inside-ram", Expect::Corrupt),
     ("split-requests-dropped", Expect::Stuck),
     ("mq2-reencode", Expect::Completes),
     ("mq2-i386-to-stable", Expect::Completes),
@@ -130,6 +133,19 @@ fn check(r: &Value, expect: &Expect) {
             assert!(
                 error.contains(message),
                 "{name}: QEMU said {error:?}, expected {message:?}"
+            );
+        }
+        Expect::Corrupt => {
+            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
+            assert_eq!(error, "", "{name}: QEMU reported errors");
+            assert!(
+                serial.contains("INTEROP: W0 done\n") && serial.contains("INTEROP: W0 MISMATCH\n"),
+                "{name}: expected W0 to end with wrong data; serial:\n{serial}"
+            );
+            assert_eq!(
+                r["image"]["W0"].as_bool(),
+                Some(false),
+                "{name}: W0 on disk"
             );
         }
         Expect::Stuck => {
