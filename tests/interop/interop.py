@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -283,9 +284,9 @@ class Suite:
         return ["-device", "virtio-blk-pci,drive=bd0,id=vblk0,werror=stop,rerror=stop" + props]
 
     def source(self, folder, src):
-        """A source QEMU stopped on the injected write error with requests in flight (at
-        least 2, on at least src['min_queues'] queues); retried up to 5 times, since the
-        count depends on timing under TCG."""
+        """A source QEMU stopped on the injected write error with requests in flight: at
+        least 2, on at least src['min_queues'] queues. With the throttle below it is 16 per
+        4 MiB write in practice; a run that holds fewer is retried, up to 5 runs."""
         for attempt in range(1, 6):
             d = os.path.join(folder, "attempt%d" % attempt)
             os.makedirs(d, exist_ok=True)
@@ -303,11 +304,15 @@ class Suite:
                 "-blockdev", "driver=throttle,throttle-group=tg0,file=raw0,node-name=bd0",
             ] + self.blk_device(src["props"])
             q = Qemu(d, args)
-            if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150) is None:
+            try:
+                if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150) is None:
+                    raise SetupError("guest did not boot to READY (%s):\n%s\n%s"
+                                     % (d, q.serial_text()[-2000:], q.log_text()[-2000:]))
+                q.wait_status({"io-error"}, 120)
+                queues = q.queues()
+            except BaseException:
                 q.stop()
-                raise SetupError("guest did not boot to READY (%s):\n%s\n%s" % (d, q.serial_text()[-2000:], q.log_text()[-2000:]))
-            q.wait_status({"io-error"}, 120)
-            queues = q.queues()
+                raise
             held = [x["inuse"] for x in queues]
             if sum(held) >= 2 and sum(1 for n in held if n) >= src.get("min_queues", 1):
                 return q, {"attempts": attempt, "held_per_queue": held, "source_queues": queues}
@@ -608,6 +613,10 @@ def main():
     except SetupError as e:
         log("SETUP FAILED: %s" % e)
         return 2
+    except Exception:  # a scenario broke down: say where, keep the work folder
+        traceback.print_exc()
+        log("the suite broke down (work folder kept: %s)" % work)
+        return 3
     seconds = round(time.time() - t0, 1)
     print(version)
     print(table(results))
