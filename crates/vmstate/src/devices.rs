@@ -12,6 +12,7 @@ use std::str::FromStr;
 use crate::element::LayoutChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::stream::{self, Command, Field, Record, Section, SectionBody, Stream, Value};
+use crate::virtio::scsi::ScsiRequests;
 use crate::virtio::{Assumptions, DeviceKind, Framing, VirtioDevice};
 use crate::wire::{Reader, Writer};
 
@@ -231,6 +232,228 @@ pub fn store_virtio(
         }
     }
     Ok(())
+}
+
+/// The in-flight requests of one SCSI disk, decoded from its own section.
+///
+/// virtio-scsi saves its requests in the section of the disk each request is for
+/// (`0000:00:03.0/0:0:0/scsi-disk`), in the opaque `requests` field of the disk's
+/// `SCSIDevice` struct; the virtio-scsi device they belong to is the one at the same PCI
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiDiskSection {
+    /// The disk section's idstr.
+    pub idstr: String,
+    /// The section's instance id.
+    pub instance_id: u32,
+    /// The section's id.
+    pub section_id: u32,
+    /// Names of the fields leading to `requests`, outermost first (`qdev`, `requests`).
+    pub field_path: Vec<String>,
+    /// Where the `requests` field starts.
+    pub field_offset: u64,
+    /// Bytes of the field in the stream.
+    pub field_size: u64,
+    /// The virtio-scsi section the disk hangs off, when the stream has it.
+    pub hba: Option<String>,
+    /// The decoded requests.
+    pub requests: ScsiRequests,
+}
+
+/// The description type of the field that holds a SCSI device's requests.
+const SCSI_REQUESTS_TYPE: &str = "scsi-requests";
+
+/// Decodes the requests field of every SCSI disk section of `stream` that hangs off one of
+/// the virtio-scsi devices in `virtio` (as [`decode_virtio`] found them), in stream order.
+///
+/// Whether the elements carry `ndescs` follows from whether that virtio-scsi device offers
+/// packed rings; its `--assume` options apply.
+pub fn decode_scsi_requests(
+    stream: &Stream,
+    virtio: &[VirtioSection],
+    options: &DecodeOptions,
+) -> Result<Vec<ScsiDiskSection>> {
+    let mut found = Vec::new();
+    for section in stream.sections() {
+        let SectionBody::Device(state) = &section.body else {
+            continue;
+        };
+        let mut path = Vec::new();
+        let Some(field) = find_typed_field(&state.fields, SCSI_REQUESTS_TYPE, &mut path) else {
+            continue;
+        };
+        let Value::Raw(bytes) = &field.value else {
+            continue;
+        };
+        let hba = virtio.iter().find(|v| {
+            v.device.kind == DeviceKind::Scsi && same_pci_device(&v.idstr, &section.idstr)
+        });
+        let Some(hba) = hba else {
+            // Another HBA's disk: its requests carry that HBA's state, not virtio-scsi's.
+            continue;
+        };
+        let assume = options.for_section(&hba.idstr);
+        let mut reader = Reader::at(bytes, field.offset);
+        let requests =
+            ScsiRequests::decode(&mut reader, Some(hba.device.offers_packed_rings()), &assume)
+                .map_err(|e| e.within(&section.idstr))?;
+        found.push(ScsiDiskSection {
+            idstr: section.idstr.clone(),
+            instance_id: section.instance_id,
+            section_id: section.section_id,
+            field_path: path,
+            field_offset: field.offset,
+            field_size: field.size,
+            hba: Some(hba.idstr.clone()),
+            requests,
+        });
+    }
+    Ok(found)
+}
+
+/// True when the SCSI device section `disk` (`PCI/CHANNEL:ID:LUN/NAME`) sits on the PCI
+/// device of the virtio section `hba` (`PCI/NAME`).
+fn same_pci_device(hba: &str, disk: &str) -> bool {
+    let hba_pci = hba.rsplit_once('/').map(|(pci, _)| pci);
+    let disk_pci = disk
+        .rsplit_once('/')
+        .and_then(|(rest, _)| rest.rsplit_once('/'))
+        .map(|(pci, _)| pci);
+    matches!((hba_pci, disk_pci), (Some(a), Some(b)) if a == b)
+}
+
+/// The first field of type `type_name`, searching nested structs; `path` receives the
+/// names leading to it.
+fn find_typed_field<'a>(
+    fields: &'a [Field],
+    type_name: &str,
+    path: &mut Vec<String>,
+) -> Option<&'a Field> {
+    for field in fields {
+        path.push(field.name.clone());
+        if field.type_name == type_name {
+            return Some(field);
+        }
+        if let Value::Struct(inner) = &field.value {
+            if let Some(found) = find_typed_field(&inner.fields, type_name, path) {
+                return Some(found);
+            }
+        }
+        path.pop();
+    }
+    None
+}
+
+/// Encodes `disk`'s requests (with `framing` replacing their element framing, if given)
+/// into its section's `requests` field, and rewrites the sizes of that field and of the
+/// structs around it, in the model and in the description, when the length changed.
+pub fn store_scsi_requests(
+    stream: &mut Stream,
+    disk: &ScsiDiskSection,
+    framing: Option<Framing>,
+) -> Result<()> {
+    let mut writer = Writer::new();
+    disk.requests
+        .encode_with(&mut writer, framing)
+        .map_err(|e| e.within(&disk.idstr))?;
+    let bytes = writer.into_bytes();
+    let new_size = bytes.len() as u64;
+    let not_found = || {
+        Error::new(
+            ErrorKind::InvalidValue {
+                value: u64::from(disk.section_id),
+                expected: "a section of the stream with a requests field",
+            },
+            disk.field_offset,
+            disk.idstr.clone(),
+        )
+    };
+    let section = find_section_mut(&mut stream.records, &disk.idstr, disk.instance_id)
+        .ok_or_else(not_found)?;
+    let SectionBody::Device(state) = &mut section.body else {
+        return Err(not_found());
+    };
+    let old_size = set_nested(&mut state.fields, &disk.field_path, bytes).ok_or_else(not_found)?;
+    if new_size != old_size {
+        if let Some(trailer) = &mut stream.trailer {
+            trailer.json = set_nested_size(
+                &trailer.json,
+                &disk.idstr,
+                disk.instance_id,
+                &disk.field_path,
+                old_size,
+                new_size,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts `bytes` into the field at `path` and fixes the sizes of it and of the structs
+/// around it; returns the field's old size.
+fn set_nested(fields: &mut [Field], path: &[String], bytes: Vec<u8>) -> Option<u64> {
+    let (name, rest) = path.split_first()?;
+    let field = fields.iter_mut().find(|f| &f.name == name)?;
+    if rest.is_empty() {
+        let old = field.size;
+        field.size = bytes.len() as u64;
+        field.value = Value::Raw(bytes);
+        return Some(old);
+    }
+    let new_len = bytes.len() as u64;
+    let Value::Struct(inner) = &mut field.value else {
+        return None;
+    };
+    let old = set_nested(&mut inner.fields, rest, bytes)?;
+    field.size = field.size.saturating_sub(old).saturating_add(new_len);
+    Some(old)
+}
+
+/// Rewrites, in the description, the size of the field at `path` of section
+/// `idstr`/`instance_id` from `old` to `new` bytes, and the sizes of the structs around it
+/// by the same difference.
+fn set_nested_size(
+    json: &[u8],
+    idstr: &str,
+    instance_id: u32,
+    path: &[String],
+    old: u64,
+    new: u64,
+) -> Result<Vec<u8>> {
+    use serde_json::Value as Json;
+    let bad = |reason: String| Error::new(ErrorKind::BadDescription { reason }, 0, "vmdescription");
+    let mut root: Json = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let fields = root
+        .get_mut("devices")
+        .and_then(Json::as_array_mut)
+        .and_then(|devices| {
+            devices.iter_mut().find(|d| {
+                d.get("name").and_then(Json::as_str) == Some(idstr)
+                    && d.get("instance_id").and_then(Json::as_u64) == Some(u64::from(instance_id))
+            })
+        })
+        .and_then(|d| d.get_mut("fields"))
+        .ok_or_else(|| bad(format!("no device {idstr:?} instance {instance_id}")))?;
+    fn resize(fields: &mut Json, path: &[String], old: u64, new: u64) -> Option<()> {
+        let (name, rest) = path.split_first()?;
+        let entry = fields
+            .as_array_mut()?
+            .iter_mut()
+            .find(|f| f.get("name").and_then(Json::as_str) == Some(name.as_str()))?
+            .as_object_mut()?;
+        let size = entry.get("size").and_then(Json::as_u64).unwrap_or(old);
+        entry.insert(
+            "size".to_owned(),
+            Json::from(size.saturating_sub(old).saturating_add(new)),
+        );
+        match rest.is_empty() {
+            true => Some(()),
+            false => resize(entry.get_mut("struct")?.get_mut("fields")?, rest, old, new),
+        }
+    }
+    resize(fields, path, old, new)
+        .ok_or_else(|| bad(format!("no field {} in {idstr:?}", path.join("."))))?;
+    Ok(stream::render_like_qemu(&root).into_bytes())
 }
 
 /// The section `idstr`/`instance_id`, packaged ones included.

@@ -9,68 +9,91 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 use stream_checks::read_stream_file;
-use vmstate::devices::{self, DecodeOptions, VirtioSection};
+use vmstate::devices::{self, DecodeOptions, ScsiDiskSection, VirtioSection};
 use vmstate::element::{Layout, Segment};
 use vmstate::stream::{self, Stream};
-use vmstate::virtio::{DeviceState, NdescsOrder};
+use vmstate::virtio::{DeviceState, Framing, InFlight, NdescsOrder};
 
-fn decode(data: &[u8]) -> (Stream, Vec<VirtioSection>) {
+/// Every virtio device of a stream and the requests of its SCSI disks.
+struct Found {
+    virtio: Vec<VirtioSection>,
+    scsi: Vec<ScsiDiskSection>,
+}
+
+fn decode(data: &[u8]) -> (Stream, Found) {
     let stream = stream::read(data).unwrap();
-    let devices = devices::decode_virtio(&stream, &DecodeOptions::default()).unwrap();
-    (stream, devices)
+    let options = DecodeOptions::default();
+    let virtio = devices::decode_virtio(&stream, &options).unwrap();
+    let scsi = devices::decode_scsi_requests(&stream, &virtio, &options).unwrap();
+    (stream, Found { virtio, scsi })
 }
 
 /// Re-encodes every device from its typed state and writes the stream.
-fn reencode(stream: &Stream, devices: &[VirtioSection], data: &[u8]) -> Vec<u8> {
+fn reencode(stream: &Stream, found: &Found, data: &[u8]) -> Vec<u8> {
     let mut stream = stream.clone();
-    for device in devices {
+    for device in &found.virtio {
         devices::store_virtio(&mut stream, device, None).unwrap();
+    }
+    for disk in &found.scsi {
+        devices::store_scsi_requests(&mut stream, disk, None).unwrap();
     }
     stream::write(&stream, data).unwrap()
 }
 
-/// Writes every virtio-blk device's requests in `layout` (and ndescs where `ndescs` says).
+/// Writes every in-flight element (virtio-blk, virtio-serial, virtio-scsi) in `layout` (and
+/// ndescs after the element where `ndescs_after` says).
 fn convert(
     stream: &Stream,
-    devices: &[VirtioSection],
+    found: &Found,
     data: &[u8],
     layout: Layout,
     ndescs_after: bool,
 ) -> Vec<u8> {
+    let reframe = |mut framing: Framing| {
+        framing.layout = layout;
+        if ndescs_after && framing.ndescs != NdescsOrder::Absent {
+            framing.ndescs = NdescsOrder::AfterElement;
+        }
+        framing
+    };
     let mut stream = stream.clone();
-    for device in devices {
-        let framing = match &device.device.device {
-            DeviceState::Blk(blk) => {
-                let mut framing = blk.framing;
-                framing.layout = layout;
-                if ndescs_after && framing.ndescs != NdescsOrder::Absent {
-                    framing.ndescs = NdescsOrder::AfterElement;
-                }
-                Some(framing)
-            }
-            _ => None,
-        };
+    for device in &found.virtio {
+        let framing = device.device.framing().map(reframe);
         devices::store_virtio(&mut stream, device, framing).unwrap();
+    }
+    for disk in &found.scsi {
+        let framing = reframe(disk.requests.framing);
+        devices::store_scsi_requests(&mut stream, disk, Some(framing)).unwrap();
     }
     stream::write(&stream, data).unwrap()
 }
 
-fn blk_requests(devices: &[VirtioSection]) -> Vec<vmstate::virtio::BlkRequest> {
-    devices
-        .iter()
-        .filter_map(|d| match &d.device.device {
-            DeviceState::Blk(blk) => Some(blk.requests.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect()
+/// Every saved element of the stream, device by device.
+fn in_flight(found: &Found) -> Vec<InFlight> {
+    let mut out = Vec::new();
+    for d in &found.virtio {
+        match &d.device.device {
+            DeviceState::Blk(blk) => out.extend(blk.requests.iter().cloned()),
+            DeviceState::Serial(serial) => out.extend(
+                serial
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.popped.as_ref().map(|e| e.element.clone())),
+            ),
+            _ => {}
+        }
+    }
+    for disk in &found.scsi {
+        out.extend(disk.requests.requests.iter().map(|r| r.element.clone()));
+    }
+    out
 }
 
 /// The checks every stream gets: decoding, identity of re-encoding, layout conversion and
 /// back, and the description staying readable after sizes change.
-fn check_stream(name: &str, data: &[u8]) -> (Stream, Vec<VirtioSection>) {
+fn check_stream(name: &str, data: &[u8]) -> (Stream, Found) {
     let (stream, found) = decode(data);
-    assert!(!found.is_empty(), "{name}: no virtio device");
+    assert!(!found.virtio.is_empty(), "{name}: no virtio device");
     assert!(
         reencode(&stream, &found, data) == data,
         "{name}: re-encoding changed the stream"
@@ -82,7 +105,7 @@ fn check_stream(name: &str, data: &[u8]) -> (Stream, Vec<VirtioSection>) {
             "{name}: the description does not re-render to its own bytes"
         );
     }
-    let requests = blk_requests(&found);
+    let requests = in_flight(&found);
     if !requests.is_empty() {
         for layout in [Layout::I386, Layout::Lp64Be, Layout::Ilp32Le] {
             let converted = convert(&stream, &found, data, layout, false);
@@ -91,7 +114,7 @@ fn check_stream(name: &str, data: &[u8]) -> (Stream, Vec<VirtioSection>) {
                 layout.size() == Layout::Stable.size()
             );
             let (back_stream, back) = decode(&converted);
-            assert_eq!(blk_requests(&back), requests, "{name} via {layout}");
+            assert_eq!(in_flight(&back), requests, "{name} via {layout}");
             let restored = convert(&back_stream, &back, &converted, Layout::Stable, false);
             assert!(
                 restored == data,
@@ -127,14 +150,81 @@ fn fixture_streams_decode_and_reencode_identically() {
     for (name, path) in streams {
         let data = read_stream_file(&path);
         let (_, found) = check_stream(&name, &data);
-        // alldev machines: blk, net, scsi, serial, balloon, rng.
-        assert_eq!(found.len(), 6, "{name}");
+        // alldev machines: blk, net, scsi, serial, balloon, rng, and a scsi-hd.
+        assert_eq!(found.virtio.len(), 6, "{name}");
         let decoded = found
+            .virtio
             .iter()
             .filter(|d| !matches!(d.device.device, DeviceState::Opaque { .. }))
             .count();
-        assert_eq!(decoded, 3, "{name}: blk, scsi and rng are decoded");
+        assert_eq!(decoded, 6, "{name}: every device is decoded");
+        assert_eq!(found.scsi.len(), 1, "{name}: the scsi-hd");
+        assert!(found.scsi[0].requests.requests.is_empty());
     }
+}
+
+/// RAM-stripped real streams with requests held (tests/fixtures/stripped/); the ground
+/// truth is the corpus MANIFEST and meta/*.elements.txt (QMP x-query-virtio-queue-element).
+#[test]
+fn stripped_streams_keep_their_scsi_and_serial_elements() {
+    let data = read_stream_file(&support::fixture(
+        "stripped/qemu7.2-scsi-inflight.stripped.mig.gz",
+    ));
+    let (_, found) = check_stream("scsi-inflight", &data);
+    let [disk] = found.scsi.as_slice() else {
+        panic!("one scsi disk")
+    };
+    assert_eq!(disk.idstr, "0000:00:01.0/0:0:0/scsi-disk");
+    assert_eq!(disk.hba.as_deref(), Some("0000:00:01.0/virtio-scsi"));
+    assert_eq!(disk.field_path, ["qdev", "requests"]);
+    let heads: Vec<(Option<u32>, u32)> = disk
+        .requests
+        .requests
+        .iter()
+        .map(|r| (r.element.queue, r.element.element.index))
+        .collect();
+    assert_eq!(heads, [(Some(2), 0), (Some(2), 1)]);
+    let first = &disk.requests.requests[0];
+    assert!(first.retry);
+    assert_eq!(first.cdb.0[0], 0x2a, "WRITE(10)");
+    assert_eq!(first.queue_number, 0);
+    assert_eq!(
+        first.element.element.device_readable[..2],
+        [
+            Segment {
+                addr: 0x236d8b8,
+                len: 51
+            },
+            Segment {
+                addr: 0x5873000,
+                len: 61440
+            }
+        ]
+    );
+    assert_eq!(
+        first.element.element.device_writable,
+        [Segment {
+            addr: 0x236d8f3,
+            len: 108
+        }]
+    );
+    let disk_part = first.disk.as_ref().unwrap();
+    assert_eq!((disk_part.sector, disk_part.sector_count), (0, 512));
+
+    let data = read_stream_file(&support::fixture(
+        "stripped/qemu7.2-serial-throttled.stripped.mig.gz",
+    ));
+    let (_, found) = check_stream("serial-throttled", &data);
+    let elements = in_flight(&found);
+    assert_eq!(elements.len(), 1);
+    assert_eq!((elements[0].queue, elements[0].element.index), (Some(5), 3));
+    assert_eq!(
+        elements[0].element.device_readable,
+        [Segment {
+            addr: 0x2845000,
+            len: 4096
+        }]
+    );
 }
 
 #[test]
@@ -182,7 +272,12 @@ fn corpus_streams(corpus: &Path) -> Vec<(String, PathBuf)> {
 
 /// Compares one device's queues and in-flight requests with QMP's view of it.
 /// Returns (queues compared, elements compared).
-fn compare_with_truth(name: &str, device: &VirtioSection, truth: &Json) -> (usize, usize) {
+fn compare_with_truth(
+    name: &str,
+    device: &VirtioSection,
+    found: &Found,
+    truth: &Json,
+) -> (usize, usize) {
     let queues = truth["queues"].as_array().unwrap();
     let d = &device.device;
     assert_eq!(
@@ -192,9 +287,24 @@ fn compare_with_truth(name: &str, device: &VirtioSection, truth: &Json) -> (usiz
         device.idstr
     );
     let mut elements = 0;
-    let requests: Vec<_> = match &d.device {
+    // The devices that save their elements; virtio-balloon holds one it does not save.
+    let saves_elements = matches!(
+        d.device,
+        DeviceState::Blk(_) | DeviceState::Serial(_) | DeviceState::Empty
+    ) && d.kind != vmstate::virtio::DeviceKind::Rng;
+    let requests: Vec<InFlight> = match &d.device {
         DeviceState::Blk(blk) => blk.requests.clone(),
-        _ => Vec::new(),
+        DeviceState::Serial(serial) => serial
+            .ports
+            .iter()
+            .filter_map(|p| p.popped.as_ref().map(|e| e.element.clone()))
+            .collect(),
+        _ => found
+            .scsi
+            .iter()
+            .filter(|s| s.hba.as_deref() == Some(device.idstr.as_str()))
+            .flat_map(|s| s.requests.requests.iter().map(|r| r.element.clone()))
+            .collect(),
     };
     let mut inuse_total = 0;
     for (index, q) in queues.iter().enumerate() {
@@ -233,7 +343,7 @@ fn compare_with_truth(name: &str, device: &VirtioSection, truth: &Json) -> (usiz
             let Some(element) = inflight.get("element") else {
                 continue; // packed rings: QMP cannot show them
             };
-            if !matches!(d.device, DeviceState::Blk(_)) {
+            if !saves_elements {
                 continue;
             }
             let head = element["index"].as_u64().unwrap();
@@ -269,7 +379,7 @@ fn compare_with_truth(name: &str, device: &VirtioSection, truth: &Json) -> (usiz
             elements += 1;
         }
     }
-    if matches!(d.device, DeviceState::Blk(_)) {
+    if saves_elements {
         assert_eq!(
             requests.len() as u64,
             inuse_total,
@@ -288,11 +398,34 @@ fn every_corpus_device_decodes_and_matches_the_ground_truth() {
     };
     let corpus = shared.join("corpus");
     let (mut devices_seen, mut queues, mut elements, mut blk_with_requests) = (0, 0, 0, 0);
+    let (mut scsi_disks, mut scsi_requests, mut popped) = (0, 0, 0);
     for (name, path) in corpus_streams(&corpus) {
         let data = read_stream_file(&path);
         let (_, found) = check_stream(&name, &data);
-        devices_seen += found.len();
+        devices_seen += found.virtio.len();
+        assert!(
+            found
+                .virtio
+                .iter()
+                .all(|d| !matches!(d.device.device, DeviceState::Opaque { .. })),
+            "{name}: a device left undecoded"
+        );
+        scsi_disks += found.scsi.len();
+        scsi_requests += found
+            .scsi
+            .iter()
+            .map(|s| s.requests.requests.len())
+            .sum::<usize>();
+        popped += found
+            .virtio
+            .iter()
+            .map(|d| match &d.device.device {
+                DeviceState::Serial(s) => s.popped_elements(),
+                _ => 0,
+            })
+            .sum::<usize>();
         blk_with_requests += found
+            .virtio
             .iter()
             .filter(|d| matches!(&d.device.device, DeviceState::Blk(b) if !b.requests.is_empty()))
             .count();
@@ -301,20 +434,25 @@ fn every_corpus_device_decodes_and_matches_the_ground_truth() {
         for t in truth["devices"].as_array().unwrap() {
             let vmsd = vmsd_of(t["name"].as_str().unwrap());
             let device = found
+                .virtio
                 .iter()
                 .find(|d| d.idstr.ends_with(&format!("/{vmsd}")))
                 .unwrap_or_else(|| panic!("{name}: no section for {vmsd}"));
-            let (q, e) = compare_with_truth(&name, device, t);
+            let (q, e) = compare_with_truth(&name, device, &found, t);
             queues += q;
             elements += e;
         }
     }
     eprintln!(
         "corpus: {devices_seen} virtio devices, {queues} queues and {elements} in-flight \
-         elements equal to the ground truth; {blk_with_requests} virtio-blk devices with requests"
+         elements equal to the ground truth; {blk_with_requests} virtio-blk devices with \
+         requests; {scsi_disks} SCSI disks with {scsi_requests} requests; {popped} throttled \
+         serial element(s)"
     );
     // blk-inflight-split holds 8 requests, blk-inflight-mq2 one per queue (MANIFEST); the
     // packed stream's 2 are counted against inuse only, as QMP cannot show packed elements.
-    assert_eq!(elements, 10, "split-ring elements the ground truth shows");
+    // Plus scsi-inflight's 2 and serial-throttled's 1.
+    assert_eq!(elements, 13, "split-ring elements the ground truth shows");
+    assert_eq!((scsi_requests, popped), (2, 1));
     assert_eq!(blk_with_requests, 3, "split, mq2 and packed");
 }

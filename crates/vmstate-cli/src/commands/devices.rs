@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 
 use clap::Args;
 use serde::Serialize;
-use vmstate::devices::{self, Assumption, DecodeOptions, VirtioSection};
+use vmstate::devices::{self, Assumption, DecodeOptions, ScsiDiskSection, VirtioSection};
 use vmstate::element::LayoutChoice;
 use vmstate::stream::Stream;
-use vmstate::virtio::{DeviceState, NdescsOrder, VirtioDevice};
+use vmstate::virtio::{DeviceState, MacTable, NdescsOrder, VirtioDevice};
 
 use crate::outcome::Failure;
 
@@ -32,13 +32,28 @@ impl DeviceArgs {
         !self.assume.is_empty() || self.from_layout != LayoutChoice::Auto
     }
 
-    /// Decodes every virtio device of `stream`; `shown` names the input in errors.
-    pub fn decode(&self, stream: &Stream, shown: &str) -> Result<Vec<VirtioSection>, Failure> {
-        let options = DecodeOptions {
+    fn options(&self) -> DecodeOptions {
+        DecodeOptions {
             layout: self.from_layout,
             assumptions: self.assume.clone(),
-        };
-        devices::decode_virtio(stream, &options)
+        }
+    }
+
+    /// Decodes every virtio device of `stream`; `shown` names the input in errors.
+    pub fn decode(&self, stream: &Stream, shown: &str) -> Result<Vec<VirtioSection>, Failure> {
+        devices::decode_virtio(stream, &self.options())
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))
+    }
+
+    /// Decodes the requests of every SCSI disk on one of the virtio-scsi devices in
+    /// `virtio`.
+    pub fn decode_scsi(
+        &self,
+        stream: &Stream,
+        virtio: &[VirtioSection],
+        shown: &str,
+    ) -> Result<Vec<ScsiDiskSection>, Failure> {
+        devices::decode_scsi_requests(stream, virtio, &self.options())
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))
     }
 }
@@ -63,6 +78,81 @@ impl<'a> From<&'a VirtioSection> for VirtioJson<'a> {
             field_offset: s.field_offset,
             field_size: s.field_size,
             virtio: &s.device,
+        }
+    }
+}
+
+/// One SCSI disk's virtio-scsi requests in `dump --json`.
+#[derive(Serialize)]
+pub struct ScsiJson<'a> {
+    section: &'a str,
+    instance_id: u32,
+    section_id: u32,
+    field: String,
+    field_offset: u64,
+    field_size: u64,
+    hba: Option<&'a str>,
+    #[serde(flatten)]
+    requests: &'a vmstate::virtio::scsi::ScsiRequests,
+}
+
+impl<'a> From<&'a ScsiDiskSection> for ScsiJson<'a> {
+    fn from(s: &'a ScsiDiskSection) -> Self {
+        ScsiJson {
+            section: &s.idstr,
+            instance_id: s.instance_id,
+            section_id: s.section_id,
+            field: s.field_path.join("."),
+            field_offset: s.field_offset,
+            field_size: s.field_size,
+            hba: s.hba.as_deref(),
+            requests: &s.requests,
+        }
+    }
+}
+
+/// The text form of the SCSI disks' virtio-scsi requests, for `dump`.
+pub fn scsi_summary(disks: &[ScsiDiskSection], out: &mut String) {
+    if disks.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "virtio-scsi requests in SCSI disk sections:");
+    for d in disks {
+        let r = &d.requests;
+        let _ = writeln!(
+            out,
+            "  {} (section {}, field {}, on {}): {} request(s) ({} layout{})",
+            d.idstr,
+            d.section_id,
+            d.field_path.join("."),
+            d.hba.as_deref().unwrap_or("?"),
+            r.requests.len(),
+            r.framing.layout,
+            ndescs_text(r.framing.ndescs)
+        );
+        for q in &r.requests {
+            let data = match &q.disk {
+                Some(disk) => format!(
+                    ", sector {} count {} buflen {}",
+                    disk.sector, disk.sector_count, disk.buflen
+                ),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "    tag {} lun {} opcode {:#04x}{}: queue {}, head {}: {} out, {} in{data}",
+                q.tag,
+                q.lun,
+                q.cdb.0.first().copied().unwrap_or(0),
+                if q.retry { " (retry)" } else { "" },
+                q.element.queue.map(|v| v.to_string()).unwrap_or_default(),
+                q.element.element.index,
+                q.element.element.device_readable.len(),
+                q.element.element.device_writable.len()
+            );
+        }
+        for note in &r.notes {
+            let _ = writeln!(out, "    note: {note}");
         }
     }
 }
@@ -111,11 +201,7 @@ pub fn summary(devices: &[VirtioSection], out: &mut String) {
                 let _ = writeln!(out, "    no requests in flight");
             }
             DeviceState::Blk(blk) => {
-                let ndescs = match blk.framing.ndescs {
-                    NdescsOrder::Absent => "",
-                    NdescsOrder::BeforeElement => ", ndescs before each element",
-                    NdescsOrder::AfterElement => ", ndescs after each element",
-                };
+                let ndescs = ndescs_text(blk.framing.ndescs);
                 let _ = writeln!(
                     out,
                     "    {} request(s) in flight ({} layout{ndescs}):",
@@ -133,11 +219,82 @@ pub fn summary(devices: &[VirtioSection], out: &mut String) {
                     );
                 }
             }
+            DeviceState::Net(net) => {
+                let pairs = match &net.queue_pairs {
+                    Some(p) => format!(", queue pairs {}/{}", p.curr, p.max),
+                    None => String::new(),
+                };
+                let table = match &net.mac_table {
+                    MacTable::Entries(e) => format!("{} MAC table entr(y/ies)", e.len()),
+                    MacTable::Discarded(_) => format!(
+                        "MAC table in_use {} over 64: discarded on load",
+                        net.mac_table_in_use
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "    mac {}, status {:#x}, promisc {}, allmulti {}, {table}{pairs}",
+                    serde_json::to_value(net.mac)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    net.status,
+                    net.promisc,
+                    net.allmulti
+                );
+            }
+            DeviceState::Balloon(b) => {
+                let _ = writeln!(
+                    out,
+                    "    balloon: num_pages {}, actual {}, {} subsection(s)",
+                    b.num_pages,
+                    b.actual,
+                    b.subsections.len()
+                );
+            }
+            DeviceState::Serial(serial) => {
+                let _ = writeln!(
+                    out,
+                    "    {} active port(s), ports map {:x?} ({} layout{}):",
+                    serial.ports.len(),
+                    serial.ports_map,
+                    serial.framing.layout,
+                    ndescs_text(serial.framing.ndescs)
+                );
+                for p in &serial.ports {
+                    let popped = match &p.popped {
+                        Some(e) => format!(
+                            ", throttled element: queue {}, head {}, {} out, {} in, iov_idx {}, \
+                             iov_offset {}",
+                            e.element.queue.map(|q| q.to_string()).unwrap_or_default(),
+                            e.element.element.index,
+                            e.element.element.device_readable.len(),
+                            e.element.element.device_writable.len(),
+                            e.iov_idx,
+                            e.iov_offset
+                        ),
+                        None => String::new(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "      port {}: guest_connected {}, host_connected {}{popped}",
+                        p.id, p.guest_connected, p.host_connected
+                    );
+                }
+            }
             // An opaque device's note says what was kept.
             DeviceState::Empty | DeviceState::Opaque { .. } => {}
         }
         for note in &d.notes {
             let _ = writeln!(out, "    note: {note}");
         }
+    }
+}
+
+fn ndescs_text(order: NdescsOrder) -> &'static str {
+    match order {
+        NdescsOrder::Absent => "",
+        NdescsOrder::BeforeElement => ", ndescs before each element",
+        NdescsOrder::AfterElement => ", ndescs after each element",
     }
 }

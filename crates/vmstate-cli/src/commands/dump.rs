@@ -9,7 +9,7 @@ use vmstate::stream::{
     self, Command, Configuration, RamBlockSummary, Record, Section, SectionBody, Stream,
 };
 
-use super::devices::{self, DeviceArgs, VirtioJson};
+use super::devices::{self, DeviceArgs, ScsiJson, VirtioJson};
 use crate::io::{read_stream, write_output, Input};
 use crate::outcome::{Failure, Outcome};
 
@@ -56,6 +56,9 @@ pub fn run(args: DumpArgs) -> Outcome {
     let virtio = args
         .devices
         .decode(&loaded.stream, &args.file.display().to_string())?;
+    let scsi =
+        args.devices
+            .decode_scsi(&loaded.stream, &virtio, &args.file.display().to_string())?;
     let text = if args.json {
         let mut text = serde_json::to_string_pretty(&DumpJson {
             size: loaded.bytes.len() as u64,
@@ -63,6 +66,7 @@ pub fn run(args: DumpArgs) -> Outcome {
             trailer_json_len: loaded.stream.trailer.as_ref().map(|t| t.json.len() as u64),
             ram_blocks: loaded.stream.ram_summary(),
             virtio_devices: virtio.iter().map(VirtioJson::from).collect(),
+            scsi_requests: scsi.iter().map(ScsiJson::from).collect(),
             stream: &loaded.stream,
         })
         .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
@@ -71,6 +75,7 @@ pub fn run(args: DumpArgs) -> Outcome {
     } else {
         let mut text = summary(&args.file, &loaded);
         devices::summary(&virtio, &mut text);
+        devices::scsi_summary(&scsi, &mut text);
         text
     };
     write_output(Path::new("-"), text.as_bytes())
@@ -89,6 +94,8 @@ struct DumpJson<'a> {
     ram_blocks: Vec<RamBlockSummary>,
     /// Every virtio device, decoded.
     virtio_devices: Vec<VirtioJson<'a>>,
+    /// virtio-scsi's requests in flight, per SCSI disk section.
+    scsi_requests: Vec<ScsiJson<'a>>,
     /// The full model.
     #[serde(flatten)]
     stream: &'a Stream,

@@ -150,6 +150,9 @@ impl Serialize for VirtioDevice {
                 s.serialize_field("requests", &blk.requests)?;
                 s.serialize_field("framing", &blk.framing)?;
             }
+            DeviceState::Net(net) => s.serialize_field("net", net)?,
+            DeviceState::Serial(serial) => s.serialize_field("serial", serial)?,
+            DeviceState::Balloon(balloon) => s.serialize_field("balloon", balloon)?,
             DeviceState::Empty => {}
             DeviceState::Opaque { bytes } => s.serialize_field("undecoded", bytes)?,
         }

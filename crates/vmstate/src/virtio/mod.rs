@@ -11,25 +11,34 @@
 //!
 //! Encoding the decoded state gives back the original bytes.
 
+mod balloon;
 mod blk;
 mod core;
 mod edit;
+mod framing;
 mod json;
+pub mod net;
 mod pci;
+pub mod scsi;
+mod serial;
 
-pub use self::blk::{BlkRequest, BlkState, Framing, NdescsOrder};
+pub use self::balloon::{BalloonState, BalloonSubsection};
+pub use self::blk::{BlkRequest, BlkState};
 pub use self::core::{
     CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
     RingAddresses, VIRTIO_QUEUE_MAX,
 };
 pub use self::edit::{parse_path, Step};
+pub use self::framing::{Framing, InFlight, NdescsOrder};
+pub use self::net::{MacTable, NetQueuePairs, NetState, NetSubsection, RssState};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
+pub use self::serial::{PoppedElement, SerialPort, SerialState};
 
 use serde::Serialize;
 
 pub use crate::hex::HexBytes;
 
-use crate::element::{Layout, LayoutChoice};
+use crate::element::LayoutChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::note::Note;
 use crate::wire::{Endian, Reader, Writer};
@@ -66,6 +75,12 @@ pub enum DeviceKind {
     Scsi,
     /// `virtio-rng`.
     Rng,
+    /// `virtio-net`.
+    Net,
+    /// `virtio-console` (virtio-serial).
+    Serial,
+    /// `virtio-balloon`.
+    Balloon,
     /// Any other virtio device; its own state is not decoded yet.
     Other(String),
 }
@@ -77,6 +92,9 @@ impl DeviceKind {
             DeviceKind::Blk => "virtio-blk",
             DeviceKind::Scsi => "virtio-scsi",
             DeviceKind::Rng => "virtio-rng",
+            DeviceKind::Net => "virtio-net",
+            DeviceKind::Serial => "virtio-console",
+            DeviceKind::Balloon => "virtio-balloon",
             DeviceKind::Other(name) => name,
         }
     }
@@ -87,6 +105,9 @@ impl DeviceKind {
             "virtio-blk" => DeviceKind::Blk,
             "virtio-scsi" => DeviceKind::Scsi,
             "virtio-rng" => DeviceKind::Rng,
+            "virtio-net" => DeviceKind::Net,
+            "virtio-console" => DeviceKind::Serial,
+            "virtio-balloon" => DeviceKind::Balloon,
             other => DeviceKind::Other(other.to_owned()),
         }
     }
@@ -95,7 +116,7 @@ impl DeviceKind {
 /// Facts about the device that a user states because the stream does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Assumptions {
-    /// The device's `num-queues` property.
+    /// The device's `num-queues` property (for virtio-net: its number of queue pairs).
     pub num_queues: Option<u32>,
     /// The device's `packed` property (packed rings offered).
     pub packed: Option<bool>,
@@ -127,6 +148,12 @@ pub enum DeviceState {
     Empty,
     /// virtio-blk's request list.
     Blk(BlkState),
+    /// virtio-net's device VMState.
+    Net(NetState),
+    /// virtio-serial's ports.
+    Serial(SerialState),
+    /// virtio-balloon's device VMState.
+    Balloon(BalloonState),
     /// Not decoded: the rest of the field, core subsections included, as it was.
     Opaque {
         /// The bytes.
@@ -247,15 +274,20 @@ impl VirtioDevice {
 
     /// Writes the `virtio` field back, with the framing the device was read with.
     pub fn encode(&self, w: &mut Writer) -> Result<()> {
-        let framing = match &self.device {
-            DeviceState::Blk(blk) => Some(blk.framing),
-            _ => None,
-        };
-        self.encode_with(w, framing)
+        self.encode_with(w, self.framing())
     }
 
-    /// Writes the `virtio` field back; `framing` (virtio-blk only) replaces the one the
-    /// requests were read with, to change their element layout or where `ndescs` stands.
+    /// The framing the device's in-flight elements were read with (virtio-blk, virtio-serial).
+    pub fn framing(&self) -> Option<Framing> {
+        match &self.device {
+            DeviceState::Blk(blk) => Some(blk.framing),
+            DeviceState::Serial(serial) => Some(serial.framing),
+            _ => None,
+        }
+    }
+
+    /// Writes the `virtio` field back; `framing` (devices with elements only) replaces the
+    /// one the elements were read with, to change their layout or where `ndescs` stands.
     pub fn encode_with(&self, w: &mut Writer, framing: Option<Framing>) -> Result<()> {
         self.transport.encode(w);
         w.u8(self.status);
@@ -290,6 +322,11 @@ impl VirtioDevice {
         match &self.device {
             DeviceState::Empty => {}
             DeviceState::Blk(blk) => blk::encode(blk, framing.unwrap_or(blk.framing), w)?,
+            DeviceState::Net(net) => net::encode(net, w)?,
+            DeviceState::Serial(serial) => {
+                serial::encode(serial, framing.unwrap_or(serial.framing), w)?
+            }
+            DeviceState::Balloon(balloon) => balloon::encode(balloon, w)?,
             DeviceState::Opaque { bytes } => {
                 w.bytes(&bytes.0);
                 return Ok(());
@@ -325,12 +362,6 @@ struct Common {
     guest_features_low: u32,
     config: HexBytes,
     queues: Vec<QueueState>,
-}
-
-/// One reading of a virtio-blk request list: the framing tried and what came of it.
-struct Trial {
-    framing: Framing,
-    outcome: Result<(BlkState, Vec<CoreSubsection>, Vec<Note>)>,
 }
 
 impl Common {
@@ -370,6 +401,19 @@ impl Common {
                 Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
             }
             DeviceKind::Blk => self.decode_blk(r, assume, inferred),
+            DeviceKind::Balloon => {
+                let balloon = balloon::decode(r).map_err(|e| e.within("virtio"))?;
+                let subsections = core::decode(r)?;
+                r.expect_end("virtio")?;
+                Ok(self.finish(
+                    DeviceState::Balloon(balloon),
+                    subsections,
+                    inferred,
+                    Vec::new(),
+                ))
+            }
+            DeviceKind::Net => self.decode_net(r, assume, inferred),
+            DeviceKind::Serial => self.decode_serial(r, assume, inferred),
             DeviceKind::Other(name) => {
                 let note = Note::new(
                     r.offset(),
@@ -405,244 +449,38 @@ impl Common {
             Some(n) => vec![n > 1],
             None => vec![saved_queues > 1, saved_queues <= 1],
         };
-        let ndescs_options: Vec<NdescsOrder> = match (assume.packed, assume.ndescs_order) {
-            (Some(false), _) => vec![NdescsOrder::Absent],
-            (_, Some(order)) => vec![order],
-            (Some(true), None) => vec![NdescsOrder::BeforeElement, NdescsOrder::AfterElement],
-            (None, None) => vec![
-                NdescsOrder::Absent,
-                NdescsOrder::BeforeElement,
-                NdescsOrder::AfterElement,
-            ],
-        };
-        let layouts: Vec<Layout> = match assume.layout {
-            LayoutChoice::Fixed(layout) => vec![layout],
-            LayoutChoice::Auto => Layout::ALL.to_vec(),
-        };
-
-        let mut trials = Vec::new();
-        for &queue_index in &queue_index_options {
-            for &ndescs in &ndescs_options {
-                for &layout in &layouts {
-                    let framing = Framing {
-                        queue_index,
-                        ndescs,
-                        layout,
-                    };
-                    let mut attempt = r.clone();
-                    let outcome = read_blk_rest(&mut attempt, framing);
-                    trials.push(Trial { framing, outcome });
-                    // With no request in the list the framing does not matter: one reading
-                    // tells everything.
-                    if let Some(Ok((blk, _, _))) = trials.last().map(|t| &t.outcome) {
-                        if blk.requests.is_empty() {
-                            return self.finish_blk_without_requests(r, trials, assume, inferred);
-                        }
-                    }
-                }
-            }
-        }
-
-        let parsed: Vec<&Trial> = trials.iter().filter(|t| t.outcome.is_ok()).collect();
-        if parsed.is_empty() {
-            // Report the reading that got furthest: its error is the most telling.
-            let best = trials
-                .into_iter()
-                .filter_map(|t| t.outcome.err())
-                .max_by_key(Error::offset);
-            return Err(best.unwrap_or_else(|| {
-                r.error(
-                    ErrorKind::Undelimited {
-                        reason: "no framing of the request list was tried".to_owned(),
-                    },
-                    "virtio.rq",
-                )
-            }));
-        }
-
-        // Keep the readings that agree with the rest of the field.
-        let consistent: Vec<&Trial> = parsed
-            .iter()
-            .copied()
-            .filter(|t| match &t.outcome {
-                Ok((_, subsections, _)) => {
-                    let packed = subsections
-                        .iter()
-                        .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)));
-                    (t.framing.ndescs != NdescsOrder::Absent) == packed
-                }
-                Err(_) => false,
-            })
-            .collect();
-        if consistent.is_empty() {
-            let framings: Vec<String> = parsed.iter().map(|t| describe(&t.framing)).collect();
-            return Err(r.error(
-                ErrorKind::InconsistentFraming {
-                    readings: framings,
-                    reason: "requests carry an ndescs word exactly when the device offers \
-                             packed rings, and it offers them exactly when the \
-                             virtio/packed_virtqueues subsection is present"
-                        .to_owned(),
-                },
-                "virtio.rq",
-            ));
-        }
-        let pool = &consistent;
-        let preferred_queue_index = pool
-            .iter()
-            .copied()
-            .filter(|t| t.framing.queue_index == (saved_queues > 1))
-            .collect::<Vec<_>>();
-        let pool = if preferred_queue_index.is_empty() {
-            pool.clone()
-        } else {
-            preferred_queue_index
-        };
-        // Legacy writers may leave stale bytes, but a wrong reading shifts real data into the
-        // unused slots; prefer readings whose elements are clean.
-        let clean: Vec<&Trial> = pool
-            .iter()
-            .copied()
-            .filter(|t| matches!(&t.outcome, Ok((_, _, notes)) if notes.is_empty()))
-            .collect();
-        let pool = if clean.is_empty() { pool } else { clean };
-
-        let [chosen] = pool.as_slice() else {
-            let framings: Vec<String> = pool.iter().map(|t| describe(&t.framing)).collect();
-            return Err(r.error(
-                ErrorKind::AmbiguousFraming {
-                    readings: framings,
-                    settle: "--assume SECTION:num-queues=N, --assume SECTION:packed=on|off or \
-                             --from-layout NAME"
-                        .to_owned(),
-                },
-                "virtio.rq",
-            ));
-        };
-        let framing = chosen.framing;
-        let Ok((blk, subsections, notes)) = &chosen.outcome else {
-            return Err(r.error(
-                ErrorKind::Undelimited {
-                    reason: "the chosen reading failed".to_owned(),
-                },
-                "virtio.rq",
-            ));
-        };
-        let (blk, subsections, notes) = (blk.clone(), subsections.clone(), notes.clone());
-        let others = parsed.len().saturating_sub(1);
-        inferred.extend(framing_inferences(&framing, saved_queues, assume, others));
-        r.skip(r.remaining(), "virtio")?;
-        Ok(self.finish(DeviceState::Blk(blk), subsections, inferred, notes))
-    }
-
-    fn finish_blk_without_requests(
-        self,
-        r: &mut Reader<'_>,
-        mut trials: Vec<Trial>,
-        assume: &Assumptions,
-        mut inferred: Vec<Inference>,
-    ) -> Result<VirtioDevice> {
-        let Some(Trial {
-            framing,
-            outcome: Ok((mut blk, subsections, notes)),
-        }) = trials.pop()
-        else {
-            return Err(r.error(
-                ErrorKind::Undelimited {
-                    reason: "the request list could not be read".to_owned(),
-                },
-                "virtio.rq",
-            ));
-        };
-        let packed = subsections
-            .iter()
-            .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)));
-        blk.framing = Framing {
-            queue_index: assume.num_queues.map_or(self.queues.len() > 1, |n| n > 1),
-            ndescs: if packed {
-                NdescsOrder::BeforeElement
-            } else {
-                NdescsOrder::Absent
+        let keys = framing::element_framings(assume, &queue_index_options);
+        let matches_queues = |f: &Framing| f.queue_index == (saved_queues > 1);
+        let settled = framing::settle(
+            r,
+            "virtio.rq",
+            &keys,
+            |r, framing| {
+                let mut notes = Vec::new();
+                let blk = blk::decode(r, framing, &mut notes).map_err(|e| e.within("virtio"))?;
+                let (subsections, packed) = read_core(r)?;
+                Ok(framing::Parsed {
+                    elements: blk.requests.len(),
+                    state: blk,
+                    subsections,
+                    notes,
+                    packed: Some(packed),
+                })
             },
-            layout: framing.layout,
+            &[&matches_queues],
+            "--assume SECTION:num-queues=N, --assume SECTION:packed=on|off or --from-layout NAME",
+        )?;
+        let framing = settled.key;
+        let mut blk = settled.parsed.state;
+        blk.framing = framing;
+        let queue_how = match assume.num_queues {
+            Some(n) => format!("assumed: num-queues={n}"),
+            None => format!(
+                "the device saved {saved_queues} queue(s), and virtio-blk creates exactly \
+                 num-queues of them"
+            ),
         };
         inferred.push(Inference::new(
-            "virtio.rq",
-            "no requests in flight",
-            "the list ends at its first byte; the framing below applies to requests added later",
-        ));
-        inferred.extend(framing_inferences(
-            &blk.framing,
-            self.queues.len(),
-            assume,
-            0,
-        ));
-        r.skip(r.remaining(), "virtio")?;
-        Ok(self.finish(DeviceState::Blk(blk), subsections, inferred, notes))
-    }
-}
-
-/// Reads the request list and the core subsections with one framing, to the end of the field.
-fn read_blk_rest(
-    r: &mut Reader<'_>,
-    framing: Framing,
-) -> Result<(BlkState, Vec<CoreSubsection>, Vec<Note>)> {
-    let mut notes = Vec::new();
-    let blk = blk::decode(r, framing, &mut notes).map_err(|e| e.within("virtio"))?;
-    let subsections = core::decode(r).map_err(|e| e.within("virtio"))?;
-    r.expect_end("virtio")?;
-    Ok((blk, subsections, notes))
-}
-
-fn describe(framing: &Framing) -> String {
-    format!(
-        "queue index {}, ndescs {}, layout {}",
-        if framing.queue_index {
-            "present"
-        } else {
-            "absent"
-        },
-        match framing.ndescs {
-            NdescsOrder::Absent => "absent",
-            NdescsOrder::BeforeElement => "before the element",
-            NdescsOrder::AfterElement => "after the element",
-        },
-        framing.layout
-    )
-}
-
-/// Says how each part of the chosen framing was settled.
-fn framing_inferences(
-    framing: &Framing,
-    saved_queues: usize,
-    assume: &Assumptions,
-    other_readings: usize,
-) -> Vec<Inference> {
-    let queue_how = match assume.num_queues {
-        Some(n) => format!("assumed: num-queues={n}"),
-        None => format!(
-            "the device saved {saved_queues} queue(s), and virtio-blk creates exactly \
-             num-queues of them"
-        ),
-    };
-    let ndescs_how = match (assume.packed, assume.ndescs_order) {
-        (Some(p), _) => format!("assumed: packed={}", if p { "on" } else { "off" }),
-        (None, Some(_)) => "assumed".to_owned(),
-        (None, None) => "the virtio/packed_virtqueues subsection, sent exactly when the device \
-                         offers packed rings, is present iff the requests carry ndescs; the \
-                         field parses to its end under this reading"
-            .to_owned(),
-    };
-    let layout_how = match assume.layout {
-        LayoutChoice::Fixed(_) => "assumed: --from-layout".to_owned(),
-        LayoutChoice::Auto => format!(
-            "the only layout under which every request parses and the field ends where its \
-             description says ({other_readings} other reading(s) parsed but disagreed with the \
-             rest of the field)"
-        ),
-    };
-    vec![
-        Inference::new(
             "virtio.rq.queue",
             if framing.queue_index {
                 "each request carries its virtqueue index (num-queues > 1)"
@@ -650,24 +488,147 @@ fn framing_inferences(
                 "requests carry no virtqueue index (num-queues = 1)"
             },
             queue_how,
-        ),
-        Inference::new(
-            "virtio.rq.ndescs",
-            match framing.ndescs {
-                NdescsOrder::Absent => "no ndescs word (packed rings off)",
-                NdescsOrder::BeforeElement => {
-                    "ndescs word before each element (packed rings on; the order QEMU writes)"
-                }
-                NdescsOrder::AfterElement => {
-                    "ndescs word after each element (packed rings on; the order QEMU's loader reads)"
-                }
+        ));
+        inferred.extend(framing::element_inferences(
+            "virtio.rq",
+            &framing,
+            assume,
+            PACKED_SUBSECTION_RULE,
+            settled.no_elements,
+            settled.others,
+        ));
+        r.skip(r.remaining(), "virtio")?;
+        Ok(self.finish(
+            DeviceState::Blk(blk),
+            settled.parsed.subsections,
+            inferred,
+            settled.parsed.notes,
+        ))
+    }
+
+    /// Reads virtio-net's device VMState; whether it holds the queue-pair fields (present
+    /// when the device has more than one queue pair, a property the stream does not carry)
+    /// is settled by trial.
+    fn decode_net(
+        self,
+        r: &mut Reader<'_>,
+        assume: &Assumptions,
+        mut inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        let keys: Vec<net::NetReading> = match assume.num_queues {
+            Some(n) => vec![net::NetReading { queue_pairs: n > 1 }],
+            None => vec![
+                net::NetReading { queue_pairs: false },
+                net::NetReading { queue_pairs: true },
+            ],
+        };
+        let features = self.guest_features_low;
+        let config_pairs = net::config_max_queue_pairs(&self.config.0);
+        let matches_config = |k: &net::NetReading| match config_pairs {
+            Some(pairs) => k.queue_pairs == (pairs > 1),
+            None => true,
+        };
+        let settled = framing::settle(
+            r,
+            "virtio.net",
+            &keys,
+            |r, key| {
+                let net = net::decode(r, key, features).map_err(|e| e.within("virtio"))?;
+                let (subsections, packed) = read_core(r)?;
+                Ok(framing::Parsed {
+                    state: net,
+                    subsections,
+                    notes: Vec::new(),
+                    elements: 0,
+                    packed: Some(packed),
+                })
             },
-            ndescs_how,
-        ),
-        Inference::new(
-            "virtio.rq.element",
-            format!("elements in the {} layout", framing.layout),
-            layout_how,
-        ),
-    ]
+            &[&matches_config],
+            "--assume SECTION:num-queues=N (N: the queue pairs)",
+        )?;
+        inferred.extend(net::inferences(
+            &settled.parsed.state,
+            features,
+            config_pairs,
+            assume,
+            settled.others,
+        ));
+        r.skip(r.remaining(), "virtio")?;
+        Ok(self.finish(
+            DeviceState::Net(settled.parsed.state),
+            settled.parsed.subsections,
+            inferred,
+            Vec::new(),
+        ))
+    }
+
+    /// Reads virtio-serial's state; the length of its ports map (from a device property)
+    /// and the framing of a throttled port's element are settled by trial.
+    fn decode_serial(
+        self,
+        r: &mut Reader<'_>,
+        assume: &Assumptions,
+        mut inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        let map_options = serial::map_word_options(r.rest());
+        let mut keys = Vec::new();
+        for &map_words in &map_options {
+            for framing in framing::element_framings(assume, &[false]) {
+                keys.push(serial::SerialReading { map_words, framing });
+            }
+        }
+        let first_option = map_options.first().copied();
+        let from_config = |k: &serial::SerialReading| Some(k.map_words) == first_option;
+        let settled = framing::settle(
+            r,
+            "virtio.ports",
+            &keys,
+            |r, key| {
+                let mut notes = Vec::new();
+                let serial = serial::decode(r, key, &mut notes).map_err(|e| e.within("virtio"))?;
+                let (subsections, packed) = read_core(r)?;
+                Ok(framing::Parsed {
+                    elements: serial.popped_elements(),
+                    state: serial,
+                    subsections,
+                    notes,
+                    packed: Some(packed),
+                })
+            },
+            &[&from_config],
+            "--assume SECTION:packed=on|off or --from-layout NAME",
+        )?;
+        let mut serial = settled.parsed.state;
+        serial.framing = settled.key.framing;
+        inferred.extend(serial::inferences(&serial, settled.others));
+        inferred.extend(framing::element_inferences(
+            "virtio.ports",
+            &serial.framing,
+            assume,
+            PACKED_SUBSECTION_RULE,
+            settled.no_elements,
+            settled.others,
+        ));
+        r.skip(r.remaining(), "virtio")?;
+        Ok(self.finish(
+            DeviceState::Serial(serial),
+            settled.parsed.subsections,
+            inferred,
+            settled.parsed.notes,
+        ))
+    }
+}
+
+/// How the presence of `ndescs` is settled inside a `virtio` field.
+const PACKED_SUBSECTION_RULE: &str = "the virtio/packed_virtqueues subsection";
+
+/// Reads the core subsections to the end of the field, and says whether they show that the
+/// device offers packed rings.
+fn read_core(r: &mut Reader<'_>) -> Result<(Vec<CoreSubsection>, bool)> {
+    let subsections = core::decode(r).map_err(|e| e.within("virtio"))?;
+    r.expect_end("virtio")?;
+    let packed = subsections
+        .iter()
+        .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)));
+    Ok((subsections, packed))
 }

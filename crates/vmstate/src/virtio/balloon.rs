@@ -1,0 +1,104 @@
+//! virtio-balloon's device VMState (`virtio-balloon-device`, version 1): the balloon's size
+//! as the host asked for it and as the guest reported it, and optional subsections.
+//!
+//! No element is saved: QEMU keeps the statistics buffer the guest last gave it, but does
+//! not migrate it (the destination rewinds the stats queue by one and pops it again).
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::schema;
+use crate::wire::{Endian, Reader, Writer};
+
+/// Name of the device VMState.
+const VMSD: &str = "virtio-balloon-device";
+const FREE_PAGE_REPORT: &str = "virtio-balloon-device/free-page-report";
+const PAGE_POISON: &str = "virtio-balloon-device/page-poison";
+
+/// virtio-balloon's device state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalloonState {
+    /// Pages the host wants in the balloon.
+    pub num_pages: u32,
+    /// Pages the guest says are in it.
+    pub actual: u32,
+    /// Subsections, in stream order.
+    pub subsections: Vec<BalloonSubsection>,
+}
+
+/// One subsection of `virtio-balloon-device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum BalloonSubsection {
+    /// `virtio-balloon-device/free-page-report` (sent when free page hinting is offered).
+    FreePageReport {
+        /// Version written in the stream.
+        version: u32,
+        /// Command id of the current hinting round.
+        cmd_id: u32,
+        /// Hinting state.
+        status: u32,
+    },
+    /// `virtio-balloon-device/page-poison` (sent when page poisoning is offered).
+    PagePoison {
+        /// Version written in the stream.
+        version: u32,
+        /// The value the guest fills freed pages with.
+        poison_val: u32,
+    },
+}
+
+/// Reads the device VMState and its subsections.
+pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
+    let num_pages = r.u32(Endian::Big, "balloon.num_pages")?;
+    let actual = r.u32(Endian::Big, "balloon.actual")?;
+    let mut subsections = Vec::new();
+    while let Some(header) = schema::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
+        schema::check_version(&header, 1)?;
+        let sub = match header.name {
+            FREE_PAGE_REPORT => BalloonSubsection::FreePageReport {
+                version: header.version,
+                cmd_id: r.u32(Endian::Big, "free_page_hint_cmd_id")?,
+                status: r.u32(Endian::Big, "free_page_hint_status")?,
+            },
+            _ => BalloonSubsection::PagePoison {
+                version: header.version,
+                poison_val: r.u32(Endian::Big, "poison_val")?,
+            },
+        };
+        schema::end_of_struct(r, header.name)?;
+        subsections.push(sub);
+    }
+    Ok(BalloonState {
+        num_pages,
+        actual,
+        subsections,
+    })
+}
+
+/// Writes the device VMState back.
+pub fn encode(state: &BalloonState, w: &mut Writer) -> Result<()> {
+    w.u32(Endian::Big, state.num_pages);
+    w.u32(Endian::Big, state.actual);
+    for sub in &state.subsections {
+        match sub {
+            BalloonSubsection::FreePageReport {
+                version,
+                cmd_id,
+                status,
+            } => {
+                schema::write_subsection_header(w, FREE_PAGE_REPORT, *version)?;
+                w.u32(Endian::Big, *cmd_id);
+                w.u32(Endian::Big, *status);
+            }
+            BalloonSubsection::PagePoison {
+                version,
+                poison_val,
+            } => {
+                schema::write_subsection_header(w, PAGE_POISON, *version)?;
+                w.u32(Endian::Big, *poison_val);
+            }
+        }
+    }
+    Ok(())
+}
