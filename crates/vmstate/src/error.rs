@@ -185,6 +185,11 @@ pub enum ErrorKind {
         /// The rule they break.
         reason: String,
     },
+    /// Guest memory cannot be placed: the RAM block to address map is missing or wrong.
+    BadRamMap {
+        /// What is wrong.
+        reason: String,
+    },
     /// A field path given by a user does not name an editable field.
     BadPath {
         /// What is wrong with it.
@@ -287,6 +292,7 @@ impl fmt::Display for ErrorKind {
                 "no reading of the request list agrees with the rest of the device ({}): {reason}",
                 readings.join("; ")
             ),
+            ErrorKind::BadRamMap { reason } => write!(f, "guest memory: {reason}"),
             ErrorKind::BadPath { reason } => write!(f, "cannot set this path: {reason}"),
             ErrorKind::AmbiguousFraming { readings, settle } => write!(
                 f,

@@ -45,6 +45,7 @@ pub mod devices;
 pub mod element;
 pub mod error;
 pub mod hex;
+pub mod memory;
 pub mod note;
 pub mod schema;
 pub mod stream;

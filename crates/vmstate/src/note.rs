@@ -8,8 +8,9 @@ use std::fmt;
 /// One observation about the input, with the place it refers to.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Note {
-    /// Byte offset the note refers to.
-    pub offset: u64,
+    /// Byte offset the note refers to, when it is about particular bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
     /// Dotted path of the field the note refers to.
     pub path: String,
     /// What was observed, in words.
@@ -20,7 +21,16 @@ impl Note {
     /// A note about `path` at `offset`.
     pub fn new(offset: u64, path: impl Into<String>, message: impl Into<String>) -> Self {
         Note {
-            offset,
+            offset: Some(offset),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A note about the field `path` as a whole (decoded state), not about bytes.
+    pub fn about(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Note {
+            offset: None,
             path: path.into(),
             message: message.into(),
         }
@@ -40,10 +50,9 @@ impl Note {
 
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at offset {}: {}",
-            self.path, self.offset, self.message
-        )
+        match self.offset {
+            Some(offset) => write!(f, "{} at offset {offset}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
     }
 }

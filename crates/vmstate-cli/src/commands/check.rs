@@ -1,13 +1,17 @@
-//! `vmstate check`: what is wrong with the device state of a stream.
+//! `vmstate check`: what is wrong with the device state of a stream, against the guest
+//! memory the stream carries.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use serde::Serialize;
 use vmstate::check::{self, Report};
+use vmstate::memory::{GuestRam, RamMap};
 
 use super::devices::DeviceArgs;
 use super::dump::load_stream;
+use super::memory::guest_ram;
 use crate::io::write_output;
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
@@ -19,8 +23,30 @@ pub struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Where RAM blocks sit in guest-physical memory, for machines other than x86 pc and
+    /// q35: comma-separated BLOCK@GPA or BLOCK+OFFSET:LEN@GPA, e.g. mach-virt.ram@0x40000000.
+    #[arg(long, value_name = "MAP")]
+    ram_map: Option<String>,
     #[command(flatten)]
     devices: DeviceArgs,
+}
+
+/// The JSON form of `check --json`.
+#[derive(Serialize)]
+struct CheckJson<'a> {
+    /// How guest memory was placed, or why it could not be.
+    memory: MemoryJson<'a>,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+#[derive(Serialize)]
+struct MemoryJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    map: Option<&'a RamMap>,
+    pages_known: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unavailable: Option<String>,
 }
 
 /// Runs `vmstate check`: exit 0 when every device is clean, 1 with findings, 2 when the
@@ -29,14 +55,24 @@ pub fn run(args: CheckArgs) -> Outcome {
     let shown = args.file.display().to_string();
     let loaded = load_stream(&args.file)?;
     let devices = args.devices.decode(&loaded.stream, &shown)?;
-    let report = check::check_devices(&devices);
+
+    let ram = guest_ram(&loaded, args.ram_map.as_deref(), &shown)?;
+    let report = check::check_stream(&devices, ram.as_ref().ok());
+    let memory = MemoryJson {
+        map: ram.as_ref().ok().map(GuestRam::map),
+        pages_known: ram.as_ref().map_or(0, |r| r.pages_known),
+        unavailable: ram.as_ref().err().cloned(),
+    };
     let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+        let mut text = serde_json::to_string_pretty(&CheckJson {
+            memory,
+            report: &report,
+        })
+        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
         text.push('\n');
         text
     } else {
-        render(&report)
+        render(&memory, &report)
     };
     write_output(Path::new("-"), text.as_bytes())?;
     if report.is_clean() {
@@ -52,8 +88,21 @@ pub fn run(args: CheckArgs) -> Outcome {
     }
 }
 
-fn render(report: &Report) -> String {
+fn render(memory: &MemoryJson<'_>, report: &Report) -> String {
     let mut out = String::new();
+    match (memory.map, &memory.unavailable) {
+        (Some(map), _) => {
+            let _ = writeln!(
+                out,
+                "guest memory: {}; {} page(s) in the stream",
+                map.how, memory.pages_known
+            );
+        }
+        (None, Some(reason)) => {
+            let _ = writeln!(out, "guest memory: not available: {reason}");
+        }
+        (None, None) => {}
+    }
     for device in &report.devices {
         let verdict = match device.findings.len() {
             0 => "clean".to_owned(),
@@ -62,6 +111,9 @@ fn render(report: &Report) -> String {
         let _ = writeln!(out, "{}: {verdict}", device.section);
         for what in &device.checked {
             let _ = writeln!(out, "  checked: {what}");
+        }
+        for what in &device.not_checked {
+            let _ = writeln!(out, "  not checked: {what}");
         }
         for finding in &device.findings {
             let _ = writeln!(out, "  finding: {finding}");

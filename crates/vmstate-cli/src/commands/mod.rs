@@ -6,3 +6,4 @@ pub mod devices;
 pub mod dump;
 pub mod edit;
 pub mod element;
+pub mod memory;

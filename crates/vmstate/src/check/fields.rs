@@ -33,6 +33,7 @@ pub fn check_fields(section: &VirtioSection) -> DeviceReport {
     DeviceReport {
         section: section.idstr.clone(),
         checked,
+        not_checked: Vec::new(),
         findings,
         notes,
     }
@@ -233,8 +234,7 @@ fn check_requests(
         blk.requests.len()
     ));
     if blk.framing.layout != Layout::Stable {
-        notes.push(Note::new(
-            0,
+        notes.push(Note::about(
             "requests",
             format!(
                 "in-flight elements are in the {} host layout: a QEMU on an x86-64 host cannot \
@@ -244,8 +244,7 @@ fn check_requests(
         ));
     }
     if blk.framing.ndescs == NdescsOrder::BeforeElement {
-        notes.push(Note::new(
-            0,
+        notes.push(Note::about(
             "requests",
             "packed-ring requests carry ndescs before the element, as QEMU writes them; QEMU's \
              own loader reads it after and fails (\"unexpected memory split\"): \
@@ -261,8 +260,7 @@ fn note_features(d: &VirtioDevice, notes: &mut Vec<Note>) {
         .filter(|bit| features & (1u64 << bit) != 0 && !TRANSPORT_FEATURES.contains(bit))
         .collect();
     if !unknown.is_empty() {
-        notes.push(Note::new(
-            0,
+        notes.push(Note::about(
             "guest_features",
             format!(
                 "feature bit(s) {unknown:?} are not defined by the virtio transport; the \

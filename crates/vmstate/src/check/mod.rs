@@ -7,15 +7,18 @@
 //! finding with the section, the field path (as in `dump --json`) and the values involved.
 
 mod fields;
+mod rings;
 
 use std::fmt;
 
 use serde::Serialize;
 
 use crate::devices::VirtioSection;
+use crate::memory::GuestRam;
 use crate::note::Note;
 
 pub use fields::check_fields;
+pub use rings::ring_ranges;
 
 /// Which rule a finding breaks. Each variant is one class of defect, so that callers and
 /// tests can match on it.
@@ -49,6 +52,37 @@ pub enum Rule {
     DeviceEndian,
     /// The low guest feature word disagrees with `virtio/64bit_features`.
     FeaturesDisagree,
+    /// A ring area is not aligned as the virtio specification requires (16/2/4).
+    RingMisaligned,
+    /// A ring area is not guest RAM.
+    RingOutsideRam,
+    /// Two ring areas of one queue overlap.
+    RingsOverlap,
+    /// The guest's avail index is more than a ring ahead of `last_avail_idx`.
+    AvailIndexInconsistent,
+    /// `last_avail_idx - used_idx` is more than the ring holds.
+    InUseOverRingSize,
+    /// The number of saved elements differs from the number the ring has in use.
+    ElementsVsInUse,
+    /// A saved head is not among the entries the guest made available and the device has not
+    /// returned.
+    HeadNotOutstanding,
+    /// A descriptor's `next` is past the table.
+    NextOutOfRange,
+    /// A descriptor chain takes more steps than its table has entries.
+    ChainLoop,
+    /// An indirect table's length is not a non-zero multiple of 16.
+    IndirectTableLength,
+    /// An indirect table points to another indirect table.
+    IndirectNested,
+    /// A descriptor or indirect table is not guest RAM.
+    DescriptorOutsideRam,
+    /// A device-readable descriptor follows a device-writable one.
+    DescriptorOrder,
+    /// A saved segment (address, length or direction) differs from the guest's descriptor.
+    SegmentMismatch,
+    /// No chain with a saved packed-ring element's buffer id is where it must be.
+    PackedBufferNotFound,
 }
 
 impl Rule {
@@ -68,6 +102,21 @@ impl Rule {
             Rule::RequestQueueOutOfRange => "request-queue-out-of-range",
             Rule::DeviceEndian => "device-endian",
             Rule::FeaturesDisagree => "features-disagree",
+            Rule::RingMisaligned => "ring-misaligned",
+            Rule::RingOutsideRam => "ring-outside-ram",
+            Rule::RingsOverlap => "rings-overlap",
+            Rule::AvailIndexInconsistent => "avail-index-inconsistent",
+            Rule::InUseOverRingSize => "in-use-over-ring-size",
+            Rule::ElementsVsInUse => "elements-vs-in-use",
+            Rule::HeadNotOutstanding => "head-not-outstanding",
+            Rule::NextOutOfRange => "next-out-of-range",
+            Rule::ChainLoop => "chain-loop",
+            Rule::IndirectTableLength => "indirect-table-length",
+            Rule::IndirectNested => "indirect-nested",
+            Rule::DescriptorOutsideRam => "descriptor-outside-ram",
+            Rule::DescriptorOrder => "descriptor-order",
+            Rule::SegmentMismatch => "segment-mismatch",
+            Rule::PackedBufferNotFound => "packed-buffer-not-found",
         }
     }
 }
@@ -107,6 +156,9 @@ pub struct DeviceReport {
     pub section: String,
     /// The checks that were made, in words.
     pub checked: Vec<String>,
+    /// Checks that could not be made, with the reason (pages a stripped stream left out,
+    /// device state not decoded). Not defects, and never skipped in silence.
+    pub not_checked: Vec<String>,
     /// Defects found.
     pub findings: Vec<Finding>,
     /// Facts worth knowing that are not defects.
@@ -132,9 +184,27 @@ impl Report {
     }
 }
 
-/// Checks every decoded virtio device of a stream.
+/// Checks every decoded virtio device of a stream: the field checks, and with guest memory
+/// the rings and in-flight elements too.
 pub fn check_devices(devices: &[VirtioSection]) -> Report {
+    check_stream(devices, None)
+}
+
+/// Checks every decoded virtio device, against `ram` when the stream's memory is at hand.
+pub fn check_stream(devices: &[VirtioSection], ram: Option<&GuestRam>) -> Report {
     Report {
-        devices: devices.iter().map(check_fields).collect(),
+        devices: devices
+            .iter()
+            .map(|section| {
+                let mut report = check_fields(section);
+                match ram {
+                    Some(ram) => rings::check_memory(&section.device, ram, &mut report),
+                    None => report
+                        .not_checked
+                        .push("rings and in-flight elements: no guest memory".to_owned()),
+                }
+                report
+            })
+            .collect(),
     }
 }

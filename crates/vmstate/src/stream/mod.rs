@@ -33,7 +33,7 @@ pub use description::{
     VmsdDescription,
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
-pub use ram::{RamRecord, RamRecordKind};
+pub use ram::{apply_xbzrle, read_page_record, RamRecord, RamRecordKind};
 pub use writer::{write, write_to};
 
 pub use crate::hex::hex;

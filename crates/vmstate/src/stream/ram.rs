@@ -7,7 +7,10 @@
 
 use serde::Serialize;
 
-use super::{BlockList, Command, RamBlock, RamItem, Record, Section, SectionBody, Span, Stream};
+use super::{
+    BlockList, Command, RamBlock, RamItem, RamRun, Record, RunKind, Section, SectionBody, Span,
+    Stream,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Reader};
 
@@ -231,6 +234,179 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Keeps only the page records of the pages `keep(block, offset)` wants, every record of
+    /// them (a page sent twice, or as a base and an XBZRLE delta, keeps all its records in
+    /// order); everything else is kept byte for byte. `source` holds the stream the model
+    /// was read from. Returns the number of page records dropped.
+    ///
+    /// Runs are split where records are dropped; each kept run names its block again, which
+    /// is always valid, rather than continuing one whose last record may be gone.
+    pub fn keep_pages(
+        &mut self,
+        source: &[u8],
+        keep: &mut dyn FnMut(&str, u64) -> bool,
+    ) -> Result<u64> {
+        fn filter(
+            records: &mut [Record],
+            source: &[u8],
+            page_size: u64,
+            keep: &mut dyn FnMut(&str, u64) -> bool,
+        ) -> Result<u64> {
+            let mut dropped = 0u64;
+            for record in records {
+                match record {
+                    Record::Section(Section {
+                        body: SectionBody::Ram(ram),
+                        ..
+                    }) => {
+                        let mut items = Vec::with_capacity(ram.items.len());
+                        for item in std::mem::take(&mut ram.items) {
+                            match item {
+                                RamItem::Pages(run) => {
+                                    let (kept, gone) = split_run(&run, source, page_size, keep)?;
+                                    dropped = dropped.saturating_add(gone);
+                                    items.extend(kept.into_iter().map(RamItem::Pages));
+                                }
+                                other => items.push(other),
+                            }
+                        }
+                        ram.items = items;
+                    }
+                    Record::Command(Command {
+                        packaged: Some(packaged),
+                        ..
+                    }) => {
+                        dropped = dropped.saturating_add(filter(
+                            &mut packaged.records,
+                            source,
+                            page_size,
+                            keep,
+                        )?)
+                    }
+                    _ => {}
+                }
+            }
+            Ok(dropped)
+        }
+        let page_size = self.page_size.bytes;
+        filter(&mut self.records, source, page_size, keep)
+    }
+}
+
+/// The runs that the kept records of `run` form, and how many records were dropped.
+fn split_run(
+    run: &RamRun,
+    source: &[u8],
+    page_size: u64,
+    keep: &mut dyn FnMut(&str, u64) -> bool,
+) -> Result<(Vec<RamRun>, u64)> {
+    let bytes = usize::try_from(run.span.offset)
+        .ok()
+        .zip(usize::try_from(run.span.end()).ok())
+        .and_then(|(a, b)| source.get(a..b))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedEof {
+                    needed: run.span.len,
+                    available: 0,
+                },
+                run.span.offset,
+                "ram.run",
+            )
+        })?;
+    let mut r = Reader::at(bytes, run.span.offset);
+    let mut kept: Vec<RamRun> = Vec::new();
+    let mut dropped = 0u64;
+    let mut open = false;
+    for _ in 0..run.count {
+        let record = read_page_record(&mut r, page_size)?;
+        if !keep(&run.block, record.page) {
+            dropped = dropped.saturating_add(1);
+            open = false;
+            continue;
+        }
+        let kind = match record.kind {
+            RamRecordKind::Zero { fill } => RunKind::Zero { fill },
+            RamRecordKind::Page { .. } => RunKind::Page,
+            RamRecordKind::Xbzrle { data } => RunKind::Xbzrle {
+                encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
+            },
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::BadRamRecord {
+                        reason: "a page run holds a record that is not a page".to_owned(),
+                    },
+                    record.offset,
+                    "ram.run",
+                ))
+            }
+        };
+        let extends = open
+            && kept.last().is_some_and(|last| {
+                last.first_page
+                    .checked_add(last.count.saturating_mul(page_size))
+                    == Some(record.page)
+                    && merge_kinds(last.kind, last.count, kind).is_some()
+            });
+        match kept.last_mut() {
+            Some(last) if extends => {
+                if let Some(merged) = merge_kinds(last.kind, last.count, kind) {
+                    last.kind = merged;
+                }
+                last.count = last.count.saturating_add(1);
+                last.span.len = last.span.len.saturating_add(record.len);
+            }
+            _ => kept.push(RamRun {
+                block: run.block.clone(),
+                kind,
+                first_page: record.page,
+                count: 1,
+                first_continues: false,
+                span: Span {
+                    offset: record.offset,
+                    len: record.len,
+                },
+            }),
+        }
+        open = true;
+    }
+    Ok((kept, dropped))
+}
+
+/// The kind of a run of `count` records of `run` followed by one more record of `next`, if
+/// one run can hold both (XBZRLE records stay one to a run).
+fn merge_kinds(run: RunKind, count: u64, next: RunKind) -> Option<RunKind> {
+    match (run, next) {
+        (RunKind::Page, RunKind::Page) => Some(RunKind::Page),
+        (RunKind::Zero { fill: a }, RunKind::Zero { fill: b }) if a == b => {
+            Some(RunKind::Zero { fill: a })
+        }
+        (RunKind::Page, RunKind::Zero { fill }) => Some(RunKind::Mixed {
+            zero_pages: 1,
+            fill,
+        }),
+        (RunKind::Zero { fill: a }, RunKind::Page) => Some(RunKind::Mixed {
+            zero_pages: count,
+            fill: a,
+        }),
+        (RunKind::Mixed { zero_pages, fill }, RunKind::Page) => {
+            Some(RunKind::Mixed { zero_pages, fill })
+        }
+        (
+            RunKind::Mixed {
+                zero_pages,
+                fill: a,
+            },
+            RunKind::Zero { fill: b },
+        ) if a == b => Some(RunKind::Mixed {
+            zero_pages: zero_pages.saturating_add(1),
+            fill: a,
+        }),
+        _ => None,
+    }
+}
+
 fn span_of(r: &mut Reader, len: u64, field: &str) -> Result<Span> {
     let offset = r.offset();
     let n = r.check_count(len, 1, field)?;
@@ -324,6 +500,17 @@ fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> b
 /// run) lengths in one- or two-byte ULEB128, a zero unchanged run only first, literal runs
 /// non-empty, and nothing past the page.
 fn check_xbzrle(encoded: &[u8], page_size: u64, base: u64) -> Result<()> {
+    xbzrle(encoded, page_size, base, None)
+}
+
+/// Applies an XBZRLE payload (whose first byte is at offset `base` of the input) on top of
+/// `page`, the page's current content, after checking it as [`check_xbzrle`] does.
+pub fn apply_xbzrle(encoded: &[u8], base: u64, page: &mut [u8]) -> Result<()> {
+    xbzrle(encoded, page.len() as u64, base, Some(page))
+}
+
+/// The one XBZRLE walk: checks the payload and, given a page, writes its literal runs.
+fn xbzrle(encoded: &[u8], page_size: u64, base: u64, mut page: Option<&mut [u8]>) -> Result<()> {
     let error = |pos: usize, reason: &str| {
         Error::new(
             ErrorKind::BadRamRecord {
@@ -359,13 +546,37 @@ fn check_xbzrle(encoded: &[u8], page_size: u64, base: u64) -> Result<()> {
         }
         pos = pos.saturating_add(used);
         let literal_end = pos.saturating_add(usize::try_from(literal).unwrap_or(usize::MAX));
+        let target_start = decoded;
         decoded = decoded.saturating_add(literal);
         if decoded > page_size || literal_end > encoded.len() {
             return Err(error(pos, "literal run passes the end of the page or data"));
         }
+        if let Some(page) = page.as_deref_mut() {
+            let from = encoded.get(pos..literal_end);
+            let to = usize::try_from(target_start)
+                .ok()
+                .zip(usize::try_from(decoded).ok())
+                .and_then(|(a, b)| page.get_mut(a..b));
+            if let (Some(from), Some(to)) = (from, to) {
+                to.copy_from_slice(from);
+            }
+        }
         pos = literal_end;
     }
     Ok(())
+}
+
+/// Reads one page record (ZERO, PAGE or XBZRLE, as the runs of the model hold) with the
+/// target page size `page_size`.
+pub fn read_page_record(r: &mut Reader, page_size: u64) -> Result<RamRecord> {
+    read_ram_record(
+        r,
+        &RamContext {
+            page_size,
+            postcopy_page_sizes: None,
+            ignore_shared: false,
+        },
+    )
 }
 
 /// Decodes a ULEB128 value of one or two bytes (QEMU accepts no longer encodings).

@@ -239,7 +239,6 @@ impl Output<'_> {
                 RunKind::Page | RunKind::Mixed { .. } => FLAG_PAGE,
                 RunKind::Xbzrle { .. } => FLAG_XBZRLE,
             };
-            let start = w.buf.offset();
             w.buf.u64(
                 Endian::Big,
                 page | type_flag | if continues { FLAG_CONTINUE } else { 0 },
@@ -247,8 +246,8 @@ impl Output<'_> {
             if !continues {
                 w.buf.counted_bytes(run.block.as_bytes(), "ram.block")?;
             }
-            let header = w.buf.offset().saturating_sub(start);
-            let payload_offset = source_offset.saturating_add(header);
+            let payload_offset =
+                source_offset.saturating_add(self.source_header_len(source_offset)?);
             let payload_len = match kind {
                 RunKind::Zero { fill } => {
                     w.buf.u8(fill);
@@ -286,6 +285,28 @@ impl Output<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Bytes of the header of the source record at `offset`: its word, and the block name
+    /// when the record does not continue the previous block. Taken from the source rather
+    /// than from what is written, so that a run may be written with another framing than it
+    /// was read with (a block name where the source continued, after pages were dropped).
+    fn source_header_len(&self, offset: u64) -> Result<u64> {
+        let word = self
+            .source_bytes(offset, 8)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if word & FLAG_CONTINUE != 0 {
+            return Ok(8);
+        }
+        let name_len = self
+            .source_bytes(offset.saturating_add(8), 1)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        Ok(9u64.saturating_add(u64::from(name_len)))
     }
 
     /// Whether the record of a mixed run at `offset` of the source is a ZERO or a PAGE record.

@@ -1,0 +1,502 @@
+//! Guest memory rebuilt from a stream's RAM section, at guest-physical addresses.
+//!
+//! The RAM section carries RAM blocks (`pc.ram`, ROMs...) by name and offset, not by
+//! guest-physical address: where a block appears in the guest's address space is the
+//! machine's business. [`RamMap`] says it: derived for x86 `pc` and `q35` machines from the
+//! machine type and RAM size, or given explicitly. [`GuestRam`] then holds the pages at their
+//! addresses in memory that implements `vm-memory`'s `GuestMemory` (anonymous, so pages the
+//! stream does not fill cost nothing), and remembers which pages the stream carried: a page
+//! that a stripped stream left out is *unknown*, not zero, and reading it says so.
+
+use std::fmt;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
+use crate::wire::Reader;
+
+/// Where guest RAM starts again above the 32-bit PCI hole on x86.
+const FOUR_GIB: u64 = 1 << 32;
+
+/// One piece of a RAM block placed in the guest-physical address space.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MapRegion {
+    /// The RAM block's name.
+    pub block: String,
+    /// Offset within the block of the region's first byte.
+    pub block_offset: u64,
+    /// Guest-physical address of that byte.
+    pub gpa: u64,
+    /// Bytes in the region.
+    pub len: u64,
+}
+
+/// Where RAM blocks sit in guest-physical memory, and how that was decided.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RamMap {
+    /// The regions, in no particular order; they must not overlap.
+    pub regions: Vec<MapRegion>,
+    /// How the map was chosen, in words (reports show it).
+    pub how: String,
+}
+
+impl RamMap {
+    /// The map of an x86 `pc` (i440fx) or `q35` machine: the main RAM block `pc.ram` below
+    /// the 32-bit PCI hole up to the machine's low-memory limit, the rest from 4 GiB.
+    ///
+    /// `machine` is the configuration section's machine type; without one (old streams, or
+    /// `send-configuration=off`) a guest whose RAM fits below 2 GiB still has one answer,
+    /// since both machines map that much RAM at address 0.
+    pub fn x86(machine: Option<&str>, ram_size: u64) -> Result<RamMap> {
+        let (low_limit, how) = match machine {
+            Some(m) if m.contains("q35") => (
+                if ram_size >= 0xb000_0000 {
+                    0x8000_0000
+                } else {
+                    0xb000_0000
+                },
+                format!("q35 machine ({m}): pc.ram below 2 GiB or 2.75 GiB, the rest from 4 GiB"),
+            ),
+            Some(m) if m.starts_with("pc") || m.contains("i440fx") => (
+                if ram_size >= 0xe000_0000 {
+                    0xc000_0000
+                } else {
+                    0xe000_0000
+                },
+                format!("i440fx machine ({m}): pc.ram below 3 or 3.5 GiB, the rest from 4 GiB"),
+            ),
+            Some(m) => {
+                return Err(map_error(format!(
+                    "machine type {m} is not an x86 pc or q35 machine: give the map with --ram-map"
+                )))
+            }
+            None if ram_size <= 0x8000_0000 => (
+                0x8000_0000,
+                "no machine type in the stream; pc.ram of at most 2 GiB sits at address 0 on \
+                 both pc and q35"
+                    .to_owned(),
+            ),
+            None => {
+                return Err(map_error(
+                    "no machine type in the stream and pc.ram over 2 GiB: give the map with \
+                     --ram-map"
+                        .to_owned(),
+                ))
+            }
+        };
+        let below = ram_size.min(low_limit);
+        let mut regions = vec![MapRegion {
+            block: "pc.ram".to_owned(),
+            block_offset: 0,
+            gpa: 0,
+            len: below,
+        }];
+        if ram_size > below {
+            regions.push(MapRegion {
+                block: "pc.ram".to_owned(),
+                block_offset: below,
+                gpa: FOUR_GIB,
+                len: ram_size.saturating_sub(below),
+            });
+        }
+        Ok(RamMap { regions, how })
+    }
+
+    /// The RAM block and offset within it of guest-physical `gpa`, if it is RAM.
+    pub fn block_offset(&self, gpa: u64) -> Option<(&str, u64)> {
+        self.regions.iter().find_map(|r| {
+            let within = gpa.checked_sub(r.gpa)?;
+            (within < r.len).then(|| (r.block.as_str(), r.block_offset.saturating_add(within)))
+        })
+    }
+
+    /// Parses an explicit map: comma-separated `BLOCK@GPA` (the whole block) or
+    /// `BLOCK+OFFSET:LEN@GPA` (part of it); numbers in decimal or `0x` hex.
+    pub fn parse(text: &str, blocks: &[(String, u64)]) -> Result<RamMap> {
+        let mut regions = Vec::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let bad = || map_error(format!("'{part}' is not BLOCK@GPA or BLOCK+OFFSET:LEN@GPA"));
+            let (what, gpa) = part.rsplit_once('@').ok_or_else(bad)?;
+            let gpa = number(gpa).ok_or_else(bad)?;
+            let (block, block_offset, len) = match what.rsplit_once('+') {
+                Some((block, range)) => {
+                    let (offset, len) = range.split_once(':').ok_or_else(bad)?;
+                    (
+                        block,
+                        number(offset).ok_or_else(bad)?,
+                        Some(number(len).ok_or_else(bad)?),
+                    )
+                }
+                None => (what, 0, None),
+            };
+            let size = blocks
+                .iter()
+                .find(|(name, _)| name == block)
+                .map(|(_, size)| *size)
+                .ok_or_else(|| map_error(format!("the stream has no RAM block {block}")))?;
+            let len = len.unwrap_or(size.saturating_sub(block_offset));
+            if block_offset.checked_add(len).map_or(true, |end| end > size) {
+                return Err(map_error(format!(
+                    "{part} runs past the end of {block} ({size} bytes)"
+                )));
+            }
+            regions.push(MapRegion {
+                block: block.to_owned(),
+                block_offset,
+                gpa,
+                len,
+            });
+        }
+        Ok(RamMap {
+            regions,
+            how: format!("given: {text}"),
+        })
+    }
+}
+
+fn number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn map_error(reason: String) -> Error {
+    Error::new(ErrorKind::BadRamMap { reason }, 0, "ram map")
+}
+
+/// Why guest memory could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// The range is not (entirely) guest RAM under the map.
+    OutsideRam,
+    /// The range is RAM, but the stream did not carry all of its pages.
+    Unknown,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::OutsideRam => f.write_str("not guest RAM"),
+            ReadError::Unknown => f.write_str("not in the stream (its pages were left out)"),
+        }
+    }
+}
+
+/// Guest RAM as the stream carries it.
+pub struct GuestRam {
+    memory: GuestMemoryMmap,
+    map: RamMap,
+    page_size: u64,
+    /// Per map region, one bit per page: the stream carried the page (data or zero).
+    known: Vec<Vec<u64>>,
+    /// Pages the stream carried, zero pages included.
+    pub pages_known: u64,
+}
+
+impl fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("map", &self.map)
+            .field("pages_known", &self.pages_known)
+            .finish()
+    }
+}
+
+impl GuestRam {
+    /// Rebuilds guest RAM from the RAM section of `stream` (whose page bytes are in
+    /// `source`), placing blocks by `map`. Pages of blocks the map does not place are
+    /// skipped; a page written twice keeps its last content, as on a destination.
+    /// `progress` is told the offset of `source` reached after each run of pages, so that a
+    /// caller can release what lies behind.
+    pub fn from_stream(
+        stream: &Stream,
+        source: &[u8],
+        map: RamMap,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<GuestRam> {
+        let page_size = stream.page_size.bytes;
+        if page_size == 0 {
+            return Err(map_error("the stream's page size is 0".to_owned()));
+        }
+        let mut ranges: Vec<(GuestAddress, usize)> = Vec::new();
+        for region in &map.regions {
+            let len = usize::try_from(region.len)
+                .map_err(|_| map_error(format!("region of {} bytes", region.len)))?;
+            ranges.push((GuestAddress(region.gpa), len));
+        }
+        ranges.sort_by_key(|r| r.0);
+        let memory = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| map_error(format!("cannot set up guest memory: {e}")))?;
+        let known = map
+            .regions
+            .iter()
+            .map(|r| {
+                vec![0u64; usize::try_from(r.len.div_ceil(page_size).div_ceil(64)).unwrap_or(0)]
+            })
+            .collect();
+        let mut ram = GuestRam {
+            memory,
+            map,
+            page_size,
+            known,
+            pages_known: 0,
+        };
+        let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
+        for section in stream.sections() {
+            let SectionBody::Ram(payload) = &section.body else {
+                continue;
+            };
+            for item in &payload.items {
+                let RamItem::Pages(run) = item else {
+                    continue;
+                };
+                let bytes = source
+                    .get(usize::try_from(run.span.offset).unwrap_or(usize::MAX)..)
+                    .and_then(|rest| {
+                        rest.get(..usize::try_from(run.span.len).unwrap_or(usize::MAX))
+                    })
+                    .ok_or_else(|| map_error("a RAM run lies outside the input".to_owned()))?;
+                let mut reader = Reader::at(bytes, run.span.offset);
+                for _ in 0..run.count {
+                    let record = stream::read_page_record(&mut reader, page_size)?;
+                    match &record.kind {
+                        RamRecordKind::Zero { .. } => {
+                            scratch.iter_mut().for_each(|b| *b = 0);
+                            ram.store(&run.block, record.page, &scratch);
+                        }
+                        RamRecordKind::Page { data } => {
+                            if let Some(page) = slice(source, data.offset, data.len) {
+                                ram.store(&run.block, record.page, page);
+                            }
+                        }
+                        RamRecordKind::Xbzrle { data } => {
+                            let current = ram.page(&run.block, record.page);
+                            scratch.iter_mut().for_each(|b| *b = 0);
+                            if let Some(current) = current {
+                                scratch.copy_from_slice(&current);
+                            }
+                            if let Some(encoded) = slice(source, data.offset, data.len) {
+                                stream::apply_xbzrle(encoded, data.offset, &mut scratch)?;
+                                ram.store(&run.block, record.page, &scratch);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                progress(run.span.end());
+            }
+        }
+        Ok(ram)
+    }
+
+    /// The map in use.
+    pub fn map(&self) -> &RamMap {
+        &self.map
+    }
+
+    /// Where block offset `offset` of `block` is, as (region index, offset in region).
+    fn locate_block(&self, block: &str, offset: u64) -> Option<(usize, u64)> {
+        self.map.regions.iter().enumerate().find_map(|(i, r)| {
+            let within = offset.checked_sub(r.block_offset)?;
+            (r.block == block && within < r.len).then_some((i, within))
+        })
+    }
+
+    /// Where guest-physical `gpa` is, as (region index, offset in region).
+    fn locate_gpa(&self, gpa: u64) -> Option<(usize, u64)> {
+        self.map.regions.iter().enumerate().find_map(|(i, r)| {
+            let within = gpa.checked_sub(r.gpa)?;
+            (within < r.len).then_some((i, within))
+        })
+    }
+
+    fn store(&mut self, block: &str, offset: u64, page: &[u8]) {
+        let Some((region, within)) = self.locate_block(block, offset) else {
+            return;
+        };
+        let Some(r) = self.map.regions.get(region) else {
+            return;
+        };
+        let gpa = r.gpa.saturating_add(within);
+        if self.memory.write_slice(page, GuestAddress(gpa)).is_err() {
+            return;
+        }
+        let page_index = within.checked_div(self.page_size).unwrap_or(0);
+        if let Some(word) = self.known.get_mut(region).and_then(|bits| {
+            bits.get_mut(
+                usize::try_from(page_index.checked_div(64).unwrap_or(0)).unwrap_or(usize::MAX),
+            )
+        }) {
+            let bit = 1u64
+                .checked_shl(u32::try_from(page_index.checked_rem(64).unwrap_or(0)).unwrap_or(0))
+                .unwrap_or(0);
+            if *word & bit == 0 {
+                self.pages_known = self.pages_known.saturating_add(1);
+            }
+            *word |= bit;
+        }
+    }
+
+    /// The current content of a block's page, if the stream carried it.
+    fn page(&self, block: &str, offset: u64) -> Option<Vec<u8>> {
+        let (region, within) = self.locate_block(block, offset)?;
+        let gpa = self.map.regions.get(region)?.gpa.checked_add(within)?;
+        let mut page = vec![0u8; usize::try_from(self.page_size).ok()?];
+        self.read(gpa, &mut page).ok()?;
+        Some(page)
+    }
+
+    /// True when `[gpa, gpa + len)` is guest RAM under the map.
+    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.check_range(gpa, len, false).is_ok()
+    }
+
+    fn check_range(
+        &self,
+        gpa: u64,
+        len: u64,
+        need_known: bool,
+    ) -> std::result::Result<(), ReadError> {
+        let Some(end) = gpa.checked_add(len) else {
+            return Err(ReadError::OutsideRam);
+        };
+        let mut at = gpa;
+        while at < end || (len == 0 && at == gpa) {
+            let (region, within) = self.locate_gpa(at).ok_or(ReadError::OutsideRam)?;
+            if need_known {
+                let page_index = within.checked_div(self.page_size).unwrap_or(0);
+                let known = self
+                    .known
+                    .get(region)
+                    .and_then(|bits| bits.get(usize::try_from(page_index.checked_div(64)?).ok()?))
+                    .is_some_and(|word| {
+                        let bit = page_index
+                            .checked_rem(64)
+                            .and_then(|b| u32::try_from(b).ok());
+                        bit.and_then(|b| 1u64.checked_shl(b))
+                            .is_some_and(|m| word & m != 0)
+                    });
+                if !known {
+                    return Err(ReadError::Unknown);
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            // Next page boundary.
+            let next = at
+                .checked_div(self.page_size)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+                .saturating_mul(self.page_size);
+            at = next;
+        }
+        Ok(())
+    }
+
+    /// Reads guest memory at `gpa` into `buf`.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+        self.check_range(gpa, buf.len() as u64, true)?;
+        self.memory
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| ReadError::OutsideRam)
+    }
+
+    /// Reads a little-endian u16 (virtqueue fields are little-endian for modern devices and
+    /// x86 guests).
+    pub fn read_u16(&self, gpa: u64) -> std::result::Result<u16, ReadError> {
+        let mut b = [0u8; 2];
+        self.read(gpa, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian u32.
+    pub fn read_u32(&self, gpa: u64) -> std::result::Result<u32, ReadError> {
+        let mut b = [0u8; 4];
+        self.read(gpa, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian u64.
+    pub fn read_u64(&self, gpa: u64) -> std::result::Result<u64, ReadError> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+fn slice(source: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let len = usize::try_from(len).ok()?;
+    source.get(start..start.checked_add(len)?)
+}
+
+/// The map for a stream: explicit when `explicit` is given, else derived for x86.
+pub fn map_for(stream: &Stream, explicit: Option<&str>) -> Result<RamMap> {
+    let blocks: Vec<(String, u64)> = stream
+        .sections()
+        .into_iter()
+        .filter_map(|s| match &s.body {
+            SectionBody::Ram(payload) => Some(payload),
+            _ => None,
+        })
+        .flat_map(|p| p.items.iter())
+        .filter_map(|item| match item {
+            RamItem::BlockList(list) => Some(list.blocks.iter()),
+            _ => None,
+        })
+        .flatten()
+        .map(|b| (b.name.clone(), b.used_length))
+        .collect();
+    if let Some(text) = explicit {
+        return RamMap::parse(text, &blocks);
+    }
+    let ram_size = blocks
+        .iter()
+        .find(|(name, _)| name == "pc.ram")
+        .map(|(_, size)| *size)
+        .ok_or_else(|| {
+            map_error("the stream has no pc.ram block: give the map with --ram-map".to_owned())
+        })?;
+    RamMap::x86(stream.configuration().map(|c| c.machine.as_str()), ram_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x86_maps_split_at_the_low_memory_limit() {
+        let small = RamMap::x86(Some("pc-q35-7.2"), 128 << 20).unwrap();
+        assert_eq!(small.regions.len(), 1);
+        assert_eq!((small.regions[0].gpa, small.regions[0].len), (0, 128 << 20));
+        let big = RamMap::x86(Some("pc-q35-7.2"), 4 << 30).unwrap();
+        assert_eq!(big.regions[0].len, 0x8000_0000);
+        assert_eq!(
+            (big.regions[1].gpa, big.regions[1].block_offset),
+            (FOUR_GIB, 0x8000_0000)
+        );
+        let pc = RamMap::x86(Some("pc-i440fx-7.2"), 4 << 30).unwrap();
+        assert_eq!(pc.regions[0].len, 0xc000_0000);
+        assert!(RamMap::x86(None, 4 << 30).is_err());
+        assert!(RamMap::x86(Some("virt-8.0"), 1 << 30).is_err());
+    }
+
+    #[test]
+    fn explicit_maps_parse_and_are_checked() {
+        let blocks = vec![("mach-virt.ram".to_owned(), 1u64 << 30)];
+        let map = RamMap::parse("mach-virt.ram@0x40000000", &blocks).unwrap();
+        assert_eq!(map.regions[0].gpa, 0x4000_0000);
+        assert_eq!(map.regions[0].len, 1 << 30);
+        let map = RamMap::parse("mach-virt.ram+0x1000:0x2000@0", &blocks).unwrap();
+        assert_eq!(
+            (map.regions[0].block_offset, map.regions[0].len),
+            (0x1000, 0x2000)
+        );
+        assert!(RamMap::parse("nope@0", &blocks).is_err());
+        assert!(RamMap::parse("mach-virt.ram+0:0x80000000@0", &blocks).is_err());
+        assert!(RamMap::parse("mach-virt.ram", &blocks).is_err());
+    }
+}
