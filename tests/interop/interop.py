@@ -76,6 +76,54 @@ def ensure_qemu():
         raise SetupError("qemu-system-x86 installed but %s is still not on PATH" % QEMU)
 
 
+class I386Qemu:
+    """Debian's 32-bit qemu-system-x86 (i386 build, same release) and its libraries, unpacked
+    into `cache` and run through its own loader; the system's apt configuration is untouched
+    (package lists, status and archives live in `cache`). Needs a kernel that runs i386
+    binaries."""
+
+    def __init__(self, cache):
+        root = os.path.join(cache, "root")
+        exe = os.path.join(root, "usr/bin", QEMU)
+        if not os.path.exists(exe):
+            self.fetch(cache, root)
+        libs = ":".join(os.path.join(root, d) for d in ("lib/i386-linux-gnu", "usr/lib/i386-linux-gnu"))
+        self.command = [os.path.join(root, "lib/ld-linux.so.2"), "--library-path", libs, exe]
+        for d in ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"):
+            self.command += ["-L", os.path.join(root, d)]
+        self.env = dict(os.environ, QEMU_MODULE_DIR=os.path.join(root, "usr/lib/i386-linux-gnu/qemu"))
+        r = subprocess.run(self.command + ["--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           env=self.env)
+        if r.returncode != 0:
+            raise SetupError("the i386 QEMU in %s does not run here:\n%s" % (root, r.stdout.decode(errors="replace")))
+        self.version = r.stdout.decode().splitlines()[0] + " (i386 build)"
+
+    @staticmethod
+    def fetch(cache, root):
+        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+            raise SetupError("fetching the i386 QEMU needs apt-get and dpkg-deb")
+        log("fetching Debian's qemu-system-x86:i386 and its libraries into %s" % cache)
+        for d in ("lists/partial", "archives/partial", "cache"):
+            os.makedirs(os.path.join(cache, d), exist_ok=True)
+        status = os.path.join(cache, "status")
+        open(status, "w").close()  # nothing installed: download every dependency
+        o = ["-o", "APT::Architecture=i386", "-o", "APT::Architectures::=i386",
+             "-o", "Dir::State::Lists=" + os.path.join(cache, "lists"), "-o", "Dir::State::status=" + status,
+             "-o", "Dir::Cache=" + os.path.join(cache, "cache"),
+             "-o", "Dir::Cache::archives=" + os.path.join(cache, "archives")]
+        # an index that fails (a mirror mid-sync) is not fatal as long as the download works
+        subprocess.run(["apt-get"] + o + ["update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        r = subprocess.run(["apt-get"] + o + ["install", "--download-only", "-y", "--no-install-recommends",
+                                              "qemu-system-x86"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise SetupError("cannot download qemu-system-x86:i386:\n%s" % r.stdout.decode(errors="replace")[-3000:])
+        archives = os.path.join(cache, "archives")
+        for deb in sorted(os.listdir(archives)):
+            if deb.endswith(".deb"):
+                subprocess.run(["dpkg-deb", "-x", os.path.join(archives, deb), root], check=True)
+
+
 def newc(entries):
     """A cpio archive (newc format) of (name, mode, bytes) regular files."""
     out = bytearray()
@@ -162,7 +210,7 @@ class QMP:
 class Qemu:
     """One QEMU process in its own folder: qemu.log (stdout+stderr), serial.log, qmp.sock."""
 
-    def __init__(self, folder, args):
+    def __init__(self, folder, args, host=None):
         os.makedirs(folder, exist_ok=True)
         self.dir = folder
         self.serial = os.path.join(folder, "serial.log")
@@ -170,14 +218,15 @@ class Qemu:
         sock = os.path.join(folder, "qmp.sock")
         if len(sock) > 100:
             raise SetupError("work folder path too long for a unix socket: %s" % sock)
-        cmd = ["timeout", str(QEMU_TIMEOUT), QEMU] + args + [
+        prefix, env = (host.command, host.env) if host else ([QEMU], None)
+        cmd = ["timeout", str(QEMU_TIMEOUT)] + prefix + args + [
             "-serial", "file:" + self.serial, "-qmp", "unix:%s,server=on,wait=off" % sock]
         with open(os.path.join(folder, "cmdline"), "w") as f:
             f.write(" ".join(shlex.quote(a) for a in cmd) + "\n")
         with open(self.logfile, "wb") as out:
             # `timeout` is the process we hold; it forwards SIGTERM to its QEMU child.
             self.proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, env=env)
         try:
             self.qmp = QMP(sock, self.proc)
         except (EOFError, OSError):
@@ -261,7 +310,8 @@ class Qemu:
 
 
 class Suite:
-    def __init__(self, vmstate, kernel, initrd, work):
+    def __init__(self, vmstate, kernel, initrd, work, hosts):
+        self.hosts = hosts  # other QEMU builds for sources, by name
         self.vmstate = vmstate
         self.kernel = kernel
         self.initrd = initrd
@@ -303,7 +353,7 @@ class Suite:
                 "-object", "throttle-group,id=tg0,x-iops-total=1",
                 "-blockdev", "driver=throttle,throttle-group=tg0,file=raw0,node-name=bd0",
             ] + self.blk_device(src["props"])
-            q = Qemu(d, args)
+            q = Qemu(d, args, self.hosts.get(src.get("host")))
             try:
                 if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150) is None:
                     raise SetupError("guest did not boot to READY (%s):\n%s\n%s"
@@ -330,6 +380,10 @@ class Suite:
         finally:
             q.stop()
         facts["stream_bytes"] = os.path.getsize(stream)
+        facts["qemu"] = self.hosts[src["host"]].version if src.get("host") else "x86-64 build"
+        # what vmstate makes of the stream: device line and in-flight summary
+        facts["vmstate_dump"] = [l.strip() for l in self.vm("dump", stream).splitlines()
+                                 if "request(s) in flight" in l]
         log("source %s: %s request(s) in flight per queue, %d bytes" % (name, facts["held_per_queue"], facts["stream_bytes"]))
         return stream, facts
 
@@ -426,68 +480,79 @@ SOURCES = {
     "split": {"smp": 1, "props": ""},
     "mq2": {"smp": 2, "props": ",num-queues=2", "min_queues": 2},
     "packed": {"smp": 1, "props": ",packed=on"},
+    "i386host": {"smp": 1, "props": "", "host": "i386"},  # written by the i386 QEMU build
 }
 
 # name, source, what, how the stream is made from the source's (vmstate argument lists;
 # "{in}" is the source's stream, "{out}" the result), what QEMU and the guest must do, the
-# message QEMU must exit with (REFUSED), and whether the result must equal the stream QEMU
-# wrote byte for byte.
+# message QEMU must exit with (REFUSED), and which file ("{out}", or one made by a last
+# conversion back) must equal the stream QEMU wrote byte for byte.
 #
 # The i386 and lp64-be streams here are CONVERTED by vmstate from the x86-64 stream (the
 # elements rewritten as a 32-bit i386 host and a 64-bit big-endian s390x host lay them out),
 # not written by 32-bit or big-endian QEMU builds.
 SCENARIOS = [
     ("split-unchanged", "split", "the stream QEMU wrote, unchanged (control)",
-     [], COMPLETES, None, False),
+     [], COMPLETES, None, None),
     ("split-reencode", "split", "convert --reencode (virtio devices written from typed state)",
-     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, False),
+     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, None),
     ("split-i386-unconverted", "split",
      "elements converted to the i386 layout (32,780-byte structs), loaded as they are",
      [["convert", "--to-layout", "i386", "{in}", "{out}"]],
-     REFUSED, "virtio: error trying to map MMIO memory", False),
+     REFUSED, "virtio: error trying to map MMIO memory", None),
     ("split-i386-to-stable", "split",
      "i386-layout stream, then convert --from-layout auto --to-layout stable",
      [["convert", "--to-layout", "i386", "{in}", "{out}.i386"],
       ["convert", "--from-layout", "auto", "--to-layout", "stable", "{out}.i386", "{out}"]],
-     COMPLETES, None, True),
+     COMPLETES, None, "{out}"),
     ("split-lp64be-unconverted", "split",
      "elements converted to the lp64-be layout (s390x-like big-endian 49,168-byte structs), "
      "loaded as they are",
      [["convert", "--to-layout", "lp64-be", "{in}", "{out}"]],
      REFUSED, "qemu_get_virtqueue_element: Assertion `ARRAY_SIZE(data.in_addr) >= data.in_num' failed",
-     False),
+     None),
     ("split-lp64be-to-stable", "split",
      "lp64-be-layout stream, then convert --from-layout auto --to-layout stable",
      [["convert", "--to-layout", "lp64-be", "{in}", "{out}.be"],
       ["convert", "--from-layout", "auto", "--to-layout", "stable", "{out}.be", "{out}"]],
-     COMPLETES, None, True),
+     COMPLETES, None, "{out}"),
     ("split-reencode-i386-reencode", "split",
      "convert --reencode, then --to-layout i386, then --reencode --to-layout stable",
      [["convert", "--reencode", "{in}", "{out}.re"],
       ["convert", "--to-layout", "i386", "{out}.re", "{out}.i386"],
       ["convert", "--reencode", "--to-layout", "stable", "{out}.i386", "{out}"]],
-     COMPLETES, None, False),
+     COMPLETES, None, None),
     ("split-edit-addr-outside-ram", "split",
      "vmstate edit: requests[0].out[1].addr = 0x40000000 (1 GiB; guest RAM is 128 MiB)",
      [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests[0].out[1].addr=0x40000000"]],
-     REFUSED, "virtio: unexpected memory split", False),
+     REFUSED, "virtio: unexpected memory split", None),
     ("split-edit-addr-inside-ram", "split",
      "vmstate edit: requests[0].out[1].addr = 0x100000 (another page of guest RAM)",
      [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests[0].out[1].addr=0x100000"]],
-     CORRUPT, None, False),
+     CORRUPT, None, None),
     ("split-requests-dropped", "split",
      "negative control: vmstate edit requests=[] (the in-flight requests lost)",
      [["edit", "{in}", "{out}", "--set", "virtio_devices[0].virtio.requests=[]"]],
-     STUCK, None, False),
+     STUCK, None, None),
     ("mq2-reencode", "mq2", "num-queues=2, 2 vCPUs: convert --reencode",
-     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, False),
+     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, None),
     ("mq2-i386-to-stable", "mq2", "num-queues=2: --to-layout i386, then --to-layout stable",
      [["convert", "--to-layout", "i386", "{in}", "{out}.i386"],
-      ["convert", "--to-layout", "stable", "{out}.i386", "{out}"]], COMPLETES, None, True),
+      ["convert", "--to-layout", "stable", "{out}.i386", "{out}"]], COMPLETES, None, "{out}"),
+    # Written by Debian's 32-bit QEMU (qemu-system-x86:i386, the same release) on this host:
+    # genuine i386 elements.
+    ("i386host-unconverted", "i386host",
+     "written by 32-bit i386 QEMU (genuine 32,780-byte i386 elements), loaded as is",
+     [], REFUSED, "virtio: error trying to map MMIO memory", None),
+    ("i386host-to-stable", "i386host",
+     "written by 32-bit i386 QEMU, then convert --from-layout auto --to-layout stable "
+     "(and back to i386: equals what i386 QEMU wrote)",
+     [["convert", "--from-layout", "auto", "--to-layout", "stable", "{in}", "{out}"],
+      ["convert", "--to-layout", "i386", "{out}", "{out}.back"]], COMPLETES, None, "{out}.back"),
     ("packed-unchanged", "packed", "packed=on: the stream QEMU wrote, unchanged",
-     [], REFUSED, "virtio: unexpected memory split", False),
+     [], REFUSED, "virtio: unexpected memory split", None),
     ("packed-ndescs-after", "packed", "packed=on: convert --packed-ndescs-after",
-     [["convert", "--packed-ndescs-after", "{in}", "{out}"]], COMPLETES, None, False),
+     [["convert", "--packed-ndescs-after", "{in}", "{out}"]], COMPLETES, None, None),
 ]
 PIPE = ("split-live-pipe", "split",
         "live migration through filters: exec:vmstate convert --to-layout i386 - - "
@@ -509,7 +574,7 @@ def run_scenario(suite, streams, scn):
         suite.vm(*args)
     r = {"name": name, "source": source, "what": what, "vmstate": commands, "expect": expect}
     if equal:
-        r["equals_source_stream"] = filecmp.cmp(out, src_stream, shallow=False)
+        r["equals_source_stream"] = filecmp.cmp(equal.replace("{out}", out), src_stream, shallow=False)
     r.update(suite.destination(os.path.join(folder, "dst"), SOURCES[source],
                                "exec:cat %s" % shlex.quote(out), expect, expect_error))
     if equal:
@@ -581,6 +646,10 @@ def main():
     ap.add_argument("--results", help="write the results as JSON here")
     ap.add_argument("--jobs", type=int, default=2, help="QEMU runs at a time (default 2)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--i386-cache", help="where Debian's i386 QEMU is fetched and unpacked "
+                    "(default: in the work folder); reused when already there")
+    ap.add_argument("--no-i386-host", action="store_true",
+                    help="do not fetch the i386 QEMU build nor run the streams it writes (says so)")
     ap.add_argument("scenarios", nargs="*", help="only these (default: all)")
     a = ap.parse_args()
     t0 = time.time()
@@ -596,7 +665,14 @@ def main():
         version = subprocess.run([QEMU, "--version"], stdout=subprocess.PIPE).stdout.decode().splitlines()[0]
         log(version)
         kernel, initrd = prepare_guest(os.path.abspath(a.assets), work)
-        suite = Suite(os.path.abspath(a.vmstate), kernel, initrd, work)
+        hosts = {}
+        if a.no_i386_host:
+            log("NOTE: --no-i386-host: the streams written by 32-bit i386 QEMU are NOT tested")
+            wanted = [s for s in wanted if s[1] != "i386host"]
+        elif any(s[1] == "i386host" for s in wanted):
+            hosts["i386"] = I386Qemu(os.path.abspath(a.i386_cache or os.path.join(work, "qemu-i386")))
+            log(hosts["i386"].version)
+        suite = Suite(os.path.abspath(a.vmstate), kernel, initrd, work, hosts)
         needed = sorted({s[1] for s in wanted})
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
             recorded = dict(zip(needed, pool.map(lambda n: suite.record_source(n, SOURCES[n]), needed)))
@@ -609,6 +685,8 @@ def main():
         for r in results:
             facts = r.get("source_facts") or recorded[r["source"]][1]
             r["source_held"] = facts["held_per_queue"]
+            r["source_dump"] = facts.get("vmstate_dump", [])
+            r["source_qemu"] = facts.get("qemu", "x86-64 build")
             r["held"] = "+".join(str(n) for n in facts["held_per_queue"])
     except SetupError as e:
         log("SETUP FAILED: %s" % e)
