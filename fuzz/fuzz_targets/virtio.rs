@@ -1,4 +1,5 @@
-//! virtio blob decoder: arbitrary bytes as the `virtio` field of each kind of device.
+//! virtio blob decoder: arbitrary bytes as the `virtio` field of each kind of device, or as
+//! a SCSI disk's `requests` field.
 //!
 //! Invariants: nothing panics; whatever decodes encodes, and the encoding decodes to the same
 //! state; when the decoder noted nothing (no stale bytes in elements, the only thing the
@@ -7,18 +8,42 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vmstate::virtio::scsi::ScsiRequests;
 use vmstate::virtio::{Assumptions, DeviceKind, VirtioDevice};
 use vmstate::wire::{Reader, Writer};
+
+fn scsi_requests(selector: u8, blob: &[u8]) {
+    // The selector's high bit says whether the HBA offers packed rings.
+    let packed = Some(selector & 0x80 != 0);
+    let assume = Assumptions::default();
+    let Ok(requests) = ScsiRequests::decode(&mut Reader::new(blob), packed, &assume) else {
+        return;
+    };
+    let mut writer = Writer::new();
+    requests
+        .encode_with(&mut writer, None)
+        .expect("decoded requests encode");
+    if requests.notes.is_empty() {
+        assert!(writer.as_bytes() == blob, "decode then encode changed the bytes");
+    }
+    let again = ScsiRequests::decode(&mut Reader::new(writer.as_bytes()), packed, &assume)
+        .expect("the encoding decodes");
+    assert_eq!(again.requests, requests.requests);
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, blob)) = data.split_first() else {
         return;
     };
-    let kind = match selector % 4 {
+    let kind = match selector % 8 {
         0 => DeviceKind::Blk,
         1 => DeviceKind::Scsi,
         2 => DeviceKind::Rng,
-        _ => DeviceKind::Other("virtio-net".to_owned()),
+        3 => DeviceKind::Net,
+        4 => DeviceKind::Serial,
+        5 => DeviceKind::Balloon,
+        6 => return scsi_requests(selector, blob),
+        _ => DeviceKind::Other("virtio-gpu".to_owned()),
     };
     let mut reader = Reader::new(blob);
     let Ok(device) = VirtioDevice::decode(&mut reader, kind, &Assumptions::default()) else {

@@ -19,7 +19,8 @@ pub struct EditArgs {
     output: PathBuf,
     /// PATH=VALUE: a field of `dump --json`, such as
     /// virtio_devices[0].virtio.queues[0].last_avail_idx=5 (the device by index or by its
-    /// section, virtio_devices[0000:00:01.0/virtio-blk]); repeatable, applied in order.
+    /// section, virtio_devices[0000:00:01.0/virtio-blk]), or of a SCSI disk's requests, such
+    /// as scsi_requests[0].requests[1].tag; repeatable, applied in order.
     #[arg(long = "set", value_name = "PATH=VALUE", required = true)]
     set: Vec<String>,
     #[command(flatten)]
@@ -31,11 +32,29 @@ pub fn run(args: EditArgs) -> Outcome {
     let shown = args.input.display().to_string();
     let mut loaded = load_stream(&args.input)?;
     let mut found = args.devices.decode(&loaded.stream, &shown)?;
+    let mut scsi = args.devices.decode_scsi(&loaded.stream, &found, &shown)?;
     let mut touched = vec![false; found.len()];
+    let mut scsi_touched = vec![false; scsi.len()];
     for assignment in &args.set {
         let (path, value) = assignment.split_once('=').ok_or_else(|| {
             Failure::unreadable(format!("--set '{assignment}': expected PATH=VALUE"))
         })?;
+        if let Some((disk, field)) = split_scsi_path(path) {
+            let position = match disk.parse::<usize>() {
+                Ok(n) if n < scsi.len() => n,
+                _ => scsi.iter().position(|s| s.idstr == disk).ok_or_else(|| {
+                    Failure::unreadable(format!("--set '{path}': no SCSI disk {disk}"))
+                })?,
+            };
+            if let (Some(section), Some(flag)) =
+                (scsi.get_mut(position), scsi_touched.get_mut(position))
+            {
+                vmstate::virtio::set_scsi(&mut section.requests, field, value)
+                    .map_err(|e| Failure::unreadable(format!("--set '{path}': {e}")))?;
+                *flag = true;
+            }
+            continue;
+        }
         let (device, field) = split_device_path(path).ok_or_else(|| {
             Failure::unreadable(format!(
                 "--set '{path}': expected virtio_devices[N or SECTION].virtio.FIELD"
@@ -62,7 +81,18 @@ pub fn run(args: EditArgs) -> Outcome {
         devices::store_virtio(&mut loaded.stream, section, None)
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     }
+    for (disk, _) in scsi.iter().zip(&scsi_touched).filter(|(_, t)| **t) {
+        devices::store_scsi_requests(&mut loaded.stream, disk, None)
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    }
     write_stream(&loaded.stream, &loaded.bytes, &args.output)
+}
+
+/// Splits `scsi_requests[KEY].FIELD` into KEY and FIELD.
+fn split_scsi_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("scsi_requests[")?;
+    let (key, field) = rest.split_once("].")?;
+    (!key.is_empty() && !field.is_empty()).then_some((key, field))
 }
 
 /// Splits `virtio_devices[KEY].virtio.FIELD` into KEY and FIELD.
@@ -85,5 +115,9 @@ mod tests {
             Some(("2", "queues[0].num"))
         );
         assert_eq!(super::split_device_path("virtio_devices[2].status"), None);
+        assert_eq!(
+            super::split_scsi_path("scsi_requests[0000:00:01.0/0:0:0/scsi-disk].requests[0].tag"),
+            Some(("0000:00:01.0/0:0:0/scsi-disk", "requests[0].tag"))
+        );
     }
 }

@@ -11,6 +11,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 use super::blk::BlkRequest;
 use super::core::CoreState;
+use super::net::NetState;
+use super::scsi::ScsiRequests;
+use super::serial::SerialPort;
 use super::{DeviceState, VirtioDevice};
 
 /// One step of a path: a name and, optionally, what stood in brackets after it.
@@ -154,6 +157,42 @@ impl VirtioDevice {
                     None => Err(bad_path(path, "no such request")),
                 }
             }
+            (["net", field], _) => match &mut self.device {
+                DeviceState::Net(net) => set_net(net, field, value, path),
+                _ => Err(bad_path(path, "not a virtio-net device")),
+            },
+            (["balloon", field], _) => match &mut self.device {
+                DeviceState::Balloon(b) => match *field {
+                    "num_pages" => put(&mut b.num_pages, value, path),
+                    "actual" => put(&mut b.actual, value, path),
+                    other => Err(bad_path(path, format!("the balloon has no field {other}"))),
+                },
+                _ => Err(bad_path(path, "not a virtio-balloon device")),
+            },
+            (["serial", "ports", rest @ ..], [_, p, tail @ ..]) => {
+                let DeviceState::Serial(serial) = &mut self.device else {
+                    return Err(bad_path(path, "not a virtio-serial device"));
+                };
+                let i = index(p, serial.ports.len(), path)?;
+                match serial.ports.get_mut(i) {
+                    Some(port) => set_port(port, rest, tail, value, path),
+                    None => Err(bad_path(path, "no such port")),
+                }
+            }
+            (["serial", field], _) => match &mut self.device {
+                DeviceState::Serial(serial) => match *field {
+                    "max_nr_ports" => put(&mut serial.max_nr_ports, value, path),
+                    "ports_map" => {
+                        serial.ports_map = json(value, path)?;
+                        Ok(())
+                    }
+                    other => Err(bad_path(
+                        path,
+                        format!("virtio-serial has no field {other}"),
+                    )),
+                },
+                _ => Err(bad_path(path, "not a virtio-serial device")),
+            },
             (["subsections", rest @ ..], [s, tail @ ..]) => {
                 let name = s.key.ok_or_else(|| {
                     bad_path(path, "subsections needs a name, e.g. [virtio/started]")
@@ -260,6 +299,125 @@ fn set_request(
         }
         _ => Err(bad_path(path, "not an editable field of a request")),
     }
+}
+
+fn set_net(net: &mut NetState, field: &str, value: &str, path: &str) -> Result<()> {
+    match field {
+        "tx_waiting" => put(&mut net.tx_waiting, value, path),
+        "mergeable_rx_bufs" => put(&mut net.mergeable_rx_bufs, value, path),
+        "status" => put(&mut net.status, value, path),
+        "promisc" => put(&mut net.promisc, value, path),
+        "allmulti" => put(&mut net.allmulti, value, path),
+        // The count as saved; the table must then be set to match before writing.
+        "mac_table_in_use" => put(&mut net.mac_table_in_use, value, path),
+        "has_vnet_hdr" => put(&mut net.has_vnet_hdr, value, path),
+        "multi_overflow" => put(&mut net.multi_overflow, value, path),
+        "uni_overflow" => put(&mut net.uni_overflow, value, path),
+        "alluni" => put(&mut net.alluni, value, path),
+        "nomulti" => put(&mut net.nomulti, value, path),
+        "nouni" => put(&mut net.nouni, value, path),
+        "nobcast" => put(&mut net.nobcast, value, path),
+        "has_ufo" => put(&mut net.has_ufo, value, path),
+        "curr_guest_offloads" => match &mut net.curr_guest_offloads {
+            Some(v) => put(v, value, path),
+            None => Err(bad_path(path, "the device saved no guest offloads")),
+        },
+        "max_queue_pairs" | "curr_queue_pairs" => match &mut net.queue_pairs {
+            Some(p) if field == "max_queue_pairs" => put(&mut p.max, value, path),
+            Some(p) => put(&mut p.curr, value, path),
+            None => Err(bad_path(path, "the device saved no queue pairs")),
+        },
+        other => Err(bad_path(
+            path,
+            format!("virtio-net has no editable field {other}"),
+        )),
+    }
+}
+
+fn set_port(
+    port: &mut SerialPort,
+    names: &[&str],
+    steps: &[Step<'_>],
+    value: &str,
+    path: &str,
+) -> Result<()> {
+    match (names, steps) {
+        (["id"], _) => put(&mut port.id, value, path),
+        (["guest_connected"], _) => put(&mut port.guest_connected, value, path),
+        (["host_connected"], _) => put(&mut port.host_connected, value, path),
+        (["elem_popped"], _) => put(&mut port.elem_popped, value, path),
+        (["popped", rest @ ..], [_, tail @ ..]) => {
+            let popped = port
+                .popped
+                .as_mut()
+                .ok_or_else(|| bad_path(path, "the port holds no element"))?;
+            match rest {
+                ["iov_idx"] => put(&mut popped.iov_idx, value, path),
+                ["iov_offset"] => put(&mut popped.iov_offset, value, path),
+                _ => set_request(&mut popped.element, rest, tail, value, path),
+            }
+        }
+        _ => Err(bad_path(path, "not an editable field of a port")),
+    }
+}
+
+/// Sets the field at `path` (relative to one SCSI disk's entry in `dump --json`,
+/// `requests[0].tag`, `requests[1].out[0].addr`) of its virtio-scsi requests.
+pub fn set_scsi(state: &mut ScsiRequests, path: &str, value: &str) -> Result<()> {
+    let steps = parse_path(path).ok_or_else(|| bad_path(path, "malformed path"))?;
+    let names: Vec<&str> = steps.iter().map(|s| s.name).collect();
+    let (["requests", rest @ ..], [r, tail @ ..]) = (names.as_slice(), steps.as_slice()) else {
+        return Err(bad_path(path, "expected requests[N].FIELD"));
+    };
+    let i = index(r, state.requests.len(), path)?;
+    let Some(request) = state.requests.get_mut(i) else {
+        return Err(bad_path(path, "no such request"));
+    };
+    match rest {
+        ["retry"] => {
+            let mut flag = u8::from(request.retry);
+            put(&mut flag, value, path)?;
+            request.retry = flag != 0;
+            Ok(())
+        }
+        ["tag"] => put(&mut request.tag, value, path),
+        ["lun"] => put(&mut request.lun, value, path),
+        ["queue_number"] => {
+            put(&mut request.queue_number, value, path)?;
+            request.element.queue = request.queue_number.checked_add(2);
+            Ok(())
+        }
+        ["cdb"] => {
+            let bytes = parse_hex(value)
+                .filter(|b| b.len() == crate::virtio::scsi::CDB_BYTES)
+                .ok_or_else(|| bad_path(path, "a CDB is 16 bytes of hex"))?;
+            request.cdb = crate::hex::HexBytes(bytes);
+            Ok(())
+        }
+        ["queue"] => Err(bad_path(
+            path,
+            "set queue_number: queue is queue_number + 2",
+        )),
+        _ => set_request(&mut request.element, rest, tail, value, path),
+    }
+}
+
+/// Bytes from hex text, two digits per byte.
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u32> = text
+        .chars()
+        .map(|c| c.to_digit(16))
+        .collect::<Option<_>>()?;
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => u8::try_from(hi.checked_mul(16)?.checked_add(*lo)?).ok(),
+            _ => None,
+        })
+        .collect()
 }
 
 fn segments<'a>(element: &'a mut Element, list: &str, path: &str) -> Result<&'a mut Vec<Segment>> {

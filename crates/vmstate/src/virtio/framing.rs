@@ -275,7 +275,10 @@ pub(crate) fn settle<K: Reading, S>(
         match outcome {
             Ok(p) => parsed.push((key, p)),
             Err(e) => {
-                if best_error.as_ref().map_or(true, |b| e.offset() > b.offset()) {
+                if best_error
+                    .as_ref()
+                    .map_or(true, |b| e.offset() > b.offset())
+                {
                     best_error = Some(e);
                 }
             }

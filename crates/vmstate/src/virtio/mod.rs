@@ -28,7 +28,7 @@ pub use self::core::{
     CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
     RingAddresses, VIRTIO_QUEUE_MAX,
 };
-pub use self::edit::{parse_path, Step};
+pub use self::edit::{parse_path, set_scsi, Step};
 pub use self::framing::{Framing, InFlight, NdescsOrder};
 pub use self::net::{MacTable, NetQueuePairs, NetState, NetSubsection, RssState};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
