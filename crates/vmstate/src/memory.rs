@@ -8,6 +8,8 @@
 //! stream does not fill cost nothing), and remembers which pages the stream carried: a page
 //! that a stripped stream left out is *unknown*, not zero, and reading it says so.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -185,17 +187,28 @@ impl fmt::Display for ReadError {
 }
 
 /// Guest RAM as the stream carries it.
-pub struct GuestRam {
+///
+/// Pages are not copied when the RAM is rebuilt: an index records where each page's latest
+/// content lies in the stream, and a page is copied into guest memory the first time it is
+/// read. Checking a large guest therefore costs one pass over the record headers and a few
+/// pages of memory, not the guest's size.
+pub struct GuestRam<'s> {
     memory: GuestMemoryMmap,
     map: RamMap,
     page_size: u64,
+    source: &'s [u8],
     /// Per map region, one bit per page: the stream carried the page (data or zero).
     known: Vec<Vec<u64>>,
+    /// Pages whose content is in the stream and not yet copied: (region, page) to the
+    /// offset of their bytes in `source`.
+    pending: RefCell<HashMap<(usize, u64), u64>>,
+    /// Pages copied into `memory` (from the stream, or decoded from XBZRLE).
+    copied: RefCell<HashSet<(usize, u64)>>,
     /// Pages the stream carried, zero pages included.
     pub pages_known: u64,
 }
 
-impl fmt::Debug for GuestRam {
+impl fmt::Debug for GuestRam<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuestRam")
             .field("map", &self.map)
@@ -204,18 +217,18 @@ impl fmt::Debug for GuestRam {
     }
 }
 
-impl GuestRam {
+impl<'s> GuestRam<'s> {
     /// Rebuilds guest RAM from the RAM section of `stream` (whose page bytes are in
     /// `source`), placing blocks by `map`. Pages of blocks the map does not place are
-    /// skipped; a page written twice keeps its last content, as on a destination.
+    /// skipped; a page sent more than once keeps its last content, as on a destination.
     /// `progress` is told the offset of `source` reached after each run of pages, so that a
     /// caller can release what lies behind.
     pub fn from_stream(
         stream: &Stream,
-        source: &[u8],
+        source: &'s [u8],
         map: RamMap,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<GuestRam> {
+    ) -> Result<GuestRam<'s>> {
         let page_size = stream.page_size.bytes;
         if page_size == 0 {
             return Err(map_error("the stream's page size is 0".to_owned()));
@@ -233,14 +246,18 @@ impl GuestRam {
             .regions
             .iter()
             .map(|r| {
-                vec![0u64; usize::try_from(r.len.div_ceil(page_size).div_ceil(64)).unwrap_or(0)]
+                let pages = r.len.div_ceil(page_size).div_ceil(64);
+                vec![0u64; usize::try_from(pages).unwrap_or(0)]
             })
             .collect();
         let mut ram = GuestRam {
             memory,
             map,
             page_size,
+            source,
             known,
+            pending: RefCell::new(HashMap::new()),
+            copied: RefCell::new(HashSet::new()),
             pages_known: 0,
         };
         let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
@@ -252,35 +269,28 @@ impl GuestRam {
                 let RamItem::Pages(run) = item else {
                     continue;
                 };
-                let bytes = source
-                    .get(usize::try_from(run.span.offset).unwrap_or(usize::MAX)..)
-                    .and_then(|rest| {
-                        rest.get(..usize::try_from(run.span.len).unwrap_or(usize::MAX))
-                    })
+                let bytes = slice(source, run.span.offset, run.span.len)
                     .ok_or_else(|| map_error("a RAM run lies outside the input".to_owned()))?;
                 let mut reader = Reader::at(bytes, run.span.offset);
                 for _ in 0..run.count {
                     let record = stream::read_page_record(&mut reader, page_size)?;
+                    let Some(page) = ram.locate_page(&run.block, record.page) else {
+                        continue;
+                    };
                     match &record.kind {
-                        RamRecordKind::Zero { .. } => {
-                            scratch.iter_mut().for_each(|b| *b = 0);
-                            ram.store(&run.block, record.page, &scratch);
-                        }
-                        RamRecordKind::Page { data } => {
-                            if let Some(page) = slice(source, data.offset, data.len) {
-                                ram.store(&run.block, record.page, page);
-                            }
-                        }
+                        RamRecordKind::Zero { .. } => ram.set_zero(page, &scratch),
+                        RamRecordKind::Page { data } => ram.set_source(page, data.offset),
                         RamRecordKind::Xbzrle { data } => {
-                            let current = ram.page(&run.block, record.page);
+                            // A delta applies to the page's current content: decode it now.
                             scratch.iter_mut().for_each(|b| *b = 0);
-                            if let Some(current) = current {
-                                scratch.copy_from_slice(&current);
+                            if ram.is_known(page) {
+                                ram.read_page(page, &mut scratch);
                             }
                             if let Some(encoded) = slice(source, data.offset, data.len) {
                                 stream::apply_xbzrle(encoded, data.offset, &mut scratch)?;
-                                ram.store(&run.block, record.page, &scratch);
+                                ram.set_content(page, &scratch);
                             }
+                            scratch.iter_mut().for_each(|b| *b = 0);
                         }
                         _ => {}
                     }
@@ -312,26 +322,44 @@ impl GuestRam {
         })
     }
 
-    fn store(&mut self, block: &str, offset: u64, page: &[u8]) {
-        let Some((region, within)) = self.locate_block(block, offset) else {
-            return;
+    /// The (region, page index) of block offset `offset` of `block`, if the map places it.
+    fn locate_page(&self, block: &str, offset: u64) -> Option<(usize, u64)> {
+        let (region, within) = self.locate_block(block, offset)?;
+        Some((region, within.checked_div(self.page_size)?))
+    }
+
+    fn page_gpa(&self, (region, page): (usize, u64)) -> Option<u64> {
+        self.map
+            .regions
+            .get(region)?
+            .gpa
+            .checked_add(page.checked_mul(self.page_size)?)
+    }
+
+    fn is_known(&self, (region, page): (usize, u64)) -> bool {
+        let Some(word) = self
+            .known
+            .get(region)
+            .and_then(|bits| bits.get(usize::try_from(page.checked_div(64)?).ok()?))
+        else {
+            return false;
         };
-        let Some(r) = self.map.regions.get(region) else {
-            return;
-        };
-        let gpa = r.gpa.saturating_add(within);
-        if self.memory.write_slice(page, GuestAddress(gpa)).is_err() {
-            return;
-        }
-        let page_index = within.checked_div(self.page_size).unwrap_or(0);
-        if let Some(word) = self.known.get_mut(region).and_then(|bits| {
-            bits.get_mut(
-                usize::try_from(page_index.checked_div(64).unwrap_or(0)).unwrap_or(usize::MAX),
-            )
-        }) {
-            let bit = 1u64
-                .checked_shl(u32::try_from(page_index.checked_rem(64).unwrap_or(0)).unwrap_or(0))
-                .unwrap_or(0);
+        let bit = page.checked_rem(64).and_then(|b| u32::try_from(b).ok());
+        bit.and_then(|b| 1u64.checked_shl(b))
+            .is_some_and(|mask| word & mask != 0)
+    }
+
+    fn mark_known(&mut self, (region, page): (usize, u64)) {
+        let bit = page
+            .checked_rem(64)
+            .and_then(|b| u32::try_from(b).ok())
+            .and_then(|b| 1u64.checked_shl(b))
+            .unwrap_or(0);
+        let word = page
+            .checked_div(64)
+            .and_then(|w| usize::try_from(w).ok())
+            .and_then(|w| self.known.get_mut(region)?.get_mut(w));
+        if let Some(word) = word {
             if *word & bit == 0 {
                 self.pages_known = self.pages_known.saturating_add(1);
             }
@@ -339,13 +367,55 @@ impl GuestRam {
         }
     }
 
-    /// The current content of a block's page, if the stream carried it.
-    fn page(&self, block: &str, offset: u64) -> Option<Vec<u8>> {
-        let (region, within) = self.locate_block(block, offset)?;
-        let gpa = self.map.regions.get(region)?.gpa.checked_add(within)?;
-        let mut page = vec![0u8; usize::try_from(self.page_size).ok()?];
-        self.read(gpa, &mut page).ok()?;
-        Some(page)
+    /// The page's latest content is a page of the stream at `offset`.
+    fn set_source(&mut self, page: (usize, u64), offset: u64) {
+        self.mark_known(page);
+        self.copied.get_mut().remove(&page);
+        self.pending.get_mut().insert(page, offset);
+    }
+
+    /// The page's latest content is zeros.
+    fn set_zero(&mut self, page: (usize, u64), zeros: &[u8]) {
+        self.mark_known(page);
+        self.pending.get_mut().remove(&page);
+        // Anonymous memory starts zeroed: only a page that was copied needs clearing.
+        if self.copied.get_mut().remove(&page) {
+            if let Some(gpa) = self.page_gpa(page) {
+                let _ = self.memory.write_slice(zeros, GuestAddress(gpa));
+            }
+        }
+    }
+
+    /// The page's latest content is `content` (a decoded XBZRLE page).
+    fn set_content(&mut self, page: (usize, u64), content: &[u8]) {
+        self.mark_known(page);
+        self.pending.get_mut().remove(&page);
+        if let Some(gpa) = self.page_gpa(page) {
+            if self.memory.write_slice(content, GuestAddress(gpa)).is_ok() {
+                self.copied.get_mut().insert(page);
+            }
+        }
+    }
+
+    /// Copies a page that is still only in the stream into guest memory.
+    fn materialize(&self, page: (usize, u64)) {
+        let Some(offset) = self.pending.borrow_mut().remove(&page) else {
+            return;
+        };
+        let bytes = slice(self.source, offset, self.page_size);
+        if let (Some(bytes), Some(gpa)) = (bytes, self.page_gpa(page)) {
+            if self.memory.write_slice(bytes, GuestAddress(gpa)).is_ok() {
+                self.copied.borrow_mut().insert(page);
+            }
+        }
+    }
+
+    /// Reads one known page into `buf` (a page long).
+    fn read_page(&self, page: (usize, u64), buf: &mut [u8]) {
+        self.materialize(page);
+        if let Some(gpa) = self.page_gpa(page) {
+            let _ = self.memory.read_slice(buf, GuestAddress(gpa));
+        }
     }
 
     /// True when `[gpa, gpa + len)` is guest RAM under the map.
@@ -399,6 +469,20 @@ impl GuestRam {
     /// Reads guest memory at `gpa` into `buf`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
         self.check_range(gpa, buf.len() as u64, true)?;
+        let end = gpa.saturating_add(buf.len() as u64);
+        let mut at = gpa;
+        while at < end {
+            if let Some((region, within)) = self.locate_gpa(at) {
+                if let Some(page) = within.checked_div(self.page_size) {
+                    self.materialize((region, page));
+                }
+            }
+            at = at
+                .checked_div(self.page_size)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+                .saturating_mul(self.page_size);
+        }
         self.memory
             .read_slice(buf, GuestAddress(gpa))
             .map_err(|_| ReadError::OutsideRam)

@@ -10,11 +10,11 @@ use crate::outcome::Failure;
 /// `Ok(Err(reason))` when no map can be derived and none was given: checks that need memory
 /// then say they could not be made. An explicit map that does not fit the stream, or a RAM
 /// section that cannot be read, is a failure.
-pub fn guest_ram(
-    loaded: &LoadedStream,
+pub fn guest_ram<'s>(
+    loaded: &'s LoadedStream,
     explicit_map: Option<&str>,
     shown: &str,
-) -> Result<Result<GuestRam, String>, Failure> {
+) -> Result<Result<GuestRam<'s>, String>, Failure> {
     let map = match memory::map_for(&loaded.stream, explicit_map) {
         Ok(map) => map,
         Err(e) if explicit_map.is_some() => {
