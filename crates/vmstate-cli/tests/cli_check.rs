@@ -72,3 +72,108 @@ fn an_unreadable_stream_exits_2() {
     let out = vmstate(&["check", "/nonexistent.mig"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn rings(name: &str) -> String {
+    support::fixture(&format!("rings/qemu7.2-{name}.rings.mig.gz"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_stream_with_its_rings_checks_every_element() {
+    let out = vmstate(&["check", &rings("blk-inflight-split")]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("guest memory: q35 machine (pc-q35-7.2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("queue 0: 8 element(s) walked from their heads"),
+        "{text}"
+    );
+    assert!(!text.contains("not checked"), "{text}");
+
+    let out = vmstate(&["check", "--json", &rings("blk-inflight-mq2")]);
+    assert_eq!(out.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["memory"]["map"]["regions"][0]["block"], "pc.ram");
+    assert!(json["memory"]["pages_known"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn ram_rings_keeps_what_check_reads() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let again = dir.join("again.mig");
+    let out = vmstate(&[
+        "convert",
+        "--ram",
+        "rings",
+        &rings("blk-inflight-packed"),
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vmstate(&["check", again.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 element(s) matched by buffer id"));
+
+    // Without any pages, the memory checks say they could not be made.
+    let none = dir.join("none.mig");
+    vmstate(&[
+        "convert",
+        "--ram",
+        "none",
+        &rings("blk-inflight-packed"),
+        none.to_str().unwrap(),
+    ]);
+    let text =
+        String::from_utf8_lossy(&vmstate(&["check", none.to_str().unwrap()]).stdout).into_owned();
+    assert!(
+        text.contains("not checked: queue 0: packed descriptor"),
+        "{text}"
+    );
+}
+
+/// Extended tier: `--ram rings` of every corpus stream is far smaller and still checks every
+/// element.
+#[test]
+fn ram_rings_of_every_corpus_stream_checks_clean() {
+    let Some(shared) = support::shared_dir("ram_rings_of_every_corpus_stream_checks_clean") else {
+        return;
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check_corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(shared.join("corpus")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.contains(".mig") {
+            continue;
+        }
+        let out_path = dir.join(format!("{name}.rings"));
+        let out = vmstate(&[
+            "convert",
+            "--ram",
+            "rings",
+            path.to_str().unwrap(),
+            out_path.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{name}");
+        let full = vmstate(&["dump", "--json", path.to_str().unwrap()]);
+        let full: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+        let size = std::fs::metadata(&out_path).unwrap().len();
+        assert!(
+            size * 2 < full["size"].as_u64().unwrap() || size < 600_000,
+            "{name}: {size}"
+        );
+        let check = vmstate(&["check", out_path.to_str().unwrap()]);
+        assert_eq!(check.status.code(), Some(0), "{name}");
+        let text = String::from_utf8_lossy(&check.stdout);
+        assert!(!text.contains("not checked"), "{name}: {text}");
+    }
+}

@@ -2,15 +2,63 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashSet;
+
 use clap::Args;
+use vmstate::check;
 use vmstate::devices;
 use vmstate::element::Layout;
 use vmstate::virtio::{Framing, NdescsOrder};
 
 use super::devices::DeviceArgs;
-use super::dump::load_stream;
+use super::dump::{load_stream, LoadedStream};
+use super::memory::guest_ram;
 use crate::io::write_stream;
 use crate::outcome::{Failure, Outcome};
+
+/// Which guest pages `convert` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RamPages {
+    /// Every page, as read.
+    All,
+    /// No page: the block list and device state only.
+    None,
+    /// The pages that hold rings and indirect tables.
+    Rings,
+}
+
+/// Keeps only the pages that the memory checks read.
+fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -> Outcome {
+    let devices = args.devices.decode(&loaded.stream, shown)?;
+    let ram = guest_ram(loaded, args.ram_map.as_deref(), shown)?
+        .map_err(|reason| Failure::unreadable(format!("{shown}: --ram=rings: {reason}")))?;
+    let page_size = loaded.stream.page_size.bytes.max(1);
+    let mut keep: HashSet<(String, u64)> = HashSet::new();
+    for device in &devices {
+        for (gpa, len) in check::ring_ranges(&device.device, &ram) {
+            let first = gpa.checked_div(page_size).unwrap_or(0);
+            let last = gpa
+                .saturating_add(len.max(1))
+                .saturating_sub(1)
+                .checked_div(page_size)
+                .unwrap_or(0);
+            for page in first..=last {
+                if let Some((block, offset)) =
+                    ram.map().block_offset(page.saturating_mul(page_size))
+                {
+                    keep.insert((block.to_owned(), offset));
+                }
+            }
+        }
+    }
+    let LoadedStream { stream, bytes, .. } = loaded;
+    stream
+        .keep_pages(bytes, &mut |block, offset| {
+            keep.contains(&(block.to_owned(), offset))
+        })
+        .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    Ok(())
+}
 
 /// Arguments of `vmstate convert`.
 #[derive(Debug, Args)]
@@ -23,6 +71,15 @@ pub struct ConvertArgs {
     /// shares device state without guest memory.
     #[arg(long)]
     strip_ram: bool,
+    /// Which guest pages to keep: `all` (default), `none` (as --strip-ram) or `rings`: only the
+    /// pages that hold virtqueue rings and the indirect tables of in-flight requests, so the
+    /// stream can be shared without the guest's data and still be checked.
+    #[arg(long, value_name = "WHICH", conflicts_with = "strip_ram")]
+    ram: Option<RamPages>,
+    /// With --ram=rings: where RAM blocks sit in guest-physical memory, for machines other
+    /// than x86 pc and q35 (as for `check`).
+    #[arg(long, value_name = "MAP")]
+    ram_map: Option<String>,
     /// Write in-flight elements in this host layout: stable (= lp64-le, what x86-64 QEMU
     /// reads), lp64-be, i386, ilp32-le, ilp32-be. Without it the input's layout is kept.
     #[arg(long, value_name = "NAME")]
@@ -75,8 +132,12 @@ impl ConvertArgs {
 pub fn run(args: ConvertArgs) -> Outcome {
     let shown = args.input.display().to_string();
     let mut loaded = load_stream(&args.input)?;
-    if args.strip_ram {
-        loaded.stream.strip_ram();
+    match (args.strip_ram, args.ram) {
+        (true, _) | (_, Some(RamPages::None)) => {
+            loaded.stream.strip_ram();
+        }
+        (_, Some(RamPages::Rings)) => keep_ring_pages(&mut loaded, &args, &shown)?,
+        _ => {}
     }
     if args.touches_devices() {
         let found = args.devices.decode(&loaded.stream, &shown)?;
