@@ -27,7 +27,7 @@ fn a_real_stream_checks_clean() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0000:00:01.0/virtio-blk: clean"), "{text}");
-    assert!(text.contains("checked: 8 in-flight request(s)"), "{text}");
+    assert!(text.contains("checked: 8 in-flight element(s)"), "{text}");
 }
 
 #[test]

@@ -263,3 +263,148 @@ fn legacy_layouts_and_the_packed_order_are_notes_not_findings() {
         .iter()
         .any(|n| n.message.contains("--packed-ndescs-after")));
 }
+
+/// Like `break_and_check`, for any device of any fixture stream, with the SCSI disks decoded
+/// too; returns every device's findings.
+fn break_scsi_and_check(
+    name: &str,
+    change: impl FnOnce(&mut Vec<devices::ScsiDiskSection>),
+) -> Vec<(Rule, String)> {
+    let data = stripped(name);
+    let mut model = stream::read(&data).unwrap();
+    let options = DecodeOptions::default();
+    let found = devices::decode_virtio(&model, &options).unwrap();
+    let mut scsi = devices::decode_scsi_requests(&model, &found, &options).unwrap();
+    change(&mut scsi);
+    for disk in &scsi {
+        devices::store_scsi_requests(&mut model, disk, None).unwrap();
+    }
+    let written = stream::write(&model, &data).unwrap();
+    let again = stream::read(&written).unwrap();
+    let found = devices::decode_virtio(&again, &options).unwrap();
+    let scsi = devices::decode_scsi_requests(&again, &found, &options).unwrap();
+    check::check_stream(&found, &scsi, None)
+        .devices
+        .iter()
+        .flat_map(|d| d.findings.iter().map(|f| (f.rule, f.path.clone())))
+        .collect()
+}
+
+#[test]
+fn scsi_request_on_a_queue_the_device_does_not_have() {
+    let f = break_scsi_and_check("scsi-inflight", |scsi| {
+        vmstate::virtio::set_scsi(&mut scsi[0].requests, "requests[1].queue_number", "1").unwrap()
+    });
+    assert!(
+        f.contains(&(
+            Rule::ScsiQueueNumber,
+            "scsi_requests[0].requests[1].queue_number".to_owned()
+        )),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn net_mac_table_over_its_entries() {
+    let f = break_and_check("alldev", "virtio-net", |d| {
+        let vmstate::virtio::DeviceState::Net(net) = &mut d.device else {
+            panic!()
+        };
+        net.mac_table_in_use = 65;
+        net.mac_table =
+            vmstate::virtio::MacTable::Discarded(vmstate::virtio::HexBytes(vec![0; 65 * 6]));
+    });
+    expect(f, Rule::NetMacTable, "net.mac_table_in_use");
+}
+
+#[test]
+fn serial_elem_popped_and_iov_position() {
+    let f = break_and_check(
+        "serial-throttled",
+        "virtio-console",
+        set("serial.ports[0].popped.iov_idx", "3"),
+    );
+    expect(f, Rule::SerialIovPosition, "serial.ports[0].popped.iov_idx");
+    let f = break_and_check(
+        "serial-throttled",
+        "virtio-console",
+        set("serial.ports[0].popped.iov_offset", "4096"),
+    );
+    expect(
+        f,
+        Rule::SerialIovPosition,
+        "serial.ports[0].popped.iov_offset",
+    );
+    let f = break_and_check(
+        "serial-throttled",
+        "virtio-console",
+        set("serial.ports[0].elem_popped", "2"),
+    );
+    expect(f, Rule::SerialElemPopped, "serial.ports[0].elem_popped");
+}
+
+/// Gives the net device of the alldev stream `max` queue pairs with `curr` current, through
+/// our own writer (the corpus devices have one pair: no queue-pair fields in the stream), and
+/// decodes the result.
+fn net_with_queue_pairs(max: u16, curr: u16) -> vmstate::Result<Vec<VirtioSection>> {
+    let data = stripped("alldev");
+    let (mut model, mut found) = decode(&data);
+    let net = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-net")
+        .unwrap();
+    let vmstate::virtio::DeviceState::Net(state) = &mut net.device.device else {
+        panic!()
+    };
+    state.queue_pairs = Some(vmstate::virtio::NetQueuePairs {
+        max,
+        curr,
+        tx_waiting: vec![0; usize::from(curr.saturating_sub(1))],
+    });
+    for _ in 1..max {
+        let template = net.device.queues[0];
+        net.device.queues.push(template);
+        net.device.queues.push(template);
+    }
+    devices::store_virtio(&mut model, net, None).unwrap();
+    let written = stream::write(&model, &data).unwrap();
+    let again = stream::read(&written).unwrap();
+    let options = DecodeOptions {
+        assumptions: vec![format!("0000:00:02.0/virtio-net:num-queues={max}")
+            .parse()
+            .unwrap()],
+        ..DecodeOptions::default()
+    };
+    devices::decode_virtio(&again, &options)
+}
+
+#[test]
+fn net_current_queue_pairs_zero_or_past_the_maximum() {
+    let found = net_with_queue_pairs(2, 0).unwrap();
+    let report = check::check_devices(&found);
+    let net = report
+        .devices
+        .iter()
+        .find(|d| d.section.ends_with("virtio-net"))
+        .unwrap();
+    let rules: Vec<(Rule, String)> = net
+        .findings
+        .iter()
+        .map(|f| (f.rule, f.path.clone()))
+        .collect();
+    assert_eq!(
+        rules,
+        [(Rule::NetQueuePairs, "net.queue_pairs.curr".to_owned())]
+    );
+    // More current than maximum pairs is refused while decoding, as QEMU refuses it
+    // (CVE-2013-4150): the count is never used to index the queues.
+    let err = net_with_queue_pairs(2, 3).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            vmstate::ErrorKind::CountTooLarge { value: 3, max: 2 }
+        ),
+        "{err}"
+    );
+    assert!(err.path().ends_with("net.curr_queue_pairs"), "{err}");
+}

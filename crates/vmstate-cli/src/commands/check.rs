@@ -55,9 +55,10 @@ pub fn run(args: CheckArgs) -> Outcome {
     let shown = args.file.display().to_string();
     let loaded = load_stream(&args.file)?;
     let devices = args.devices.decode(&loaded.stream, &shown)?;
+    let scsi = args.devices.decode_scsi(&loaded.stream, &devices, &shown)?;
 
     let ram = guest_ram(&loaded, args.ram_map.as_deref(), &shown)?;
-    let report = check::check_stream(&devices, ram.as_ref().ok());
+    let report = check::check_stream(&devices, &scsi, ram.as_ref().ok());
     let memory = MemoryJson {
         map: ram.as_ref().ok().map(GuestRam::map),
         pages_known: ram.as_ref().map_or(0, |r| r.pages_known),

@@ -30,12 +30,13 @@ pub enum RamPages {
 /// Keeps only the pages that the memory checks read.
 fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -> Outcome {
     let devices = args.devices.decode(&loaded.stream, shown)?;
+    let scsi = args.devices.decode_scsi(&loaded.stream, &devices, shown)?;
     let ram = guest_ram(loaded, args.ram_map.as_deref(), shown)?
         .map_err(|reason| Failure::unreadable(format!("{shown}: --ram=rings: {reason}")))?;
     let page_size = loaded.stream.page_size.bytes.max(1);
     let mut keep: HashSet<(String, u64)> = HashSet::new();
     for device in &devices {
-        for (gpa, len) in check::ring_ranges(&device.device, &ram) {
+        for (gpa, len) in check::ring_ranges(device, &scsi, &ram) {
             let first = gpa.checked_div(page_size).unwrap_or(0);
             let last = gpa
                 .saturating_add(len.max(1))

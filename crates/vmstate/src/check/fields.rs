@@ -3,21 +3,31 @@
 
 use std::collections::HashSet;
 
-use super::{DeviceReport, Finding, Rule};
-use crate::devices::VirtioSection;
+use super::{DeviceReport, Finding, Rule, SavedElement};
+use crate::devices::{ScsiDiskSection, VirtioSection};
 use crate::element::{Layout, VIRTQUEUE_MAX_SIZE};
 use crate::note::Note;
-use crate::virtio::{CoreState, DeviceState, NdescsOrder, VirtioDevice, NO_VECTOR};
+use crate::virtio::{
+    CoreState, DeviceKind, DeviceState, Framing, NdescsOrder, VirtioDevice, NO_VECTOR,
+};
 
 /// The largest device config space there is reason to accept: every virtio device's is far
 /// smaller, and QEMU discards what its own device does not have.
 const MAX_CONFIG_LEN: usize = 256;
 
+/// Entries of virtio-net's MAC filter table (`MAC_TABLE_ENTRIES`).
+const MAC_TABLE_ENTRIES: u32 = 64;
+
 /// Feature bits the virtio transport defines (bits 24 to 49 are the transport's).
 const TRANSPORT_FEATURES: &[u32] = &[24, 27, 28, 29, 30, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41];
 
-/// Runs every field check on one device.
-pub fn check_fields(section: &VirtioSection) -> DeviceReport {
+/// Runs every field check on one device; `saved` are the elements it saved (see
+/// `saved_elements`), `scsi` the SCSI disk sections of the stream.
+pub(super) fn check_fields(
+    section: &VirtioSection,
+    saved: &Option<Vec<SavedElement<'_>>>,
+    scsi: &[ScsiDiskSection],
+) -> DeviceReport {
     let d = &section.device;
     let mut findings = Vec::new();
     let mut checked = Vec::new();
@@ -27,7 +37,11 @@ pub fn check_fields(section: &VirtioSection) -> DeviceReport {
     check_vectors(d, &mut findings, &mut checked);
     check_config(d, &mut findings, &mut checked);
     check_subsections(d, &mut findings, &mut checked);
-    check_requests(d, &mut findings, &mut checked, &mut notes);
+    if let Some(saved) = saved {
+        check_elements(d, saved, &mut findings, &mut checked);
+    }
+    check_device(section, scsi, &mut findings, &mut checked);
+    note_framing(section, scsi, &mut notes);
     note_features(d, &mut notes);
 
     DeviceReport {
@@ -106,8 +120,18 @@ fn check_queues(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec
 /// The number of queues a device of this kind always has, when the stream is enough to
 /// know it.
 fn expected_queue_count(d: &VirtioDevice) -> Option<usize> {
-    match d.kind.vmsd_name() {
-        "virtio-rng" => Some(1),
+    match &d.device {
+        // A control pair, then a receive and a transmit queue per port (port 0 included).
+        DeviceState::Serial(serial) => usize::try_from(serial.max_nr_ports)
+            .ok()?
+            .checked_add(1)?
+            .checked_mul(2),
+        // A receive and a transmit queue per queue pair, then the control queue.
+        DeviceState::Net(net) => {
+            let pairs = net.queue_pairs.as_ref().map_or(1, |p| usize::from(p.max));
+            pairs.checked_mul(2)?.checked_add(1)
+        }
+        _ if d.kind.vmsd_name() == "virtio-rng" => Some(1),
         _ => None,
     }
 }
@@ -182,24 +206,21 @@ fn check_subsections(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mu
     checked.push("device_endian, guest features in both places".to_owned());
 }
 
-/// In-flight requests: their queue, head index and uniqueness.
-fn check_requests(
+/// In-flight elements: their queue, head index and uniqueness.
+fn check_elements(
     d: &VirtioDevice,
+    saved: &[SavedElement<'_>],
     findings: &mut Vec<Finding>,
     checked: &mut Vec<String>,
-    notes: &mut Vec<Note>,
 ) {
-    let DeviceState::Blk(blk) = &d.device else {
-        return;
-    };
     let packed = d.offers_packed_rings();
     let mut heads = HashSet::new();
-    for (k, request) in blk.requests.iter().enumerate() {
-        let queue = request.queue.unwrap_or(0);
-        let Some(q) = d.queues.get(queue as usize) else {
+    for element in saved {
+        let queue = element.queue;
+        let Some(q) = d.queues.get(queue) else {
             findings.push(Finding::new(
                 Rule::RequestQueueOutOfRange,
-                format!("requests[{k}].queue"),
+                format!("{}.queue", element.path),
                 format!(
                     "queue {queue}, but the device saved {} queue(s)",
                     d.queues.len()
@@ -207,11 +228,11 @@ fn check_requests(
             ));
             continue;
         };
-        let head = request.element.index;
+        let head = element.element.index;
         if !packed && head >= q.num {
             findings.push(Finding::new(
                 Rule::HeadOutOfRange,
-                format!("requests[{k}].index"),
+                format!("{}.index", element.path),
                 format!(
                     "head index {head} is past the end of queue {queue}'s ring of {}",
                     q.num
@@ -221,35 +242,168 @@ fn check_requests(
         if !heads.insert((queue, head)) {
             findings.push(Finding::new(
                 Rule::DuplicateHead,
-                format!("requests[{k}].index"),
+                format!("{}.index", element.path),
                 format!("head {head} of queue {queue} is in flight twice"),
             ));
         }
     }
-    if blk.requests.is_empty() {
+    if !saved.is_empty() {
+        checked.push(format!(
+            "{} in-flight element(s): queue, head index, duplicate heads",
+            saved.len()
+        ));
+    }
+}
+
+/// Fields of a particular device's own state.
+fn check_device(
+    section: &VirtioSection,
+    scsi: &[ScsiDiskSection],
+    findings: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let d = &section.device;
+    match &d.device {
+        DeviceState::Net(net) => {
+            if net.mac_table_in_use > MAC_TABLE_ENTRIES {
+                findings.push(Finding::new(
+                    Rule::NetMacTable,
+                    "net.mac_table_in_use",
+                    format!(
+                        "MAC table in_use {} is over its {MAC_TABLE_ENTRIES} entries                          (CVE-2013-4148/4149 class; QEMU discards the table)",
+                        net.mac_table_in_use
+                    ),
+                ));
+            }
+            if let Some(pairs) = &net.queue_pairs {
+                if pairs.curr == 0 || pairs.curr > pairs.max {
+                    findings.push(Finding::new(
+                        Rule::NetQueuePairs,
+                        "net.queue_pairs.curr",
+                        format!(
+                            "{} current queue pair(s) of {} (CVE-2013-4150 class: must be 1 to max)",
+                            pairs.curr, pairs.max
+                        ),
+                    ));
+                }
+            }
+            checked.push("MAC table count, queue pairs".to_owned());
+        }
+        DeviceState::Serial(serial) => {
+            for (k, port) in serial.ports.iter().enumerate() {
+                let path = |field: &str| format!("serial.ports[{k}].{field}");
+                if port.elem_popped > 1 {
+                    findings.push(Finding::new(
+                        Rule::SerialElemPopped,
+                        path("elem_popped"),
+                        format!("elem_popped {}: expected 0 or 1", port.elem_popped),
+                    ));
+                }
+                let in_map = serial
+                    .ports_map
+                    .get(usize::try_from(port.id / 32).unwrap_or(usize::MAX))
+                    .is_some_and(|word| word & (1u32 << (port.id % 32)) != 0);
+                if port.id >= serial.max_nr_ports || !in_map {
+                    findings.push(Finding::new(
+                        Rule::SerialPort,
+                        path("id"),
+                        format!(
+                            "port {} is not one of the device's {} ports in its ports map",
+                            port.id, serial.max_nr_ports
+                        ),
+                    ));
+                }
+                if let Some(popped) = &port.popped {
+                    let segments = &popped.element.element.device_readable;
+                    match segments.get(usize::try_from(popped.iov_idx).unwrap_or(usize::MAX)) {
+                        None => findings.push(Finding::new(
+                            Rule::SerialIovPosition,
+                            path("popped.iov_idx"),
+                            format!(
+                                "iov_idx {} is past the element's {} segment(s)",
+                                popped.iov_idx,
+                                segments.len()
+                            ),
+                        )),
+                        Some(segment) if popped.iov_offset >= segment.len => {
+                            findings.push(Finding::new(
+                                Rule::SerialIovPosition,
+                                path("popped.iov_offset"),
+                                format!(
+                                    "iov_offset {} is past segment {} of {} bytes",
+                                    popped.iov_offset, popped.iov_idx, segment.len
+                                ),
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            checked.push(format!(
+                "{} port(s): ids, elem_popped, iov_idx and iov_offset",
+                serial.ports.len()
+            ));
+        }
+        _ if d.kind == DeviceKind::Scsi => {
+            let request_queues = d.queues.len().saturating_sub(2);
+            let mut count = 0usize;
+            for (i, disk) in scsi.iter().enumerate() {
+                if disk.hba.as_deref() != Some(section.idstr.as_str()) {
+                    continue;
+                }
+                for (k, request) in disk.requests.requests.iter().enumerate() {
+                    count = count.saturating_add(1);
+                    if request.queue_number as usize >= request_queues {
+                        findings.push(Finding::new(
+                            Rule::ScsiQueueNumber,
+                            format!("scsi_requests[{i}].requests[{k}].queue_number"),
+                            format!(
+                                "queue number {} but the device has {request_queues} request                                  queue(s) (QEMU asserts on this)",
+                                request.queue_number
+                            ),
+                        ));
+                    }
+                }
+            }
+            checked.push(format!("{count} SCSI request(s): queue numbers"));
+        }
+        _ => {}
+    }
+}
+
+/// Facts about how elements were written that are not defects: a legacy host layout, or
+/// `ndescs` in the order QEMU's loader cannot read.
+fn note_framing(section: &VirtioSection, scsi: &[ScsiDiskSection], notes: &mut Vec<Note>) {
+    let mut framings: Vec<Framing> = section.device.framing().into_iter().collect();
+    framings.extend(
+        scsi.iter()
+            .filter(|disk| disk.hba.as_deref() == Some(section.idstr.as_str()))
+            .filter(|disk| !disk.requests.requests.is_empty())
+            .map(|disk| disk.requests.framing),
+    );
+    let has_elements = super::saved_elements(section, scsi).is_some_and(|s| !s.is_empty());
+    if !has_elements {
         return;
     }
-    checked.push(format!(
-        "{} in-flight request(s): queue, head index, duplicate heads",
-        blk.requests.len()
-    ));
-    if blk.framing.layout != Layout::Stable {
-        notes.push(Note::about(
-            "requests",
-            format!(
-                "in-flight elements are in the {} host layout: a QEMU on an x86-64 host cannot \
-                 load them; `vmstate convert --to-layout stable` rewrites them",
-                blk.framing.layout
-            ),
-        ));
-    }
-    if blk.framing.ndescs == NdescsOrder::BeforeElement {
-        notes.push(Note::about(
-            "requests",
-            "packed-ring requests carry ndescs before the element, as QEMU writes them; QEMU's \
-             own loader reads it after and fails (\"unexpected memory split\"): \
-             `vmstate convert --packed-ndescs-after` writes the order it reads",
-        ));
+    for framing in framings {
+        if framing.layout != Layout::Stable {
+            notes.push(Note::about(
+                "elements",
+                format!(
+                    "in-flight elements are in the {} host layout: a QEMU on an x86-64 host \
+                     cannot load them; `vmstate convert --to-layout stable` rewrites them",
+                    framing.layout
+                ),
+            ));
+        }
+        if framing.ndescs == NdescsOrder::BeforeElement {
+            notes.push(Note::about(
+                "elements",
+                "packed-ring elements carry ndescs before the element, as QEMU writes them; \
+                 QEMU's own loader reads it after and fails (\"unexpected memory split\"): \
+                 `vmstate convert --packed-ndescs-after` writes the order it reads",
+            ));
+        }
     }
 }
 

@@ -7,18 +7,19 @@
 //! finding with the section, the field path (as in `dump --json`) and the values involved.
 
 mod fields;
+
+use fields::check_fields;
 mod rings;
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::devices::VirtioSection;
+use crate::devices::{ScsiDiskSection, VirtioSection};
+use crate::element::Element;
 use crate::memory::GuestRam;
 use crate::note::Note;
-
-pub use fields::check_fields;
-pub use rings::ring_ranges;
+use crate::virtio::{DeviceKind, DeviceState, InFlight};
 
 /// Which rule a finding breaks. Each variant is one class of defect, so that callers and
 /// tests can match on it.
@@ -83,6 +84,18 @@ pub enum Rule {
     SegmentMismatch,
     /// No chain with a saved packed-ring element's buffer id is where it must be.
     PackedBufferNotFound,
+    /// virtio-net's MAC table count is over the table's size.
+    NetMacTable,
+    /// virtio-net's current queue pairs are 0 or more than the maximum.
+    NetQueuePairs,
+    /// virtio-serial's `elem_popped` is not 0 or 1.
+    SerialElemPopped,
+    /// A virtio-serial port id is past the device's ports or not in its map.
+    SerialPort,
+    /// virtio-serial's `iov_idx`/`iov_offset` point past the throttled element.
+    SerialIovPosition,
+    /// A virtio-scsi request names a request queue the device does not have.
+    ScsiQueueNumber,
 }
 
 impl Rule {
@@ -117,6 +130,12 @@ impl Rule {
             Rule::DescriptorOrder => "descriptor-order",
             Rule::SegmentMismatch => "segment-mismatch",
             Rule::PackedBufferNotFound => "packed-buffer-not-found",
+            Rule::NetMacTable => "net-mac-table",
+            Rule::NetQueuePairs => "net-queue-pairs",
+            Rule::SerialElemPopped => "serial-elem-popped",
+            Rule::SerialPort => "serial-port",
+            Rule::SerialIovPosition => "serial-iov-position",
+            Rule::ScsiQueueNumber => "scsi-queue-number",
         }
     }
 }
@@ -184,21 +203,100 @@ impl Report {
     }
 }
 
-/// Checks every decoded virtio device of a stream: the field checks, and with guest memory
-/// the rings and in-flight elements too.
-pub fn check_devices(devices: &[VirtioSection]) -> Report {
-    check_stream(devices, None)
+/// An in-flight element a device saved, with the queue it belongs to.
+pub(crate) struct SavedElement<'a> {
+    /// Path of the element in `dump --json`: under the device's `virtio` object, or from the
+    /// top for requests kept in SCSI disk sections.
+    pub path: String,
+    /// The virtqueue it was popped from.
+    pub queue: usize,
+    /// The element.
+    pub element: &'a Element,
+    /// Its packed-ring descriptor count, when saved.
+    pub ndescs: Option<u32>,
 }
 
-/// Checks every decoded virtio device, against `ram` when the stream's memory is at hand.
-pub fn check_stream(devices: &[VirtioSection], ram: Option<&GuestRam>) -> Report {
+impl<'a> SavedElement<'a> {
+    fn new(path: String, in_flight: &'a InFlight) -> Self {
+        SavedElement {
+            path,
+            queue: in_flight.queue.unwrap_or(0) as usize,
+            element: &in_flight.element,
+            ndescs: in_flight.ndescs,
+        }
+    }
+}
+
+/// The elements a device saved, wherever the stream keeps them, or `None` for a device that
+/// saves none (its popped requests, if any, are not migrated).
+pub(crate) fn saved_elements<'a>(
+    section: &'a VirtioSection,
+    scsi: &'a [ScsiDiskSection],
+) -> Option<Vec<SavedElement<'a>>> {
+    match &section.device.device {
+        DeviceState::Blk(blk) => Some(
+            blk.requests
+                .iter()
+                .enumerate()
+                .map(|(k, r)| SavedElement::new(format!("requests[{k}]"), r))
+                .collect(),
+        ),
+        DeviceState::Serial(serial) => Some(
+            serial
+                .ports
+                .iter()
+                .enumerate()
+                .filter_map(|(k, port)| {
+                    let popped = port.popped.as_ref()?;
+                    Some(SavedElement::new(
+                        format!("serial.ports[{k}].popped"),
+                        &popped.element,
+                    ))
+                })
+                .collect(),
+        ),
+        _ if section.device.kind == DeviceKind::Scsi => Some(
+            scsi.iter()
+                .enumerate()
+                .filter(|(_, disk)| disk.hba.as_deref() == Some(section.idstr.as_str()))
+                .flat_map(|(d, disk)| {
+                    disk.requests
+                        .requests
+                        .iter()
+                        .enumerate()
+                        .map(move |(k, r)| {
+                            SavedElement::new(
+                                format!("scsi_requests[{d}].requests[{k}]"),
+                                &r.element,
+                            )
+                        })
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Checks every decoded virtio device of a stream on its fields alone.
+pub fn check_devices(devices: &[VirtioSection]) -> Report {
+    check_stream(devices, &[], None)
+}
+
+/// Checks every decoded virtio device, with the requests its SCSI disks keep (`scsi`), and
+/// against `ram` when the stream's memory is at hand.
+pub fn check_stream(
+    devices: &[VirtioSection],
+    scsi: &[ScsiDiskSection],
+    ram: Option<&GuestRam>,
+) -> Report {
     Report {
         devices: devices
             .iter()
             .map(|section| {
-                let mut report = check_fields(section);
+                let saved = saved_elements(section, scsi);
+                let mut report = check_fields(section, &saved, scsi);
                 match ram {
-                    Some(ram) => rings::check_memory(&section.device, ram, &mut report),
+                    Some(ram) => rings::check_memory(&section.device, &saved, ram, &mut report),
                     None => report
                         .not_checked
                         .push("rings and in-flight elements: no guest memory".to_owned()),
@@ -207,4 +305,15 @@ pub fn check_stream(devices: &[VirtioSection], ram: Option<&GuestRam>) -> Report
             })
             .collect(),
     }
+}
+
+/// The guest-physical ranges a check of `section` reads: every set-up queue's ring areas and
+/// the indirect tables of its in-flight elements (not their data buffers). A stream that
+/// keeps the pages of these ranges can still be checked without carrying the guest's data.
+pub fn ring_ranges(
+    section: &VirtioSection,
+    scsi: &[ScsiDiskSection],
+    ram: &GuestRam,
+) -> Vec<(u64, u64)> {
+    rings::ring_ranges(&section.device, &saved_elements(section, scsi), ram)
 }

@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 
-use super::{DeviceReport, Finding, Rule};
+use super::{DeviceReport, Finding, Rule, SavedElement};
 use crate::element::Segment;
 use crate::memory::{GuestRam, ReadError};
-use crate::virtio::{CoreState, DeviceState, PackedQueueState, VirtioDevice};
+use crate::virtio::{CoreState, PackedQueueState, VirtioDevice};
 
 /// Descriptor flag: the chain continues at `next`.
 const DESC_F_NEXT: u16 = 1;
@@ -22,34 +22,6 @@ const DESC_F_WRITE: u16 = 2;
 const DESC_F_INDIRECT: u16 = 4;
 /// Bytes of one descriptor, split or packed.
 const DESC_SIZE: u64 = 16;
-
-/// An in-flight element a device saved, with the queue it belongs to.
-pub(super) struct SavedElement<'a> {
-    /// Path of the element's request in `dump --json`, under the device's `virtio` object.
-    pub path: String,
-    pub queue: usize,
-    pub element: &'a crate::element::Element,
-    pub ndescs: Option<u32>,
-}
-
-/// The elements a device saves, or `None` for a device that saves none.
-pub(super) fn saved_elements(d: &VirtioDevice) -> Option<Vec<SavedElement<'_>>> {
-    match &d.device {
-        DeviceState::Blk(blk) => Some(
-            blk.requests
-                .iter()
-                .enumerate()
-                .map(|(k, r)| SavedElement {
-                    path: format!("requests[{k}]"),
-                    queue: r.queue.unwrap_or(0) as usize,
-                    element: &r.element,
-                    ndescs: r.ndescs,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
-}
 
 /// One descriptor as the guest wrote it.
 #[derive(Debug, Clone, Copy)]
@@ -276,8 +248,12 @@ fn compare(saved: &SavedElement<'_>, chain: &Chain, findings: &mut Vec<Finding>)
 }
 
 /// Checks every queue of one device against guest memory, adding to `report`.
-pub fn check_memory(d: &VirtioDevice, ram: &GuestRam, report: &mut DeviceReport) {
-    let saved = saved_elements(d);
+pub(super) fn check_memory(
+    d: &VirtioDevice,
+    saved: &Option<Vec<SavedElement<'_>>>,
+    ram: &GuestRam,
+    report: &mut DeviceReport,
+) {
     let packed_state: Option<&Vec<PackedQueueState>> =
         d.subsections.iter().find_map(|s| match &s.state {
             CoreState::PackedVirtqueues(q) => Some(q),
@@ -635,8 +611,11 @@ fn check_packed_queue(
 /// The guest-physical ranges a check of `d` reads: every set-up queue's ring areas and the
 /// indirect tables of its in-flight elements (not their data buffers). A stream that keeps
 /// the pages of these ranges can still be checked without carrying the guest's data.
-pub fn ring_ranges(d: &VirtioDevice, ram: &GuestRam) -> Vec<(u64, u64)> {
-    let saved = saved_elements(d);
+pub(super) fn ring_ranges(
+    d: &VirtioDevice,
+    saved: &Option<Vec<SavedElement<'_>>>,
+    ram: &GuestRam,
+) -> Vec<(u64, u64)> {
     let packed = d.offers_packed_rings();
     let mut ranges = Vec::new();
     for (index, q) in d.queues.iter().enumerate() {
