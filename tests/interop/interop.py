@@ -425,6 +425,19 @@ class Suite:
         r["ok"] = judge(r, src, expect, expect_error)
         return r
 
+    def check(self, stream):
+        """`vmstate check --json` of a stream: its exit code and the rules it found."""
+        p = subprocess.run([self.vmstate, "check", "--json", stream],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        rules = []
+        try:
+            report = json.loads(p.stdout.decode(errors="replace"))
+            for device in report.get("devices", []):
+                rules += [f["rule"] for f in device.get("findings", [])]
+        except ValueError:
+            pass
+        return {"exit": p.returncode, "rules": rules}
+
     def vm(self, *args):
         cmd = [self.vmstate] + list(args)
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -573,6 +586,7 @@ def run_scenario(suite, streams, scn):
                                               for a in args))
         suite.vm(*args)
     r = {"name": name, "source": source, "what": what, "vmstate": commands, "expect": expect}
+    r["check"] = suite.check(out)
     if equal:
         r["equals_source_stream"] = filecmp.cmp(equal.replace("{out}", out), src_stream, shallow=False)
     r.update(suite.destination(os.path.join(folder, "dst"), SOURCES[source],

@@ -180,6 +180,31 @@ fn check(r: &Value, expect: &Expect) {
             "{name}: converting to a legacy layout and back changed the stream"
         );
     }
+    // What `vmstate check` says of the same stream, before QEMU sees it: defects that QEMU
+    // loads without a word (a wrong element address inside RAM) or dies on are findings.
+    if let Some(check) = r.get("check") {
+        let rules: Vec<&str> = check["rules"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let (exit, rule) = match name {
+            "split-edit-addr-outside-ram" | "split-edit-addr-inside-ram" => {
+                (1, Some("segment-mismatch"))
+            }
+            "split-requests-dropped" => (1, Some("elements-vs-in-use")),
+            _ => (0, None),
+        };
+        assert_eq!(
+            check["exit"], exit,
+            "{name}: vmstate check exit; rules {rules:?}"
+        );
+        if let Some(rule) = rule {
+            assert!(
+                rules.contains(&rule),
+                "{name}: check found {rules:?}, not {rule}"
+            );
+        }
+    }
     assert_eq!(
         r["ok"].as_bool(),
         Some(true),

@@ -408,3 +408,80 @@ fn net_current_queue_pairs_zero_or_past_the_maximum() {
     );
     assert!(err.path().ends_with("net.curr_queue_pairs"), "{err}");
 }
+
+#[test]
+fn serial_port_past_the_device_ports() {
+    // Port id 31 of a device with 31 ports (0..30), set in the ports map.
+    let f = break_and_check("serial-throttled", "virtio-console", |d| {
+        let vmstate::virtio::DeviceState::Serial(serial) = &mut d.device else {
+            panic!()
+        };
+        serial.ports_map[0] |= 1 << 31;
+        serial.ports[0].id = 31;
+    });
+    // Its transmit queue (2 × 31 + 3) is past the device's 64 queues too.
+    assert_eq!(
+        f,
+        [
+            (
+                Rule::RequestQueueOutOfRange,
+                "serial.ports[0].popped.queue".to_owned()
+            ),
+            (Rule::SerialPort, "serial.ports[0].id".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn serial_port_outside_the_ports_map_is_refused_while_decoding() {
+    // The map's length is settled by the reading under which every active port is in it: a
+    // port outside it leaves no reading, and the error names the field.
+    let data = stripped("serial-throttled");
+    let (mut model, mut found) = decode(&data);
+    let serial = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-console")
+        .unwrap();
+    serial.device.set("serial.ports[0].id", "2").unwrap();
+    devices::store_virtio(&mut model, serial, None).unwrap();
+    let written = stream::write(&model, &data).unwrap();
+    let again = stream::read(&written).unwrap();
+    let err = devices::decode_virtio(&again, &DecodeOptions::default()).unwrap_err();
+    assert!(err.path().ends_with("ports[0].id"), "{err}");
+    assert!(
+        matches!(
+            err.kind(),
+            vmstate::ErrorKind::InvalidValue { value: 2, .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_transport_feature_bits_are_a_note_not_a_finding() {
+    let data = stripped("blk-inflight-split");
+    let (mut model, mut found) = decode(&data);
+    let blk = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-blk")
+        .unwrap();
+    let features = blk.device.guest_features() | (1 << 45);
+    blk.device
+        .set("guest_features", &features.to_string())
+        .unwrap();
+    devices::store_virtio(&mut model, blk, None).unwrap();
+    let written = stream::write(&model, &data).unwrap();
+    let (_, again) = decode(&written);
+    let report = check::check_devices(&again);
+    assert!(report.is_clean(), "{report:#?}");
+    let blk = report
+        .devices
+        .iter()
+        .find(|d| d.section.ends_with("virtio-blk"))
+        .unwrap();
+    assert!(
+        blk.notes.iter().any(|n| n.message.contains("[45]")),
+        "{:?}",
+        blk.notes
+    );
+}
