@@ -136,6 +136,12 @@ pub enum ErrorKind {
         /// The parent's VMState name.
         parent: String,
     },
+    /// A subsection comes twice in one struct. QEMU never writes one twice; its loader would
+    /// keep the last copy, so a reader of the first would see other state than a loader.
+    RepeatedSubsection {
+        /// The subsection's name.
+        name: String,
+    },
     /// A subsection that the stream's own description lists is not in the stream.
     MissingSubsection {
         /// The subsection's name.
@@ -272,6 +278,9 @@ impl fmt::Display for ErrorKind {
                 f,
                 "subsection {name:?} is not a known subsection of {parent:?}"
             ),
+            ErrorKind::RepeatedSubsection { name } => {
+                write!(f, "subsection {name:?} comes twice in one struct")
+            }
             ErrorKind::MissingSubsection { name } => write!(
                 f,
                 "subsection {name:?} is in the stream's description but not in the stream"
@@ -340,12 +349,18 @@ impl Error {
     /// error raised deep inside a decoder reads `section.virtio.element.in_num`.
     #[must_use]
     pub fn within(mut self, parent: &str) -> Self {
-        self.path = if self.path.is_empty() {
-            parent.to_owned()
-        } else {
-            format!("{parent}.{}", self.path)
-        };
+        self.path = join_path(parent, &self.path);
         self
+    }
+}
+
+/// `parent.path`, or `parent` alone when `path` is empty: how every field path (of errors
+/// and notes) grows as it passes out of nested decoders.
+pub(crate) fn join_path(parent: &str, path: &str) -> String {
+    if path.is_empty() {
+        parent.to_owned()
+    } else {
+        format!("{parent}.{path}")
     }
 }
 

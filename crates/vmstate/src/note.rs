@@ -39,11 +39,7 @@ impl Note {
     /// Prefixes the path with the name of the structure that contains it.
     #[must_use]
     pub fn within(mut self, parent: &str) -> Self {
-        self.path = if self.path.is_empty() {
-            parent.to_owned()
-        } else {
-            format!("{parent}.{}", self.path)
-        };
+        self.path = crate::error::join_path(parent, &self.path);
         self
     }
 }

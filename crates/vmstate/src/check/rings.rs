@@ -33,6 +33,19 @@ struct Descriptor {
     next_or_id: u16,
 }
 
+impl Descriptor {
+    /// The buffer the descriptor describes, and whether it is device-writable.
+    fn segment(&self) -> (Segment, bool) {
+        (
+            Segment {
+                addr: self.addr,
+                len: u64::from(self.len),
+            },
+            self.flags & DESC_F_WRITE != 0,
+        )
+    }
+}
+
 /// Reads the descriptor at `at`: `addr`, `len`, then `flags, next` in a split ring but
 /// `id, flags` in a packed one.
 fn read_descriptor(ram: &GuestRam, at: u64, packed: bool) -> Result<Descriptor, ReadError> {
@@ -122,13 +135,7 @@ fn read_indirect(
                 format!("indirect descriptor {index} points to another indirect table"),
             ));
         }
-        chain.push((
-            Segment {
-                addr: desc.addr,
-                len: u64::from(desc.len),
-            },
-            desc.flags & DESC_F_WRITE != 0,
-        ));
+        chain.push(desc.segment());
         let next = if packed {
             // Packed tables are read in order to their end.
             index.saturating_add(1)
@@ -183,13 +190,7 @@ fn walk_split(
         if d.flags & DESC_F_INDIRECT != 0 {
             chain.extend(read_indirect(ram, &d, false, num, tables)?);
         } else {
-            chain.push((
-                Segment {
-                    addr: d.addr,
-                    len: u64::from(d.len),
-                },
-                d.flags & DESC_F_WRITE != 0,
-            ));
+            chain.push(d.segment());
         }
         if d.flags & DESC_F_NEXT == 0 {
             return Ok(chain);
@@ -559,13 +560,7 @@ fn check_packed_queue(
                 }
             }
         } else {
-            current.push((
-                Segment {
-                    addr: d.addr,
-                    len: u64::from(d.len),
-                },
-                d.flags & DESC_F_WRITE != 0,
-            ));
+            current.push(d.segment());
         }
         if d.flags & DESC_F_NEXT == 0 {
             chains.push((d.next_or_id, descs_in_chain, std::mem::take(&mut current)));

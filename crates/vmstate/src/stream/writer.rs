@@ -287,18 +287,22 @@ impl Output<'_> {
         Ok(())
     }
 
+    /// The word (page offset and flags) of the source record at `offset`; 0 past the source,
+    /// which no record kind matches.
+    fn source_word(&self, offset: u64) -> u64 {
+        self.source_bytes(offset, 8)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0)
+    }
+
     /// Bytes of the header of the source record at `offset`: its word, and the block name
     /// when the record does not continue the previous block. Taken from the source rather
     /// than from what is written, so that a run may be written with another framing than it
     /// was read with (a block name where the source continued, after pages were dropped).
     fn source_header_len(&self, offset: u64) -> Result<u64> {
-        let word = self
-            .source_bytes(offset, 8)
-            .ok()
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        if word & FLAG_CONTINUE != 0 {
+        if self.source_word(offset) & FLAG_CONTINUE != 0 {
             return Ok(8);
         }
         let name_len = self
@@ -311,12 +315,7 @@ impl Output<'_> {
 
     /// Whether the record of a mixed run at `offset` of the source is a ZERO or a PAGE record.
     fn mixed_record_kind(&self, offset: u64, fill: u8) -> Result<RunKind> {
-        let word = self
-            .source_bytes(offset, 8)
-            .ok()
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let word = self.source_word(offset);
         match word & self.page_size.saturating_sub(1) & !FLAG_CONTINUE {
             FLAG_ZERO => Ok(RunKind::Zero { fill }),
             FLAG_PAGE => Ok(RunKind::Page),
