@@ -51,6 +51,8 @@ benches=(
     "dump|$VMSTATE dump $STREAM"
     "dump --json|$VMSTATE dump --json $STREAM"
     "convert --strip-ram|$VMSTATE convert --strip-ram $STREAM $BENCH/stripped.mig"
+    "check|$VMSTATE check $STREAM"
+    "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
 )
