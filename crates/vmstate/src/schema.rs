@@ -82,6 +82,23 @@ pub fn next_subsection_if<'a>(
     }))
 }
 
+/// Fails when `header` names a subsection already read in this struct (`seen`, which it
+/// then joins): QEMU never writes a subsection twice, and its loader would keep the last
+/// copy where a reader of the first would see other state.
+pub fn first_time<'a>(seen: &mut Vec<&'a str>, header: &SubsectionHeader<'a>) -> Result<()> {
+    if seen.contains(&header.name) {
+        return Err(Error::new(
+            ErrorKind::RepeatedSubsection {
+                name: header.name.to_owned(),
+            },
+            header.offset,
+            header.name,
+        ));
+    }
+    seen.push(header.name);
+    Ok(())
+}
+
 /// Ends a struct that has no subsections: QEMU still peeks after it, so bytes that would
 /// open a subsection of `vmsd` are an error there too.
 pub fn end_of_struct(reader: &mut Reader<'_>, vmsd: &str) -> Result<()> {
@@ -120,6 +137,31 @@ mod tests {
         let mut w = Writer::new();
         write_subsection_header(&mut w, name, version).unwrap();
         w.into_bytes()
+    }
+
+    #[test]
+    fn a_subsection_read_twice_in_one_struct_is_refused() {
+        let mut bytes = header("virtio/started", 1);
+        bytes.push(1);
+        bytes.extend(header("virtio/started", 1));
+        let mut r = Reader::new(&bytes);
+        let mut seen = Vec::new();
+        let first = next_subsection(&mut r, "virtio", &["virtio/started"])
+            .unwrap()
+            .unwrap();
+        first_time(&mut seen, &first).unwrap();
+        r.skip(1, "started").unwrap();
+        let again = next_subsection(&mut r, "virtio", &["virtio/started"])
+            .unwrap()
+            .unwrap();
+        let err = first_time(&mut seen, &again).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            &ErrorKind::RepeatedSubsection {
+                name: "virtio/started".to_owned()
+            }
+        );
+        assert_eq!(err.offset(), again.offset);
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub(crate) fn read_subsections(
     mut decode: impl FnMut(&str, &mut Reader) -> Result<StructValue>,
 ) -> Result<Vec<Subsection>> {
     let mut out = Vec::new();
+    let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection_if(r, parent, &is_known)? {
+        schema::first_time(&mut seen, &header)?;
         let state = decode(header.name, r).map_err(|e| e.within(header.name))?;
         out.push(Subsection {
             offset: header.offset,

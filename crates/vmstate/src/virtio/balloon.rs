@@ -53,7 +53,9 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
     let num_pages = r.u32(Endian::Big, "balloon.num_pages")?;
     let actual = r.u32(Endian::Big, "balloon.actual")?;
     let mut subsections = Vec::new();
+    let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
+        schema::first_time(&mut seen, &header)?;
         schema::check_version(&header, 1)?;
         let sub = match header.name {
             FREE_PAGE_REPORT => BalloonSubsection::FreePageReport {

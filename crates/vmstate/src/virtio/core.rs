@@ -141,7 +141,9 @@ pub struct ModernQueue {
 /// Reads the core subsections; stops at the first bytes that are not one.
 pub fn decode(r: &mut Reader<'_>) -> Result<Vec<CoreSubsection>> {
     let mut found = Vec::new();
+    let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection(r, VMSD, KNOWN)? {
+        schema::first_time(&mut seen, &header)?;
         schema::check_version(&header, 1)?;
         let state = decode_state(r, &header).map_err(|e| e.within(header.name))?;
         schema::end_of_struct(r, header.name)?;
@@ -219,8 +221,10 @@ fn decode_extra_state(r: &mut Reader<'_>) -> Result<PciExtraState> {
         modern_version: None,
         modern: None,
     };
+    let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection(r, "virtio_pci", &["virtio_pci/modern_state"])?
     {
+        schema::first_time(&mut seen, &header)?;
         schema::check_version(&header, 1)?;
         let mut words = || r.u32(Endian::Big, "modern_state");
         let (dfselect, gfselect, low, high) = (words()?, words()?, words()?, words()?);

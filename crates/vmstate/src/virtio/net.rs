@@ -222,7 +222,9 @@ pub fn decode(
         _ => Some(r.u64(Endian::Big, "net.curr_guest_offloads")?),
     };
     let mut subsections = Vec::new();
+    let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection(r, VMSD, &[RSS])? {
+        schema::first_time(&mut seen, &header)?;
         let rss = decode_rss(r, &header).map_err(|e| e.within(header.name))?;
         schema::end_of_struct(r, header.name)?;
         subsections.push(NetSubsection::Rss(rss));
