@@ -484,7 +484,8 @@ fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Resu
             path,
         ));
     } else {
-        read_device(r, ctx, &idstr, instance_id, section_id).map_err(|e| e.within(&path))?
+        read_device(r, ctx, &idstr, instance_id, version_id, section_id)
+            .map_err(|e| e.within(&path))?
     };
     let footer_offset = read_footer(r, ctx, section_id).map_err(|e| e.within(&path))?;
     Ok(Section {
@@ -547,6 +548,7 @@ fn read_device(
     ctx: &mut Context,
     idstr: &str,
     instance_id: u32,
+    version_id: u32,
     section_id: u32,
 ) -> Result<SectionBody> {
     if let Some(index) = ctx.take_device(idstr, instance_id) {
@@ -556,6 +558,20 @@ fn read_device(
             .and_then(|d| d.devices.get(index))
             .map(|d| d.vmsd.clone())
             .unwrap_or_default();
+        // The payload's layout follows the version it was written with: a section header
+        // that names another version than the description describes cannot be read through
+        // it (QEMU's loader refuses versions it does not load).
+        if let Some(described) = desc.version.filter(|&v| v != u64::from(version_id)) {
+            return Err(r.error(
+                ErrorKind::BadDescription {
+                    reason: format!(
+                        "section version {version_id}, the description describes version \
+                         {described}"
+                    ),
+                },
+                "version_id",
+            ));
+        }
         return decode_struct(r, &desc).map(SectionBody::Device);
     }
     let reason = if ctx.description.is_some() {
