@@ -1,0 +1,36 @@
+//! The JSON description (vmdesc trailer): fuzzed JSON text after the device state of a real
+//! stripped stream, so the description's parser and the decoding of every section through
+//! the description both see it.
+//!
+//! Invariant: nothing panics; a stream that reads writes back to exactly its bytes.
+
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use vmstate::stream;
+
+/// The real stream up to and including its EOF byte.
+fn device_state() -> &'static [u8] {
+    static CELL: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    CELL.get_or_init(|| {
+        let data = common::stripped_serial();
+        let parsed = stream::read(data).expect("the fixture reads");
+        let trailer = parsed.trailer.expect("the fixture has a description");
+        data[..trailer.offset as usize].to_vec()
+    })
+}
+
+fuzz_target!(|json: &[u8]| {
+    let mut data = device_state().to_vec();
+    data.push(0x06);
+    data.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    data.extend_from_slice(json);
+    let Ok(parsed) = stream::read(&data) else {
+        return;
+    };
+    let written = stream::write(&parsed, &data).expect("a stream that reads writes back");
+    assert!(written == data, "written stream differs from the input");
+    common::read_decode_check(&data);
+});
