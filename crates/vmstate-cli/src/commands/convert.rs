@@ -52,12 +52,17 @@ fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -
             }
         }
     }
+    drop(ram);
     let LoadedStream { stream, bytes, .. } = loaded;
+    bytes.rewind();
     stream
-        .keep_pages(bytes, &mut |block, offset| {
-            keep.contains(&(block.to_owned(), offset))
-        })
+        .keep_pages(
+            bytes,
+            &mut |block, offset| keep.contains(&(block.to_owned(), offset)),
+            &mut |offset| bytes.release_before(offset),
+        )
         .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    bytes.release_all();
     Ok(())
 }
 

@@ -242,16 +242,20 @@ impl Stream {
     ///
     /// Runs are split where records are dropped; each kept run names its block again, which
     /// is always valid, rather than continuing one whose last record may be gone.
+    /// `progress` is told the offset of `source` reached after each run, so that a caller can
+    /// release what lies behind.
     pub fn keep_pages(
         &mut self,
         source: &[u8],
         keep: &mut dyn FnMut(&str, u64) -> bool,
+        progress: &mut dyn FnMut(u64),
     ) -> Result<u64> {
         fn filter(
             records: &mut [Record],
             source: &[u8],
             page_size: u64,
             keep: &mut dyn FnMut(&str, u64) -> bool,
+            progress: &mut dyn FnMut(u64),
         ) -> Result<u64> {
             let mut dropped = 0u64;
             for record in records {
@@ -266,6 +270,7 @@ impl Stream {
                                 RamItem::Pages(run) => {
                                     let (kept, gone) = split_run(&run, source, page_size, keep)?;
                                     dropped = dropped.saturating_add(gone);
+                                    progress(run.span.end());
                                     items.extend(kept.into_iter().map(RamItem::Pages));
                                 }
                                 other => items.push(other),
@@ -282,6 +287,7 @@ impl Stream {
                             source,
                             page_size,
                             keep,
+                            progress,
                         )?)
                     }
                     _ => {}
@@ -290,7 +296,7 @@ impl Stream {
             Ok(dropped)
         }
         let page_size = self.page_size.bytes;
-        filter(&mut self.records, source, page_size, keep)
+        filter(&mut self.records, source, page_size, keep, progress)
     }
 }
 
