@@ -3,16 +3,13 @@
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
+mod cli;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn vmstate(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmstate"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
-    out
+    cli::run(args, None)
 }
 
 fn stripped(name: &str) -> String {

@@ -3,26 +3,12 @@
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use std::process::Output;
 
 fn vmstate(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmstate"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out
+    cli::run(args, stdin)
 }
 
 fn fixture(name: &str) -> String {
@@ -36,9 +22,7 @@ fn json(out: &Output) -> serde_json::Value {
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_element");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    cli::tmp("cli_element", name)
 }
 
 #[test]

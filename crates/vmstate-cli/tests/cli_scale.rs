@@ -5,9 +5,12 @@
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
+mod cli;
+
+use cli::gunzip;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 const FIXTURES: [&str; 3] = [
     "qemu7.2-noos-pc-alldev",
@@ -16,23 +19,7 @@ const FIXTURES: [&str; 3] = [
 ];
 
 fn vmstate(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmstate"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = stdin.map(<[u8]>::to_vec);
-    let mut pipe = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        if let Some(input) = input {
-            let _ = pipe.write_all(&input);
-        }
-    });
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    output
+    cli::run(args, stdin)
 }
 
 fn ok(output: &Output, what: &str) {
@@ -45,18 +32,8 @@ fn ok(output: &Output, what: &str) {
     assert!(output.stderr.is_empty(), "{what}: stderr not empty");
 }
 
-fn gunzip(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmstate-cli-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    cli::tmp("cli_scale", name)
 }
 
 fn dump_json(path: &str) -> serde_json::Value {

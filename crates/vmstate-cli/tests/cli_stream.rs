@@ -3,9 +3,12 @@
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use cli::gunzip;
+
+use std::path::PathBuf;
+use std::process::Output;
 
 const Q35_100: &str = "qemu10.0-noos-q35-alldev";
 const FIXTURES: [&str; 3] = [
@@ -15,42 +18,15 @@ const FIXTURES: [&str; 3] = [
 ];
 
 fn vmstate(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmstate"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let input = stdin.map(<[u8]>::to_vec);
-    let mut pipe = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        if let Some(input) = input {
-            // The command may stop reading early on bad input; that is not a test failure.
-            let _ = pipe.write_all(&input);
-        }
-    });
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    output
+    cli::run(args, stdin)
 }
 
 fn fixture_path(name: &str) -> PathBuf {
     support::fixture(&format!("streams/{name}.mig.gz"))
 }
 
-fn gunzip(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("vmstate-cli-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    cli::tmp("cli_stream", name)
 }
 
 fn stderr(output: &Output) -> String {
@@ -81,7 +57,7 @@ fn dump_summarises_a_stream() {
 
 #[test]
 fn dump_json_reads_from_stdin() {
-    let data = gunzip(&fixture_path(Q35_100));
+    let data = gunzip(fixture_path(Q35_100));
     let output = vmstate(&["dump", "--json", "-"], Some(&data));
     assert!(output.status.success(), "{}", stderr(&output));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -123,7 +99,7 @@ fn convert_writes_fixtures_back_identically_from_files_and_pipes() {
 
 #[test]
 fn truncated_stream_exits_2_naming_the_offset() {
-    let data = gunzip(&fixture_path(Q35_100));
+    let data = gunzip(fixture_path(Q35_100));
     for cut in [3, 20_000, data.len() - 300] {
         let output = vmstate(&["dump", "-"], Some(&data[..cut]));
         assert_eq!(output.status.code(), Some(2), "cut at {cut}");
@@ -139,7 +115,7 @@ fn truncated_stream_exits_2_naming_the_offset() {
 
 #[test]
 fn obsolete_version_is_named() {
-    let mut data = gunzip(&fixture_path(Q35_100));
+    let mut data = gunzip(fixture_path(Q35_100));
     data[7] = 2;
     let output = vmstate(&["dump", "-"], Some(&data));
     assert_eq!(output.status.code(), Some(2));

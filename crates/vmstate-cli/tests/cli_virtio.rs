@@ -4,29 +4,15 @@
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cli;
+
+use cli::{dump_json, gunzip, ok};
+
+use std::path::PathBuf;
+use std::process::Output;
 
 fn vmstate(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmstate"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    out
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = vmstate(args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    cli::run(args, None)
 }
 
 fn stripped(name: &str) -> String {
@@ -36,21 +22,7 @@ fn stripped(name: &str) -> String {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_virtio");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-fn gunzip(path: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-fn dump_json(path: &str) -> serde_json::Value {
-    serde_json::from_slice(&ok(&["dump", "--json", path]).stdout).unwrap()
+    cli::tmp("cli_virtio", name)
 }
 
 fn blk(json: &serde_json::Value) -> &serde_json::Value {
@@ -110,7 +82,7 @@ fn convert_with_decoding_is_byte_identical() {
             out.to_str().unwrap(),
         ]);
         assert!(
-            std::fs::read(&out).unwrap() == gunzip(&stripped(name)),
+            std::fs::read(&out).unwrap() == gunzip(stripped(name)),
             "{name}"
         );
     }
@@ -118,7 +90,7 @@ fn convert_with_decoding_is_byte_identical() {
 
 #[test]
 fn layout_conversion_rewrites_sizes_and_comes_back() {
-    let original = gunzip(&stripped("blk-inflight-split"));
+    let original = gunzip(stripped("blk-inflight-split"));
     let i386 = tmp("split.i386.mig");
     ok(&[
         "convert",
@@ -175,7 +147,7 @@ fn packed_ndescs_can_move_to_where_qemus_loader_reads_it() {
         after.to_str().unwrap(),
         before.to_str().unwrap(),
     ]);
-    assert!(std::fs::read(&before).unwrap() == gunzip(&stripped("blk-inflight-packed")));
+    assert!(std::fs::read(&before).unwrap() == gunzip(stripped("blk-inflight-packed")));
 }
 
 #[test]
