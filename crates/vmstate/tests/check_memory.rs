@@ -334,19 +334,7 @@ fn every_corpus_stream_checks_clean_against_its_memory() {
         return;
     };
     let corpus = shared.join("corpus");
-    let mut streams: Vec<_> = std::fs::read_dir(&corpus)
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path.file_name()?.to_str()?.to_owned();
-            let name = name
-                .strip_suffix(".mig.gz")
-                .or_else(|| name.strip_suffix(".mig"))?
-                .to_owned();
-            Some((name, path))
-        })
-        .collect();
-    streams.sort();
+    let streams = support::corpus_streams(&corpus);
     assert_eq!(streams.len(), 16);
     let mut walked_total = 0;
     for (name, path) in streams {

@@ -8,29 +8,10 @@
 mod stream_checks;
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use stream_checks::{
     check_against_peer_state, check_cut, check_stream, cut_points, read_json_gz, read_stream_file,
 };
 use vmstate::stream::{self, SectionKind};
-
-fn corpus_streams(corpus: &Path) -> Vec<(String, PathBuf)> {
-    let mut streams: Vec<(String, PathBuf)> = std::fs::read_dir(corpus)
-        .expect("corpus folder")
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let file = path.file_name()?.to_str()?.to_owned();
-            let name = file
-                .strip_suffix(".mig.gz")
-                .or_else(|| file.strip_suffix(".mig"))?
-                .to_owned();
-            Some((name, path))
-        })
-        .collect();
-    streams.sort();
-    streams
-}
 
 #[test]
 fn every_corpus_stream_reads_agrees_and_writes_back() {
@@ -39,7 +20,7 @@ fn every_corpus_stream_reads_agrees_and_writes_back() {
         return;
     };
     let corpus = shared.join("corpus");
-    let streams = corpus_streams(&corpus);
+    let streams = support::corpus_streams(&corpus);
     assert_eq!(streams.len(), 16, "the corpus has 16 streams");
     let mut sections_compared = 0;
     for (name, path) in &streams {
@@ -93,7 +74,7 @@ fn every_corpus_stream_cut_short_fails_cleanly() {
     let Some(shared) = support::shared_dir("every_corpus_stream_cut_short_fails_cleanly") else {
         return;
     };
-    for (name, path) in corpus_streams(&shared.join("corpus")) {
+    for (name, path) in support::corpus_streams(&shared.join("corpus")) {
         let data = read_stream_file(&path);
         let parsed = stream::read(&data).unwrap();
         // Booted streams are 18 MB: fewer evenly spread cuts there, all boundaries anyway.

@@ -5,7 +5,7 @@
 mod stream_checks;
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value as Json;
 use stream_checks::read_stream_file;
@@ -253,23 +253,6 @@ fn vmsd_of(qmp_name: &str) -> &str {
     }
 }
 
-fn corpus_streams(corpus: &Path) -> Vec<(String, PathBuf)> {
-    let mut streams: Vec<(String, PathBuf)> = std::fs::read_dir(corpus)
-        .unwrap()
-        .filter_map(|entry| {
-            let path = entry.ok()?.path();
-            let file = path.file_name()?.to_str()?.to_owned();
-            let name = file
-                .strip_suffix(".mig.gz")
-                .or_else(|| file.strip_suffix(".mig"))?
-                .to_owned();
-            Some((name, path))
-        })
-        .collect();
-    streams.sort();
-    streams
-}
-
 /// Compares one device's queues and in-flight requests with QMP's view of it.
 /// Returns (queues compared, elements compared).
 fn compare_with_truth(
@@ -399,7 +382,7 @@ fn every_corpus_device_decodes_and_matches_the_ground_truth() {
     let corpus = shared.join("corpus");
     let (mut devices_seen, mut queues, mut elements, mut blk_with_requests) = (0, 0, 0, 0);
     let (mut scsi_disks, mut scsi_requests, mut popped) = (0, 0, 0);
-    for (name, path) in corpus_streams(&corpus) {
+    for (name, path) in support::corpus_streams(&corpus) {
         let data = read_stream_file(&path);
         let (_, found) = check_stream(&name, &data);
         devices_seen += found.virtio.len();

@@ -55,3 +55,22 @@ pub fn cases(default_tier: u32, extended: u32) -> u32 {
         default_tier
     }
 }
+
+/// The streams of a corpus folder (`*.mig` and `*.mig.gz`), as (name without the suffix,
+/// path), sorted by name.
+pub fn corpus_streams(corpus: &Path) -> Vec<(String, PathBuf)> {
+    let mut streams: Vec<(String, PathBuf)> = std::fs::read_dir(corpus)
+        .expect("corpus folder")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let file = path.file_name()?.to_str()?.to_owned();
+            let name = file
+                .strip_suffix(".mig.gz")
+                .or_else(|| file.strip_suffix(".mig"))?
+                .to_owned();
+            Some((name, path))
+        })
+        .collect();
+    streams.sort();
+    streams
+}
