@@ -604,11 +604,24 @@ fn delimit_by_footer(r: &Reader, ctx: &Context, section_id: u32, reason: &str) -
     if let Some(id) = marker.get_mut(1..) {
         id.copy_from_slice(&section_id.to_be_bytes());
     }
-    let found = rest.windows(5).enumerate().find_map(|(i, w)| {
+    // Candidates start with the footer byte: find each one with a byte search rather than
+    // comparing a window at every offset.
+    let mut from = 0usize;
+    let found = loop {
+        let Some(i) = rest
+            .get(from..)
+            .and_then(|tail| tail.iter().position(|&b| b == TYPE_FOOTER))
+            .map(|p| p.saturating_add(from))
+        else {
+            break None;
+        };
         let next = rest.get(i.saturating_add(5)).copied();
         let plausible = matches!(next, None | Some(0x00..=0x04 | TYPE_COMMAND));
-        (w == marker && plausible).then_some(i)
-    });
+        if rest.get(i..i.saturating_add(5)) == Some(&marker[..]) && plausible {
+            break Some(i);
+        }
+        from = i.saturating_add(1);
+    };
     match found {
         Some(len) => Ok(Span {
             offset: r.offset(),
