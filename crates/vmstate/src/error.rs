@@ -364,12 +364,24 @@ pub(crate) fn join_path(parent: &str, path: &str) -> String {
     }
 }
 
+impl ErrorKind {
+    /// True for errors about what a user asked for (a field path, a RAM map), which have no
+    /// place in the input.
+    fn is_about_usage(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::BadPath { .. } | ErrorKind::BadRamMap { .. }
+        )
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "at offset {}: {}", self.offset, self.kind)
-        } else {
-            write!(f, "{} at offset {}: {}", self.path, self.offset, self.kind)
+        match (self.path.is_empty(), self.kind.is_about_usage()) {
+            (true, true) => write!(f, "{}", self.kind),
+            (false, true) => write!(f, "{}: {}", self.path, self.kind),
+            (true, false) => write!(f, "at offset {}: {}", self.offset, self.kind),
+            (false, false) => write!(f, "{} at offset {}: {}", self.path, self.offset, self.kind),
         }
     }
 }
