@@ -1164,3 +1164,28 @@ fn scsi_request_data_length_huge() {
         }
     }
 }
+
+/// PACKAGED commands nested inside each other as deep as the input goes: every walk over
+/// the records would recurse once per level (a stack overflow at a few hundred thousand
+/// levels, 9 bytes each). A package inside a package is refused.
+#[test]
+fn packaged_command_inside_a_package() {
+    let levels: u32 = 200_000;
+    let mut body = Vec::new();
+    for level in 1..=levels {
+        body.extend_from_slice(&[0x08, 0, 7, 0, 4]);
+        body.extend_from_slice(&((levels - level) * 9).to_be_bytes());
+    }
+    let data = built(&[HEADER, &body, b"\0"]);
+    let err = stream::read(&data).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Unsupported { what } if what.contains("inside a package")),
+        "{err}"
+    );
+    assert_eq!(err.offset(), 8 + 9 + 1);
+    // One level, as QEMU writes it, reads.
+    let inner = [0x08, 0, 2, 0, 4, 0, 0, 0, 1]; // PING 1
+    let mut one = vec![0x08, 0, 7, 0, 4, 0, 0, 0, inner.len() as u8];
+    one.extend_from_slice(&inner);
+    stream::read(&built(&[HEADER, &one, b"\0"])).unwrap();
+}

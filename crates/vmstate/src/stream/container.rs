@@ -285,7 +285,7 @@ fn read_records(
                 remember_configuration(ctx, &config);
                 Record::Configuration(config)
             }
-            TYPE_COMMAND => Record::Command(read_command(r, ctx, offset)?),
+            TYPE_COMMAND => Record::Command(read_command(r, ctx, offset, !top_level)?),
             other => {
                 return Err(Error::new(
                     ErrorKind::UnknownSectionType { byte: other },
@@ -310,7 +310,13 @@ fn remember_configuration(ctx: &mut Context, config: &Configuration) {
         .collect();
 }
 
-fn read_command(r: &mut Reader, ctx: &mut Context, start: u64) -> Result<Command> {
+/// Reads a command record; `in_package` when it is inside a PACKAGED command's stream.
+fn read_command(
+    r: &mut Reader,
+    ctx: &mut Context,
+    start: u64,
+    in_package: bool,
+) -> Result<Command> {
     let number_offset = r.offset();
     let number = r.u16(Endian::Big, "command.number")?;
     let length = r.u16(Endian::Big, "command.length")?;
@@ -353,6 +359,17 @@ fn read_command(r: &mut Reader, ctx: &mut Context, start: u64) -> Result<Command
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map_or(0, u64::from_be_bytes);
         ctx.postcopy_page_sizes = Some(summary);
+    }
+    if number == CMD_PACKAGED && in_package {
+        // QEMU packages the device state once; a package inside a package would make every
+        // walk over the records recurse as deep as the input wants.
+        return Err(Error::new(
+            ErrorKind::Unsupported {
+                what: "a PACKAGED command inside a package".to_owned(),
+            },
+            number_offset,
+            "command.number",
+        ));
     }
     let packaged = if number == CMD_PACKAGED {
         let size = payload
