@@ -283,3 +283,45 @@ fn hostile_counts_and_lengths_allocate_nothing_by_them() {
     }
     tally.report("hostile counts");
 }
+
+/// Streams whose records cost many times their bytes in model: 9-byte commands, and ZERO
+/// pages alternating between two RAM blocks (a run each). Big enough that the model would
+/// pass twice the input plus 64 MiB; the reader's budget (the input's size plus 24 MiB)
+/// refuses them first.
+#[test]
+fn records_cheap_in_bytes_dear_in_model_are_bounded() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tally = Tally::new();
+    let mut commands = b"QEVM\0\0\0\x03".to_vec();
+    for _ in 0..700_000 {
+        commands.extend_from_slice(&[0x08, 0, 2, 0, 4, 0, 0, 0, 1]); // PING 1
+    }
+    commands.push(0);
+    let mut zeros = b"QEVM\0\0\0\x03\x01\0\0\0\x02\x03ram\0\0\0\0\0\0\0\x04".to_vec();
+    zeros.extend_from_slice(&((2u64 << 30) | 4).to_be_bytes());
+    for name in [b"a", b"b"] {
+        zeros.push(1);
+        zeros.extend_from_slice(name);
+        zeros.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    }
+    for k in 0..1_400_000u64 {
+        let name = if k % 2 == 0 { b"a" } else { b"b" };
+        zeros.extend_from_slice(&(((k / 2) << 12) | 2).to_be_bytes()); // ZERO
+        zeros.push(1);
+        zeros.extend_from_slice(name);
+        zeros.push(0);
+    }
+    for (name, data) in [("commands", &commands), ("alternating zero pages", &zeros)] {
+        let before = CURRENT.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let err = stream::read(data).expect_err("over the model budget");
+        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
+        assert!(
+            matches!(err.kind(), vmstate::ErrorKind::Unsupported { what } if what.contains("model")),
+            "{name}: {err}"
+        );
+        assert!(peak <= 2 * data.len() + 64 * MIB, "{name}: peak {peak}");
+        tally.measure(name, data);
+    }
+    tally.report("records dear in model");
+}

@@ -65,6 +65,7 @@ pub fn read(data: &[u8]) -> Result<Stream> {
 /// offset and keep its resident memory bounded on a stream of any size. The model itself
 /// grows with the number of records and runs, never with the number of pages.
 pub fn read_with_progress(data: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Stream> {
+    let _budget = super::budget::Budget::start(data.len());
     let mut r = Reader::new(data);
     let magic = r.u32(Endian::Big, "header.magic")?;
     if magic == MULTIFD_MAGIC {
@@ -294,6 +295,7 @@ fn read_records(
                 ))
             }
         };
+        super::budget::charge(std::mem::size_of::<Record>() as u64, offset, "records")?;
         records.push(record);
         if top_level {
             (ctx.progress)(r.offset());
@@ -771,6 +773,11 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
                 continue;
             }
         }
+        super::budget::charge(
+            (std::mem::size_of::<RamItem>() as u64).saturating_add(block.len() as u64),
+            record.offset,
+            "ram.run",
+        )?;
         items.push(RamItem::Pages(RamRun {
             block: block.to_owned(),
             kind,

@@ -17,6 +17,7 @@
 //! Reading order and the rules applied are those of QEMU's loader (`migration/savevm.c`,
 //! `migration/ram.c`) and, for device payloads, of QEMU's `scripts/analyze-migration.py`.
 
+mod budget;
 mod config;
 mod container;
 mod description;

@@ -162,6 +162,16 @@ fn decode_element(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
             Value::Raw(bytes.to_vec())
         }
     };
+    let heap = match &value {
+        Value::Raw(bytes) => bytes.len(),
+        Value::Text(text) => text.len(),
+        _ => 0,
+    };
+    let cost = std::mem::size_of::<Field>()
+        .saturating_add(desc.name.len())
+        .saturating_add(desc.type_name.len())
+        .saturating_add(heap);
+    super::budget::charge(cost as u64, offset, name)?;
     Ok(Field {
         name: desc.name.clone(),
         type_name: desc.type_name.clone(),
