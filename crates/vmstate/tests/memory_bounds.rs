@@ -284,8 +284,9 @@ fn hostile_counts_and_lengths_allocate_nothing_by_them() {
     tally.report("hostile counts");
 }
 
-/// Streams whose records cost many times their bytes in model: 9-byte commands, and ZERO
-/// pages alternating between two RAM blocks (a run each). Big enough that the model would
+/// Streams whose records cost many times their bytes in model: 9-byte commands, ZERO pages
+/// alternating between two RAM blocks (a run each), and a section described as an array of
+/// bytes (a field each). Big enough that the model would
 /// pass twice the input plus 64 MiB; the reader's budget (the input's size plus 24 MiB)
 /// refuses them first.
 #[test]
@@ -311,7 +312,25 @@ fn records_cheap_in_bytes_dear_in_model_are_bounded() {
         zeros.extend_from_slice(name);
         zeros.push(0);
     }
-    for (name, data) in [("commands", &commands), ("alternating zero pages", &zeros)] {
+    // One device section of 12 MB that its description calls an array of `uint8`: a field
+    // per byte.
+    let n: usize = 12 << 20;
+    let mut array = b"QEVM\0\0\0\x03\x04\0\0\0\x01\x03dev\0\0\0\0\0\0\0\x01".to_vec();
+    array.extend(std::iter::repeat_n(0x5a, n));
+    array.extend_from_slice(&[0x7e, 0, 0, 0, 1, 0]);
+    let json = format!(
+        "{{\"page_size\":4096,\"devices\":[{{\"name\":\"dev\",\"instance_id\":0,\
+         \"vmsd_name\":\"dev\",\"version\":1,\"fields\":[{{\"name\":\"a\",\
+         \"type\":\"uint8\",\"size\":1,\"array_len\":{n}}}]}}]}}"
+    );
+    array.push(0x06);
+    array.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    array.extend_from_slice(json.as_bytes());
+    for (name, data) in [
+        ("commands", &commands),
+        ("alternating zero pages", &zeros),
+        ("described byte array", &array),
+    ] {
         let before = CURRENT.load(Ordering::Relaxed);
         PEAK.store(before, Ordering::Relaxed);
         let err = stream::read(data).expect_err("over the model budget");

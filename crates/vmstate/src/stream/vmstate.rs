@@ -110,7 +110,9 @@ fn decode_field(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
     match desc.array_len {
         Some(count) => {
             let count = r.check_count(count, desc.size.max(1), &desc.name)?;
-            let mut elements = Vec::with_capacity(count);
+            // The count is bounded by the bytes left, but an element of the model is many
+            // times its bytes: reserve a little and let the model budget bound the growth.
+            let mut elements = Vec::with_capacity(count.min(1 << 12));
             for index in 0..count {
                 let mut element = decode_element(r, desc)?;
                 element.index = Some(index as u64);

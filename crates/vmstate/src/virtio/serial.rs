@@ -147,7 +147,9 @@ pub fn decode(
     let count = r.u32(Endian::Big, "serial.nr_active_ports")?;
     // A port takes at least 10 bytes (id, two flags, elem_popped).
     let count = r.check_count(u64::from(count), 10, "serial.nr_active_ports")?;
-    let mut ports = Vec::with_capacity(count);
+    // At most MAX_PORTS ports can be in the map; the count itself is only bounded by the
+    // bytes left (10 per port), and a port takes far more than 10 bytes of memory.
+    let mut ports = Vec::with_capacity(count.min(MAX_PORTS as usize));
     for k in 0..count {
         let path = format!("ports[{k}]");
         let port = decode_port(r, reading.framing, notes, &path).map_err(|e| e.within(&path))?;
