@@ -376,6 +376,25 @@ fn covered_fields(device: &VirtioDevice) -> Vec<String> {
             paths.push(format!("queues[{q}].used"));
         }
     }
+    if let DeviceState::Serial(serial) = &device.device {
+        for (k, port) in serial.ports.iter().enumerate() {
+            paths.push(format!("serial.ports[{k}].id"));
+            let Some(popped) = &port.popped else { continue };
+            let at = format!("serial.ports[{k}].popped");
+            paths.push(format!("{at}.index"));
+            paths.push(format!("{at}.iov_idx"));
+            paths.push(format!("{at}.iov_offset"));
+            for (list, segments) in [
+                ("out", &popped.element.element.device_readable),
+                ("in", &popped.element.element.device_writable),
+            ] {
+                for s in 0..segments.len() {
+                    paths.push(format!("{at}.{list}[{s}].addr"));
+                    paths.push(format!("{at}.{list}[{s}].len"));
+                }
+            }
+        }
+    }
     if let DeviceState::Blk(blk) = &device.device {
         for (k, request) in blk.requests.iter().enumerate() {
             paths.push(format!("requests[{k}].index"));
@@ -481,9 +500,9 @@ fn boundary_values_of_covered_fields_are_errors_or_findings() {
 }
 
 /// Values a covered field may take without anything being wrong: a vector in the MSI-X
-/// table or 0xffff ("no vector"), a `queue_sel` of an existing queue, and for a queue with
+/// table or 0xffff ("no vector"), a `queue_sel` of an existing queue, for a queue with
 /// nothing in flight no ring (address 0), a ring elsewhere in guest RAM or a ring of 1
-/// entry.
+/// entry, and a serial port's `iov_offset` inside the buffer it is sending.
 fn valid_value(device: &VirtioDevice, path: &str, value: u64) -> bool {
     let queue = path
         .strip_prefix("queues[")
@@ -505,9 +524,33 @@ fn valid_value(device: &VirtioDevice, path: &str, value: u64) -> bool {
         idle && (value == 0 || value == 1 << 15)
     } else if path.ends_with(".num") {
         value == 1 && idle
+    } else if path.ends_with(".popped.iov_offset") {
+        // A position inside the buffer being sent.
+        serial_popped_out_len(device, path).is_some_and(|len| value < len)
     } else {
         false
     }
+}
+
+/// The length of the segment a serial port's `iov_idx` points at, for a path under
+/// `serial.ports[K].popped`.
+fn serial_popped_out_len(device: &VirtioDevice, path: &str) -> Option<u64> {
+    let DeviceState::Serial(serial) = &device.device else {
+        return None;
+    };
+    let k: usize = path
+        .strip_prefix("serial.ports[")?
+        .split(']')
+        .next()?
+        .parse()
+        .ok()?;
+    let popped = serial.ports.get(k)?.popped.as_ref()?;
+    let segment = popped
+        .element
+        .element
+        .device_readable
+        .get(popped.iov_idx as usize)?;
+    Some(segment.len)
 }
 
 /// The queues some saved element was popped from.
