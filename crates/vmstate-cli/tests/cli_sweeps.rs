@@ -1,7 +1,7 @@
 //! The CLI on hostile input: real streams cut short and with bytes of their device sections
-//! mutated, run through `vmstate check` and `vmstate dump`. Every run exits 0, 1 or 2 (never
-//! a signal or a panic), within 10 seconds, and its peak RSS stays within twice the input
-//! plus 64 MiB. The default tier samples; the extended tier (`CI=true`) runs more inputs.
+//! mutated, run through `vmstate check`, `vmstate dump` and `vmstate convert --ram rings`.
+//! Every run exits 0, 1 or 2 (never a signal or a panic), within 10 seconds, and its peak
+//! RSS stays within twice the input plus 64 MiB. The default tier samples; the extended tier (`CI=true`) runs more inputs.
 
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
@@ -136,6 +136,7 @@ fn mutated_and_cut_streams_exit_0_1_or_2_within_time_and_memory() {
     let dir = scratch("mutated");
     let input = dir.join("input.mig");
     let input_arg = input.to_string_lossy().into_owned();
+    let output_arg = dir.join("output.mig").to_string_lossy().into_owned();
     let mut codes = [0usize; 3];
     let mut runs = 0;
     let mut worst_rss = 0;
@@ -171,6 +172,13 @@ fn mutated_and_cut_streams_exit_0_1_or_2_within_time_and_memory() {
             for args in [
                 &["check", input_arg.as_str()][..],
                 &["dump", input_arg.as_str()][..],
+                &[
+                    "convert",
+                    "--ram",
+                    "rings",
+                    input_arg.as_str(),
+                    output_arg.as_str(),
+                ][..],
             ] {
                 let out = run(&what, args, &dir);
                 let bound = 2 * bytes.len() as u64 + 64 * MIB;
