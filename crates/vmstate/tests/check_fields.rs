@@ -485,3 +485,32 @@ fn unknown_transport_feature_bits_are_a_note_not_a_finding() {
         blk.notes
     );
 }
+
+#[test]
+fn packed_ring_indices_past_the_ring() {
+    let f = break_and_check(
+        "blk-inflight-packed",
+        "virtio-blk",
+        set("queues[0].last_avail_idx", "256"),
+    );
+    assert!(
+        f.contains(&(
+            Rule::PackedIndexOutOfRange,
+            "queues[0].last_avail_idx".to_owned()
+        )),
+        "{f:?}"
+    );
+    let f = break_and_check(
+        "blk-inflight-packed",
+        "virtio-blk",
+        set(
+            "subsections[virtio/packed_virtqueues].queues[0].used_idx",
+            "300",
+        ),
+    );
+    expect(
+        f,
+        Rule::PackedIndexOutOfRange,
+        "subsections[virtio/packed_virtqueues].queues[0].used_idx",
+    );
+}

@@ -100,6 +100,16 @@ fn check_queues(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec
                 format!("split ring size {} is not a power of two", q.num),
             ));
         }
+        if packed && u32::from(q.last_avail_idx) >= q.num.max(1) {
+            findings.push(Finding::new(
+                Rule::PackedIndexOutOfRange,
+                path("last_avail_idx"),
+                format!(
+                    "packed-ring index {} is past the ring of {} descriptors",
+                    q.last_avail_idx, q.num
+                ),
+            ));
+        }
         if q.desc == 0 && q.last_avail_idx != 0 {
             findings.push(Finding::new(
                 Rule::IndexWithoutRing,
@@ -187,6 +197,44 @@ fn check_subsections(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mu
                 path,
                 format!("device_endian {v}: expected 0 (unknown), 1 (little) or 2 (big)"),
             )),
+            CoreState::PackedVirtqueues(ref queues) => {
+                for (index, (state, q)) in queues.iter().zip(&d.queues).enumerate() {
+                    let num = q.num.max(1);
+                    let at = |field: &str| {
+                        format!("subsections[virtio/packed_virtqueues].queues[{index}].{field}")
+                    };
+                    for (field, value) in [
+                        ("last_avail_idx", u32::from(state.last_avail_idx)),
+                        ("used_idx", u32::from(state.used_idx)),
+                    ] {
+                        if value >= num {
+                            findings.push(Finding::new(
+                                Rule::PackedIndexOutOfRange,
+                                at(field),
+                                format!("packed-ring {field} {value} is past the ring of {num}"),
+                            ));
+                        }
+                    }
+                    if state.last_avail_idx != q.last_avail_idx {
+                        findings.push(Finding::new(
+                            Rule::PackedIndicesDisagree,
+                            at("last_avail_idx"),
+                            format!(
+                                "packed-ring last_avail_idx {} disagrees with the {} saved with \
+                                 the queue (QEMU loads the subsection's)",
+                                state.last_avail_idx, q.last_avail_idx
+                            ),
+                        ));
+                    }
+                    if state.inuse > num {
+                        findings.push(Finding::new(
+                            Rule::InUseOverRingSize,
+                            at("inuse"),
+                            format!("{} in use on a ring of {num}", state.inuse),
+                        ));
+                    }
+                }
+            }
             CoreState::Features64(features)
                 if features & 0xffff_ffff != u64::from(d.guest_features_low) =>
             {

@@ -96,6 +96,11 @@ pub enum Rule {
     SerialIovPosition,
     /// A virtio-scsi request names a request queue the device does not have.
     ScsiQueueNumber,
+    /// A packed-ring index is past the end of its ring.
+    PackedIndexOutOfRange,
+    /// A packed queue's `last_avail_idx` differs between the queue fields and
+    /// `virtio/packed_virtqueues`, which both hold the same value.
+    PackedIndicesDisagree,
 }
 
 impl Rule {
@@ -136,6 +141,8 @@ impl Rule {
             Rule::SerialPort => "serial-port",
             Rule::SerialIovPosition => "serial-iov-position",
             Rule::ScsiQueueNumber => "scsi-queue-number",
+            Rule::PackedIndexOutOfRange => "packed-index-out-of-range",
+            Rule::PackedIndicesDisagree => "packed-indices-disagree",
         }
     }
 }
