@@ -11,12 +11,12 @@ mod support;
 
 use std::io::Read;
 
-use stream_checks::read_stream_file;
+use stream_checks::{page_byte, read_stream_file};
 use vmstate::check::{self, Report, Rule};
 use vmstate::devices::{self, DecodeOptions, VirtioSection};
 use vmstate::element::{self, Element, Layout, LayoutChoice, Segment};
 use vmstate::memory::{self, GuestRam};
-use vmstate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
+use vmstate::stream::{self, Stream};
 use vmstate::virtio::scsi::ScsiRequests;
 use vmstate::virtio::{
     Assumptions, CoreState, CoreSubsection, DeviceKind, DeviceState, MacTable, NetQueuePairs,
@@ -207,36 +207,6 @@ fn assert_refused_at(err: &Error, kind: ErrorKind, at: usize) {
         (err.kind() == &kind && err.offset() == at as u64) || err.offset() > at as u64,
         "expected {kind:?} at {at}: {err}"
     );
-}
-
-/// Offset in `data` of the byte at guest-physical `gpa` (x86 map: pc.ram at 0), when the
-/// stream carries that page as a PAGE record.
-fn page_byte(data: &[u8], gpa: u64) -> usize {
-    let stream = stream::read(data).unwrap();
-    let page_size = stream.page_size.bytes;
-    let page = gpa & !(page_size - 1);
-    for section in stream.sections() {
-        let SectionBody::Ram(payload) = &section.body else {
-            continue;
-        };
-        for item in &payload.items {
-            let RamItem::Pages(run) = item else { continue };
-            if run.block != "pc.ram" {
-                continue;
-            }
-            let bytes = &data[run.span.offset as usize..run.span.end() as usize];
-            let mut r = Reader::at(bytes, run.span.offset);
-            for _ in 0..run.count {
-                let record = stream::read_page_record(&mut r, page_size).unwrap();
-                if let RamRecordKind::Page { data: span } = record.kind {
-                    if record.page == page {
-                        return (span.offset + (gpa - page)) as usize;
-                    }
-                }
-            }
-        }
-    }
-    panic!("no page for {gpa:#x}");
 }
 
 /// Descriptor table of queue 0 of virtio-blk in `rings/blk-inflight-split`; requests[0] has

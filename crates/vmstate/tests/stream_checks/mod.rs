@@ -245,3 +245,33 @@ pub fn check_cut(name: &str, data: &[u8], eof_offset: u64, cut: usize) {
         }
     }
 }
+
+/// Offset in `data` of the byte at guest-physical `gpa` (x86 map: pc.ram at 0), when the
+/// stream carries that page as a PAGE record.
+pub fn page_byte(data: &[u8], gpa: u64) -> usize {
+    let stream = stream::read(data).unwrap();
+    let page_size = stream.page_size.bytes;
+    let page = gpa & !(page_size - 1);
+    for section in stream.sections() {
+        let SectionBody::Ram(payload) = &section.body else {
+            continue;
+        };
+        for item in &payload.items {
+            let RamItem::Pages(run) = item else { continue };
+            if run.block != "pc.ram" {
+                continue;
+            }
+            let bytes = &data[run.span.offset as usize..run.span.end() as usize];
+            let mut r = vmstate::wire::Reader::at(bytes, run.span.offset);
+            for _ in 0..run.count {
+                let record = stream::read_page_record(&mut r, page_size).unwrap();
+                if let stream::RamRecordKind::Page { data: span } = record.kind {
+                    if record.page == page {
+                        return (span.offset + (gpa - page)) as usize;
+                    }
+                }
+            }
+        }
+    }
+    panic!("no page for {gpa:#x}");
+}
