@@ -146,12 +146,9 @@ fn ram_rings_of_every_corpus_stream_checks_clean() {
     };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check_corpus");
     std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(shared.join("corpus")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.contains(".mig") {
-            continue;
-        }
+    let streams = support::corpus_streams(&shared.join("corpus"));
+    assert_eq!(streams.len(), 16);
+    for (name, path) in streams {
         let out_path = dir.join(format!("{name}.rings"));
         let out = vmstate(&[
             "convert",

@@ -138,17 +138,9 @@ fn strip_ram_of_every_corpus_stream_dumps_cleanly_and_is_far_smaller() {
     let Some(shared) = support::shared_dir("strip_ram_of_every_corpus_stream") else {
         return;
     };
-    let mut streams: Vec<PathBuf> = std::fs::read_dir(shared.join("corpus"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.to_str()
-                .is_some_and(|s| s.ends_with(".mig") || s.ends_with(".mig.gz"))
-        })
-        .collect();
-    streams.sort();
+    let streams = support::corpus_streams(&shared.join("corpus"));
     assert_eq!(streams.len(), 16);
-    for path in streams {
+    for (_, path) in streams {
         let (size, stripped) = check_strip(&path);
         eprintln!("{}: {size} -> {stripped} bytes", path.display());
         // Guests that booted carry megabytes of RAM; the others a few hundred KiB of it

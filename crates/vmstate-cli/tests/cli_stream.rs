@@ -131,17 +131,9 @@ fn every_corpus_stream_converts_identically() {
     let Some(shared) = support::shared_dir("every_corpus_stream_converts_identically") else {
         return;
     };
-    let mut streams: Vec<PathBuf> = std::fs::read_dir(shared.join("corpus"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.to_str()
-                .is_some_and(|s| s.ends_with(".mig") || s.ends_with(".mig.gz"))
-        })
-        .collect();
-    streams.sort();
+    let streams = support::corpus_streams(&shared.join("corpus"));
     assert_eq!(streams.len(), 16);
-    for path in streams {
+    for (_, path) in streams {
         let shown = path.display().to_string();
         let raw = std::fs::read(&path).unwrap();
         let expected = if shown.ends_with(".gz") {
