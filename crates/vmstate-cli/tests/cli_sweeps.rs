@@ -148,18 +148,7 @@ fn mutated_and_cut_streams_exit_0_1_or_2_within_time_and_memory() {
             .into_iter()
             .enumerate()
         {
-            let mut left = pick;
-            let at = fields
-                .iter()
-                .find_map(|&(a, b)| {
-                    if left < b - a {
-                        Some(a + left)
-                    } else {
-                        left -= b - a;
-                        None
-                    }
-                })
-                .unwrap();
+            let at = support::nth_field_byte(&fields, pick).unwrap();
             let mut bad = data.clone();
             bad[at] = [0x00, 0xff, bad[at] ^ 0x80, bad[at].wrapping_add(1)][k % 4];
             inputs.push((format!("{name}: byte {at}"), bad));

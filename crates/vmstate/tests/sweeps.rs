@@ -298,20 +298,7 @@ fn byte_mutations_of_device_sections_never_panic() {
         let r = rings(name);
         let span: usize = r.fields.iter().map(|(a, b)| b - a).sum();
         for pick in sample(span, per_fixture, 0xdead_beef ^ span as u64) {
-            // The pick-th byte over all fields.
-            let mut left = pick;
-            let at = r
-                .fields
-                .iter()
-                .find_map(|&(a, b)| {
-                    if left < b - a {
-                        Some(a + left)
-                    } else {
-                        left -= b - a;
-                        None
-                    }
-                })
-                .unwrap();
+            let at = support::nth_field_byte(&r.fields, pick).unwrap();
             for value in mutations(r.data[at]) {
                 if value == r.data[at] {
                     continue;

@@ -74,3 +74,17 @@ pub fn corpus_streams(corpus: &Path) -> Vec<(String, PathBuf)> {
     streams.sort();
     streams
 }
+
+/// The offset of the `pick`-th byte counted over the byte ranges `fields` (each `(start,
+/// end)`), as sweeps choose a byte of a stream's fields; `None` past their end.
+pub fn nth_field_byte(fields: &[(usize, usize)], pick: usize) -> Option<usize> {
+    let mut left = pick;
+    fields.iter().find_map(|&(a, b)| {
+        if left < b - a {
+            Some(a + left)
+        } else {
+            left -= b - a;
+            None
+        }
+    })
+}
