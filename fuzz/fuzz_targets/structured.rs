@@ -99,7 +99,12 @@ fn apply(section: &mut VirtioSection, op: &[u8; 12]) {
         n if n == PATHS.len() + 1 => device.config.0.resize(count(value) * 32, 0xa5),
         n if n == PATHS.len() + 2 => {
             if let DeviceState::Blk(blk) = &mut device.device {
-                let requests = count(value);
+                // Up to 63: past the 16 to 32 requests in flight in the fixtures and past
+                // rings shrunk by the other edits, which is where the checks have logic. Each
+                // request is a 49 KiB element, so lists of thousands would make each run cost
+                // 50 to 100 MB of copying; those are the `virtio` target's and the
+                // catalogue's (`unbounded request lists`) to cover.
+                let requests = usize::try_from(value % 64).unwrap_or(0);
                 match blk.requests.first().cloned() {
                     Some(first) => blk.requests.resize(requests, first),
                     None => blk.requests.clear(),
@@ -143,8 +148,8 @@ fuzz_target!(|input: &[u8]| {
     let Ok(written) = stream::write(&model, base.data) else {
         return;
     };
-    if let Err(e) = stream::read(&written) {
-        panic!("a stream our writer wrote does not read: {e}");
+    match stream::read(&written) {
+        Ok(parsed) => common::decode_check(&parsed, &written),
+        Err(e) => panic!("a stream our writer wrote does not read: {e}"),
     }
-    common::read_decode_check(&written);
 });

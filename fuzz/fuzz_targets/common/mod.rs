@@ -100,20 +100,25 @@ pub fn stripped_serial() -> &'static [u8] {
 /// Reads a stream, decodes its virtio devices and checks them, against its guest memory when
 /// the memory can be placed. Every step may fail; none may panic.
 pub fn read_decode_check(data: &[u8]) {
-    use vmstate::{check, devices, memory, stream};
-    let Ok(parsed) = stream::read(data) else {
-        return;
-    };
+    if let Ok(parsed) = vmstate::stream::read(data) {
+        decode_check(&parsed, data);
+    }
+}
+
+/// Decodes the virtio devices of a stream read from `data` and checks them, against its
+/// guest memory when the memory can be placed. Every step may fail; none may panic.
+pub fn decode_check(parsed: &vmstate::stream::Stream, data: &[u8]) {
+    use vmstate::{check, devices, memory};
     let options = devices::DecodeOptions::default();
-    let Ok(found) = devices::decode_virtio(&parsed, &options) else {
+    let Ok(found) = devices::decode_virtio(parsed, &options) else {
         return;
     };
     let _ = check::check_devices(&found);
-    let scsi = devices::decode_scsi_requests(&parsed, &found, &options).unwrap_or_default();
-    let Ok(map) = memory::map_for(&parsed, None) else {
+    let scsi = devices::decode_scsi_requests(parsed, &found, &options).unwrap_or_default();
+    let Ok(map) = memory::map_for(parsed, None) else {
         return;
     };
-    let Ok(ram) = memory::GuestRam::from_stream(&parsed, data, map, &mut |_| {}) else {
+    let Ok(ram) = memory::GuestRam::from_stream(parsed, data, map, &mut |_| {}) else {
         return;
     };
     let _ = check::check_stream(&found, &scsi, Some(&ram));

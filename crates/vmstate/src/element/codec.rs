@@ -244,13 +244,11 @@ fn read_iovecs(
 
 /// Adds a note when the unread rest of `region` holds any non-zero byte.
 fn note_non_zero(region: &Reader<'_>, field: &str, what: &str, notes: &mut Vec<Note>) {
-    let rest = region.rest();
-    if let Some(first) = rest.iter().position(|&b| b != 0) {
-        let count = rest.iter().filter(|&&b| b != 0).count();
+    if let Some((first, last)) = region.non_zero_span() {
         notes.push(Note::new(
-            region.offset().saturating_add(first as u64),
+            first,
             field,
-            format!("{what} hold {count} non-zero byte(s): stale data, ignored"),
+            format!("{what} hold non-zero bytes (up to offset {last}): stale data, ignored"),
         ));
     }
 }

@@ -47,6 +47,16 @@ impl<'a> Reader<'a> {
         self.data.get(self.pos..).unwrap_or(&[])
     }
 
+    /// Where the non-zero bytes among those not yet read begin and end: the absolute offsets
+    /// (like [`Reader::offset`]) of the first and of the last, or `None` when all are zero.
+    pub fn non_zero_span(&self) -> Option<(u64, u64)> {
+        let rest = self.rest();
+        let first = non_zero_index(rest, false)?;
+        let last = non_zero_index(rest, true).unwrap_or(first);
+        let absolute = |i: usize| self.offset().saturating_add(i as u64);
+        Some((absolute(first), absolute(last)))
+    }
+
     /// Up to `n` next bytes without consuming them (fewer when the input ends sooner).
     pub fn peek(&self, n: usize) -> &'a [u8] {
         let rest = self.rest();
@@ -66,21 +76,31 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(slice)
             }
-            None => Err(self.error(
-                ErrorKind::UnexpectedEof {
-                    needed: n as u64,
-                    available: self.remaining() as u64,
-                },
-                field,
-            )),
+            None => Err(self.eof(n, field)),
         }
+    }
+
+    /// The error for `n` bytes of `field` that the input does not hold.
+    fn eof(&self, n: usize, field: &str) -> Error {
+        self.error(
+            ErrorKind::UnexpectedEof {
+                needed: n as u64,
+                available: self.remaining() as u64,
+            },
+            field,
+        )
     }
 
     /// Takes the next `N` bytes as an array.
     pub fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.bytes(N, field)?);
-        Ok(out)
+        // Every integer read comes through here: one bounds test, not a slice and a copy.
+        match self.rest().first_chunk::<N>() {
+            Some(chunk) => {
+                self.pos = self.pos.saturating_add(N);
+                Ok(*chunk)
+            }
+            None => Err(self.eof(N, field)),
+        }
     }
 
     /// Skips `n` bytes.
@@ -219,6 +239,34 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The index of the first (or, `from_back`, the last) non-zero byte of `bytes`.
+///
+/// Saved elements are mostly zero-filled slots (tens of KiB each) and every one of them is
+/// scanned, so the search compares whole blocks with a zero block (one `bcmp` each) and
+/// narrows from 4 KiB blocks to 64-byte blocks to the byte, rather than testing each byte.
+fn non_zero_index(bytes: &[u8], from_back: bool) -> Option<usize> {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut start = 0usize;
+    let mut window = bytes;
+    for size in [ZEROS.len(), 64, 1] {
+        let block = |k: usize| {
+            let from = k.saturating_mul(size);
+            let to = from.saturating_add(size).min(window.len());
+            (from, window.get(from..to).unwrap_or_default())
+        };
+        let holds_data = |(_, b): &(usize, &[u8])| ZEROS.get(..b.len()) != Some(*b);
+        let blocks = 0..window.len().div_ceil(size);
+        let (from, found) = if from_back {
+            blocks.rev().map(block).find(holds_data)?
+        } else {
+            blocks.map(block).find(holds_data)?
+        };
+        start = start.saturating_add(from);
+        window = found;
+    }
+    Some(start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +283,54 @@ mod tests {
         assert_eq!(r.u64(Endian::Little, "d").unwrap(), 0x0807060504030201);
         let mut r = Reader::new(&data);
         assert_eq!(r.u64(Endian::Big, "d").unwrap(), 0x0102030405060708);
+    }
+
+    #[test]
+    fn non_zero_span_is_found_across_blocks() {
+        let mut data = vec![0u8; 9000];
+        let r = Reader::at(&data, 1000);
+        assert_eq!(r.non_zero_span(), None);
+        data[5] = 1;
+        data[8200] = 0x80;
+        data[8998] = 2;
+        let mut r = Reader::at(&data, 1000);
+        assert_eq!(r.non_zero_span(), Some((1005, 9998)));
+        r.skip(6, "lead").unwrap();
+        assert_eq!(r.non_zero_span(), Some((9200, 9998)));
+        r.skip(8200, "middle").unwrap();
+        assert_eq!(r.non_zero_span(), Some((9998, 9998)));
+        r.skip(793, "tail").unwrap();
+        assert_eq!(r.non_zero_span(), None);
+        assert_eq!(Reader::at(&[], 7).non_zero_span(), None);
+    }
+
+    #[test]
+    fn non_zero_index_agrees_with_a_byte_scan() {
+        for len in [0usize, 1, 63, 64, 65, 4095, 4096, 4097, 9000] {
+            for marks in [
+                vec![],
+                vec![0],
+                vec![len / 2],
+                vec![3, len / 3, len.saturating_sub(1)],
+            ] {
+                let mut data = vec![0u8; len];
+                for &m in &marks {
+                    if let Some(b) = data.get_mut(m) {
+                        *b = 0x10;
+                    }
+                }
+                assert_eq!(
+                    non_zero_index(&data, false),
+                    data.iter().position(|&b| b != 0),
+                    "first, len {len}, marks {marks:?}"
+                );
+                assert_eq!(
+                    non_zero_index(&data, true),
+                    data.iter().rposition(|&b| b != 0),
+                    "last, len {len}, marks {marks:?}"
+                );
+            }
+        }
     }
 
     #[test]
