@@ -337,16 +337,41 @@ impl<'s> GuestRam<'s> {
     }
 
     fn is_known(&self, (region, page): (usize, u64)) -> bool {
-        let Some(word) = self
-            .known
-            .get(region)
-            .and_then(|bits| bits.get(usize::try_from(page.checked_div(64)?).ok()?))
-        else {
+        self.pages_known_in(region, page, page)
+    }
+
+    /// True when every page from `first` to `last` (inclusive) of map region `region` was
+    /// carried by the stream. Tests the bitmap a word (64 pages) at a time: a segment of a
+    /// saved element may span 4 GiB, a million pages.
+    fn pages_known_in(&self, region: usize, first: u64, last: u64) -> bool {
+        let Some(bits) = self.known.get(region) else {
             return false;
         };
-        let bit = page.checked_rem(64).and_then(|b| u32::try_from(b).ok());
-        bit.and_then(|b| 1u64.checked_shl(b))
-            .is_some_and(|mask| word & mask != 0)
+        let mut page = first;
+        while page <= last {
+            let bit = page % 64;
+            let Some(word) = usize::try_from(page / 64).ok().and_then(|w| bits.get(w)) else {
+                return false;
+            };
+            // Pages of this word from `bit` on, up to `last`: 1 to 64.
+            let span = last
+                .saturating_sub(page)
+                .min(63u64.saturating_sub(bit))
+                .saturating_add(1);
+            let mask = u64::MAX
+                .checked_shr(u32::try_from(64u64.saturating_sub(span)).unwrap_or(0))
+                .unwrap_or(0)
+                .checked_shl(u32::try_from(bit).unwrap_or(0))
+                .unwrap_or(0);
+            if word & mask != mask {
+                return false;
+            }
+            match page.checked_add(span) {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        true
     }
 
     fn mark_known(&mut self, (region, page): (usize, u64)) {
@@ -423,6 +448,8 @@ impl<'s> GuestRam<'s> {
         self.check_range(gpa, len, false).is_ok()
     }
 
+    /// Whether `[gpa, gpa + len)` lies in guest RAM (and, with `need_known`, in pages the
+    /// stream carried); a zero `len` tests the byte at `gpa`. Steps a map region at a time.
     fn check_range(
         &self,
         gpa: u64,
@@ -433,37 +460,28 @@ impl<'s> GuestRam<'s> {
             return Err(ReadError::OutsideRam);
         };
         let mut at = gpa;
-        while at < end || (len == 0 && at == gpa) {
+        loop {
             let (region, within) = self.locate_gpa(at).ok_or(ReadError::OutsideRam)?;
+            let region_len = self.map.regions.get(region).map_or(0, |r| r.len);
+            // The range's part in this region, as offsets into it: [within, stop).
+            let stop = region_len.min(within.saturating_add(end.saturating_sub(at)));
             if need_known {
-                let page_index = within.checked_div(self.page_size).unwrap_or(0);
-                let known = self
-                    .known
-                    .get(region)
-                    .and_then(|bits| bits.get(usize::try_from(page_index.checked_div(64)?).ok()?))
-                    .is_some_and(|word| {
-                        let bit = page_index
-                            .checked_rem(64)
-                            .and_then(|b| u32::try_from(b).ok());
-                        bit.and_then(|b| 1u64.checked_shl(b))
-                            .is_some_and(|m| word & m != 0)
-                    });
-                if !known {
+                let first = within.checked_div(self.page_size).unwrap_or(0);
+                let last = stop
+                    .saturating_sub(1)
+                    .max(within)
+                    .checked_div(self.page_size)
+                    .unwrap_or(0);
+                if !self.pages_known_in(region, first, last) {
                     return Err(ReadError::Unknown);
                 }
             }
-            if len == 0 {
-                break;
+            let region_end = at.saturating_add(region_len.saturating_sub(within));
+            if region_end >= end {
+                return Ok(());
             }
-            // Next page boundary.
-            let next = at
-                .checked_div(self.page_size)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1)
-                .saturating_mul(self.page_size);
-            at = next;
+            at = region_end;
         }
-        Ok(())
     }
 
     /// Reads guest memory at `gpa` into `buf`.
@@ -566,6 +584,71 @@ mod tests {
         assert_eq!(pc.regions[0].len, 0xc000_0000);
         assert!(RamMap::x86(None, 4 << 30).is_err());
         assert!(RamMap::x86(Some("virt-8.0"), 1 << 30).is_err());
+    }
+
+    /// The range test, page by page: what `check_range` computes a region and a bitmap word
+    /// at a time.
+    fn range_by_pages(ram: &GuestRam<'_>, gpa: u64, len: u64, need_known: bool) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        let mut at = gpa;
+        loop {
+            let Some((region, within)) = ram.locate_gpa(at) else {
+                return false;
+            };
+            if need_known && !ram.is_known((region, within / ram.page_size)) {
+                return false;
+            }
+            at = (at / ram.page_size + 1) * ram.page_size;
+            if at >= end {
+                return true;
+            }
+        }
+    }
+
+    #[test]
+    fn range_tests_agree_with_a_page_by_page_walk() {
+        let gz =
+            include_bytes!("../../../tests/fixtures/rings/qemu7.2-blk-inflight-split.rings.mig.gz");
+        let data = crate::stream::decompress_if_gzip(gz, 1 << 30).unwrap();
+        let stream = crate::stream::read(&data).unwrap();
+        let map = map_for(&stream, None).unwrap();
+        let ram = GuestRam::from_stream(&stream, &data, map, &mut |_| {}).unwrap();
+        let size: u64 = ram.map.regions.iter().map(|r| r.len).sum();
+        let page = ram.page_size;
+        let known: Vec<u64> = (0..size / page)
+            .filter(|&p| ram.is_known((0, p)))
+            .map(|p| p * page)
+            .collect();
+        assert!(!known.is_empty(), "the fixture carries ring pages");
+        let mut starts = vec![0, 1, page - 1, page, size - 1, size, size + 1, u64::MAX];
+        for &k in &known {
+            starts.extend([k, k + 1, k + page - 1, k.saturating_sub(1), k + page]);
+        }
+        let lens = [
+            0,
+            1,
+            2,
+            page - 1,
+            page,
+            page + 1,
+            63 * page,
+            65 * page,
+            1 << 32,
+            u64::MAX,
+        ];
+        for &gpa in &starts {
+            for &len in &lens {
+                for need_known in [false, true] {
+                    assert_eq!(
+                        ram.check_range(gpa, len, need_known).is_ok(),
+                        range_by_pages(&ram, gpa, len, need_known),
+                        "gpa {gpa:#x} len {len:#x} need_known {need_known}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
