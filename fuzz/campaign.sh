@@ -34,7 +34,8 @@ case $max_len in '' | *[!0-9]*) usage ;; esac
 cd "$(dirname "$0")"
 [ -f "fuzz_targets/$target.rs" ] || { echo "no target $target" >&2; exit 2; }
 RUSTC_BOOTSTRAP=1 cargo fuzz build -s none "${build_flags[@]}" "$target" >&2
-built=$(ls -d "${build_flags[2]:-target}"/*/release/"$target" | head -n 1)
+host=$(rustc -vV | sed -n 's/^host: //p')
+built="${build_flags[2]:-target}/$host/release/$target"
 mkdir -p "corpus/$target" "artifacts/$target"
 binary=$(mktemp "artifacts/$target/campaign-bin.XXXXXX")
 cp "$built" "$binary"
@@ -44,6 +45,10 @@ log="artifacts/$target/campaign-$(date -u +%Y%m%dT%H%M%S).log"
 marker=$(mktemp)
 begin=$(date +%s)
 status=0
+# Each run allocates and frees a few hundred KiB (a stream written, guest memory); with
+# glibc's defaults those go back to the kernel and come back as fresh zeroed pages every
+# run. Keeping them in the heap gives about 1.5 times the executions on `structured`.
+GLIBC_TUNABLES=glibc.malloc.trim_threshold=4000000000:glibc.malloc.mmap_threshold=33554432:glibc.malloc.top_pad=268435456 \
 nice -n 10 "$binary" "corpus/$target" "seeds/$target" \
     -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="artifacts/$target/" >"$log" 2>&1 || status=$?
