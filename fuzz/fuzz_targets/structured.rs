@@ -33,11 +33,7 @@ fn bases() -> &'static [Base] {
                 let model = stream::read(data).expect("a fixture reads");
                 let found = devices::decode_virtio(&model, &DecodeOptions::default())
                     .expect("a fixture decodes");
-                Base {
-                    data,
-                    model,
-                    found,
-                }
+                Base { data, model, found }
             })
             .collect()
     })

@@ -24,7 +24,10 @@ fn scsi_requests(selector: u8, blob: &[u8]) {
         .encode_with(&mut writer, None)
         .expect("decoded requests encode");
     if requests.notes.is_empty() {
-        assert!(writer.as_bytes() == blob, "decode then encode changed the bytes");
+        assert!(
+            writer.as_bytes() == blob,
+            "decode then encode changed the bytes"
+        );
     }
     let again = ScsiRequests::decode(&mut Reader::new(writer.as_bytes()), packed, &assume)
         .expect("the encoding decodes");
@@ -52,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     let mut writer = Writer::new();
     device.encode(&mut writer).expect("decoded state encodes");
     if device.notes.is_empty() {
-        assert!(writer.as_bytes() == blob, "decode then encode changed the bytes");
+        assert!(
+            writer.as_bytes() == blob,
+            "decode then encode changed the bytes"
+        );
     }
     let again = VirtioDevice::decode(
         &mut Reader::new(writer.as_bytes()),
