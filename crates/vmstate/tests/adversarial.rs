@@ -1183,3 +1183,37 @@ fn serial_iov_position_past_the_element() {
         );
     }
 }
+
+/// Requests that parse only with a virtqueue index before each one, in a virtio-blk device
+/// that saved one queue. QEMU writes the index exactly when num-queues > 1, so no reading
+/// agrees with the device and the field is refused; told `num-queues=2`, it reads. Found by
+/// the `virtio` fuzz target: the reading used to be taken anyway (the queue count was only
+/// a preference), and once re-encoded, clean, the bytes read back under another layout.
+#[test]
+fn queue_index_against_the_saved_queue_count() {
+    let mut device = decode_blob(&blob(BLK), DeviceKind::Blk).unwrap();
+    assert_eq!(device.queues.len(), 1);
+    let DeviceState::Blk(state) = &mut device.device else {
+        panic!("{BLK} is virtio-blk");
+    };
+    assert!(!state.requests.is_empty());
+    state.framing.queue_index = true;
+    for request in &mut state.requests {
+        request.queue = Some(0);
+    }
+    let forged = encode(&device);
+    let err = blob_err(&forged, DeviceKind::Blk);
+    // The one reading left (no index) would take each index for a packed-ring ndescs word,
+    // in a device without packed rings.
+    assert!(
+        matches!(err.kind(), ErrorKind::InconsistentFraming { .. }),
+        "{err}"
+    );
+    assert_eq!(err.path(), "virtio.rq");
+    let assumed = Assumptions {
+        num_queues: Some(2),
+        ..Assumptions::default()
+    };
+    let read = VirtioDevice::decode(&mut Reader::new(&forged), DeviceKind::Blk, &assumed).unwrap();
+    assert_eq!(read.device, device.device);
+}

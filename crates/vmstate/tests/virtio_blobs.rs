@@ -347,10 +347,30 @@ fn truncations_are_errors_unless_at_a_subsection_boundary() {
                     );
                     assert!(device.subsections.len() < full.subsections.len());
                 }
-                (_, Err(_)) => assert!(!boundaries.contains(&cut) || cut == 0, "{name} at {cut}"),
+                (_, Err(_)) => assert!(
+                    !boundaries.contains(&cut) || cut == 0 || drops_packed_rings(&full, cut),
+                    "{name} at {cut}"
+                ),
             }
         }
     }
+}
+
+/// True when cutting `full`'s bytes at `cut` drops its `virtio/packed_virtqueues` subsection
+/// while its requests carry an `ndescs` word: the device then offers no packed rings, so no
+/// reading of the requests agrees with the rest of the field, and the cut is an error.
+fn drops_packed_rings(full: &VirtioDevice, cut: usize) -> bool {
+    let carries_ndescs = match &full.device {
+        DeviceState::Blk(blk) => {
+            !blk.requests.is_empty() && blk.framing.ndescs != NdescsOrder::Absent
+        }
+        _ => false,
+    };
+    carries_ndescs
+        && full
+            .subsections
+            .iter()
+            .any(|s| s.state.name() == "virtio/packed_virtqueues" && s.offset as usize >= cut)
 }
 
 /// Subsections of the device's own VMState (virtio-net's RSS, virtio-balloon's).

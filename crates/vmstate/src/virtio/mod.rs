@@ -445,12 +445,14 @@ impl Common {
         mut inferred: Vec<Inference>,
     ) -> Result<VirtioDevice> {
         let saved_queues = self.queues.len();
-        let queue_index_options: Vec<bool> = match assume.num_queues {
-            Some(n) => vec![n > 1],
-            None => vec![saved_queues > 1, saved_queues <= 1],
+        // QEMU writes the index exactly when num-queues > 1, and saves exactly num-queues
+        // queues (a guest cannot set a queue's size to 0), so the saved count settles it: a
+        // reading against it is no reading, however well the bytes parse.
+        let queue_index = match assume.num_queues {
+            Some(n) => n > 1,
+            None => saved_queues > 1,
         };
-        let keys = framing::element_framings(assume, &queue_index_options);
-        let matches_queues = |f: &Framing| f.queue_index == (saved_queues > 1);
+        let keys = framing::element_framings(assume, &[queue_index]);
         let settled = framing::settle(
             r,
             "virtio.rq",
@@ -467,7 +469,7 @@ impl Common {
                     packed: Some(packed),
                 })
             },
-            &[&matches_queues],
+            &[],
             "--assume SECTION:num-queues=N, --assume SECTION:packed=on|off or --from-layout NAME",
         )?;
         let framing = settled.key;
