@@ -87,19 +87,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A deterministic sample of `count` values of `0..len`.
-fn sample(len: usize, count: usize, seed: u64) -> Vec<usize> {
-    let mut x = seed | 1;
-    (0..count)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % len as u64) as usize
-        })
-        .collect()
-}
-
 /// The `rings` fixtures: device state with requests in flight and the ring pages.
 fn rings() -> Vec<(String, Vec<u8>)> {
     [
@@ -144,7 +131,7 @@ fn mutated_and_cut_streams_exit_0_1_or_2_within_time_and_memory() {
         let fields = fields(&data);
         let span: usize = fields.iter().map(|(a, b)| b - a).sum();
         let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
-        for (k, pick) in sample(span, per_fixture, span as u64)
+        for (k, pick) in support::sample(span, per_fixture, span as u64)
             .into_iter()
             .enumerate()
         {
@@ -153,7 +140,7 @@ fn mutated_and_cut_streams_exit_0_1_or_2_within_time_and_memory() {
             bad[at] = [0x00, 0xff, bad[at] ^ 0x80, bad[at].wrapping_add(1)][k % 4];
             inputs.push((format!("{name}: byte {at}"), bad));
         }
-        for cut in sample(data.len(), per_fixture, !(data.len() as u64)) {
+        for cut in support::sample(data.len(), per_fixture, !(data.len() as u64)) {
             inputs.push((format!("{name}: cut at {cut}"), data[..cut].to_vec()));
         }
         for (what, bytes) in inputs {

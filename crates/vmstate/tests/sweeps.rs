@@ -20,12 +20,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value as Json;
 use stream_checks::read_stream_file;
 use vmstate::check::{self, Report};
 use vmstate::devices::{self, DecodeOptions, VirtioSection};
 use vmstate::memory::{self, GuestRam};
-use vmstate::stream::{self, Record, SectionBody, Stream};
+use vmstate::stream::{self, Record, Stream};
 use vmstate::virtio::{DeviceState, VirtioDevice};
 
 const NAMES: [&str; 5] = [
@@ -54,55 +53,14 @@ struct Reduced {
 }
 
 fn reduce(name: &str, original: &[u8]) -> Reduced {
-    let parsed = stream::read(original).unwrap();
-    let found = devices::decode_virtio(&parsed, &DecodeOptions::default()).unwrap();
-    let scsi = devices::decode_scsi_requests(&parsed, &found, &DecodeOptions::default()).unwrap();
-    let keep = |idstr: &str| {
-        idstr == "ram"
-            || found.iter().any(|v| v.idstr == idstr)
-            || scsi.iter().any(|d| d.idstr == idstr)
-    };
-    let mut data = original[..8].to_vec();
-    let mut sections = Vec::new();
-    let mut kept = Vec::new();
-    let mut moved = Vec::new(); // (old offset, new offset, len)
-    let mut first_footer = None;
-    for record in &parsed.records {
-        let span = match record {
-            Record::Configuration(c) => c.span,
-            Record::Section(s) if keep(&s.idstr) => {
-                if !matches!(s.body, SectionBody::Ram(_)) {
-                    kept.push((s.idstr.clone(), s.instance_id));
-                }
-                if sections.iter().all(|&(start, _)| start == 8) {
-                    first_footer = s
-                        .footer_offset
-                        .map(|f| (f - s.span.offset) as usize + data.len());
-                }
-                s.span
-            }
-            _ => continue,
-        };
-        let (from, to) = (span.offset as usize, span.end() as usize);
-        moved.push((from, data.len(), to - from));
-        sections.push((data.len(), data.len() + to - from));
-        data.extend_from_slice(&original[from..to]);
-    }
-    let eof = data.len();
-    data.push(0);
-    let trailer = parsed.trailer.as_ref().unwrap();
-    let mut json: Json = serde_json::from_slice(&trailer.json).unwrap();
-    let devices = json["devices"].as_array_mut().unwrap();
-    devices.retain(|d| {
-        kept.iter().any(|(idstr, instance)| {
-            d["name"].as_str() == Some(idstr) && d["instance_id"].as_u64() == Some(*instance as u64)
-        })
-    });
-    let text = serde_json::to_vec(&json).unwrap();
-    data.push(0x06);
-    data.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    data.extend_from_slice(&text);
-
+    let support::CutStream {
+        data,
+        eof,
+        moved,
+        parsed,
+        found,
+        scsi,
+    } = support::cut_to_virtio(original);
     let relocate = |offset: u64, len: u64| {
         let offset = offset as usize;
         let (from, to, _) = moved
@@ -111,6 +69,17 @@ fn reduce(name: &str, original: &[u8]) -> Reduced {
             .unwrap();
         (offset - from + to, offset - from + to + len as usize)
     };
+    let sections: Vec<(usize, usize)> = moved.iter().map(|&(_, to, len)| (to, to + len)).collect();
+    // The first section kept (the configuration before it has no footer).
+    let first_footer = parsed
+        .records
+        .iter()
+        .find_map(|record| match record {
+            Record::Section(s) if moved.iter().any(|m| m.0 == s.span.offset as usize) => Some(s),
+            _ => None,
+        })
+        .and_then(|s| s.footer_offset)
+        .map(|f| relocate(f, 0).0);
     let mut fields: Vec<_> = found
         .iter()
         .map(|v| relocate(v.field_offset, v.field_size))
@@ -184,22 +153,6 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// A deterministic sample of `count` values of `0..len` (all of them when `count >= len`).
-fn sample(len: usize, count: usize, seed: u64) -> Vec<usize> {
-    if count >= len {
-        return (0..len).collect();
-    }
-    let mut x = seed | 1;
-    (0..count)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % len as u64) as usize
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // Truncation.
 
@@ -219,7 +172,7 @@ fn prefixes_of_device_state_streams_are_errors() {
             (0..r.data.len()).collect()
         } else {
             let count = support::cases(48, 3000) as usize;
-            sample(r.data.len(), count, 0x9e37_79b9 ^ r.data.len() as u64)
+            support::sample(r.data.len(), count, 0x9e37_79b9 ^ r.data.len() as u64)
         };
         for cut in cuts {
             let prefix = &r.data[..cut];
@@ -257,10 +210,10 @@ fn cut_device_state_with_its_description_is_an_error() {
                     }
                 })
                 .collect();
-            cuts.extend(sample(span, 2000, 0x51ed_270b ^ span as u64));
+            cuts.extend(support::sample(span, 2000, 0x51ed_270b ^ span as u64));
             cuts
         } else {
-            sample(span, 24, 0x2545_f491 ^ span as u64)
+            support::sample(span, 24, 0x2545_f491 ^ span as u64)
         };
         for cut in cuts {
             let mut input = r.data[..cut].to_vec();
@@ -297,7 +250,7 @@ fn byte_mutations_of_device_sections_never_panic() {
     for name in NAMES {
         let r = rings(name);
         let span: usize = r.fields.iter().map(|(a, b)| b - a).sum();
-        for pick in sample(span, per_fixture, 0xdead_beef ^ span as u64) {
+        for pick in support::sample(span, per_fixture, 0xdead_beef ^ span as u64) {
             let at = support::nth_field_byte(&r.fields, pick).unwrap();
             for value in mutations(r.data[at]) {
                 if value == r.data[at] {
@@ -430,7 +383,7 @@ fn boundary_values_of_covered_fields_are_errors_or_findings() {
             let paths: Vec<_> = if support::extended_tier() {
                 paths
             } else {
-                sample(paths.len(), 10, 7)
+                support::sample(paths.len(), 10, 7)
                     .into_iter()
                     .map(|i| paths[i].clone())
                     .collect()

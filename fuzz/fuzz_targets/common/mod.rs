@@ -5,6 +5,9 @@
 
 use std::sync::OnceLock;
 
+#[path = "../../../crates/vmstate/tests/support/mod.rs"]
+mod support;
+
 /// The `rings` fixtures, by name: every device with requests in flight, and its ring pages.
 const RINGS: [(&str, &[u8]); 5] = [
     (
@@ -38,57 +41,16 @@ fn gunzip(gz: &[u8]) -> Vec<u8> {
         .into_owned()
 }
 
-/// The `rings` fixtures, in the order of [`RINGS`], reduced to what the virtio decoders and
-/// checks read (see [`reduce`]).
+/// The `rings` fixtures, in the order of [`RINGS`], cut down to what the virtio decoders and
+/// checks read (`support::cut_to_virtio`, which the sweeps use too).
 pub fn rings() -> &'static [Vec<u8>] {
     static CELL: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    CELL.get_or_init(|| RINGS.iter().map(|(_, gz)| reduce(&gunzip(gz))).collect())
-}
-
-/// A stream cut down to its configuration, its RAM sections, its virtio and SCSI disk
-/// sections, EOF and a description of just those sections: the same devices, rings and
-/// requests, without the CPU, chipset and other sections whose decoding would take most of
-/// each run.
-pub fn reduce(data: &[u8]) -> Vec<u8> {
-    use vmstate::{devices, stream};
-    let parsed = stream::read(data).expect("a fixture reads");
-    let options = devices::DecodeOptions::default();
-    let found = devices::decode_virtio(&parsed, &options).expect("a fixture decodes");
-    let scsi = devices::decode_scsi_requests(&parsed, &found, &options).expect("SCSI decodes");
-    let keep = |idstr: &str| {
-        idstr == "ram"
-            || found.iter().any(|v| v.idstr == idstr)
-            || scsi.iter().any(|d| d.idstr == idstr)
-    };
-    let mut out = data[..8].to_vec();
-    let mut kept = Vec::new();
-    for record in &parsed.records {
-        let span = match record {
-            stream::Record::Configuration(c) => c.span,
-            stream::Record::Section(s) if keep(&s.idstr) => {
-                kept.push((s.idstr.clone(), u64::from(s.instance_id)));
-                s.span
-            }
-            _ => continue,
-        };
-        out.extend_from_slice(&data[span.offset as usize..span.end() as usize]);
-    }
-    out.push(0);
-    let trailer = parsed.trailer.expect("a fixture has a description");
-    let mut json: serde_json::Value =
-        serde_json::from_slice(&trailer.json).expect("the description is JSON");
-    if let Some(devices) = json.get_mut("devices").and_then(|d| d.as_array_mut()) {
-        devices.retain(|d| {
-            kept.iter().any(|(idstr, instance)| {
-                d["name"].as_str() == Some(idstr) && d["instance_id"].as_u64() == Some(*instance)
-            })
-        });
-    }
-    let text = serde_json::to_vec(&json).expect("JSON writes");
-    out.push(0x06);
-    out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    out.extend_from_slice(&text);
-    out
+    CELL.get_or_init(|| {
+        RINGS
+            .iter()
+            .map(|(_, gz)| support::cut_to_virtio(&gunzip(gz)).data)
+            .collect()
+    })
 }
 
 /// A stripped stream (virtio-serial with a throttled port): device state, no pages.

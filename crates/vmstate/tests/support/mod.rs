@@ -88,3 +88,100 @@ pub fn nth_field_byte(fields: &[(usize, usize)], pick: usize) -> Option<usize> {
         }
     })
 }
+
+/// A deterministic sample of `count` values of `0..len` (all of them when `count >= len`),
+/// as the sweeps pick bytes, cuts and fields.
+pub fn sample(len: usize, count: usize, seed: u64) -> Vec<usize> {
+    if count >= len {
+        return (0..len).collect();
+    }
+    let mut x = seed | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % len as u64) as usize
+        })
+        .collect()
+}
+
+/// A stream cut down by [`cut_to_virtio`], with what was read to cut it.
+pub struct CutStream {
+    /// The cut stream.
+    pub data: Vec<u8>,
+    /// Offset of its EOF byte.
+    pub eof: usize,
+    /// Each record kept: its offset in the original, its offset in `data`, its length.
+    pub moved: Vec<(usize, usize, usize)>,
+    /// The original, read.
+    pub parsed: vmstate::stream::Stream,
+    /// The original's virtio devices.
+    pub found: Vec<vmstate::devices::VirtioSection>,
+    /// The original's SCSI disks with requests.
+    pub scsi: Vec<vmstate::devices::ScsiDiskSection>,
+}
+
+/// A stream cut down to its configuration, its RAM sections, its virtio and SCSI disk
+/// sections, EOF and a description of just those sections: the same devices, rings and
+/// requests, without the CPU, chipset and other sections whose decoding would take most of
+/// each run of a sweep or a fuzz target. Panics when `original` is not a readable stream
+/// with a description (it is meant for fixtures).
+pub fn cut_to_virtio(original: &[u8]) -> CutStream {
+    use vmstate::devices::{self, DecodeOptions};
+    use vmstate::stream::{self, Record, SectionBody};
+    let parsed = stream::read(original).expect("a fixture reads");
+    let options = DecodeOptions::default();
+    let found = devices::decode_virtio(&parsed, &options).expect("a fixture decodes");
+    let scsi = devices::decode_scsi_requests(&parsed, &found, &options).expect("SCSI decodes");
+    let keep = |idstr: &str| {
+        idstr == "ram"
+            || found.iter().any(|v| v.idstr == idstr)
+            || scsi.iter().any(|d| d.idstr == idstr)
+    };
+    let mut data = original[..8].to_vec();
+    let mut described = Vec::new();
+    let mut moved = Vec::new();
+    for record in &parsed.records {
+        let span = match record {
+            Record::Configuration(c) => c.span,
+            Record::Section(s) if keep(&s.idstr) => {
+                if !matches!(s.body, SectionBody::Ram(_)) {
+                    described.push((s.idstr.clone(), u64::from(s.instance_id)));
+                }
+                s.span
+            }
+            _ => continue,
+        };
+        let (from, to) = (span.offset as usize, span.end() as usize);
+        moved.push((from, data.len(), to - from));
+        data.extend_from_slice(&original[from..to]);
+    }
+    let eof = data.len();
+    data.push(0);
+    let trailer = parsed
+        .trailer
+        .as_ref()
+        .expect("a fixture has a description");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&trailer.json).expect("the description is JSON");
+    if let Some(devices) = json.get_mut("devices").and_then(|d| d.as_array_mut()) {
+        devices.retain(|d| {
+            described.iter().any(|(idstr, instance)| {
+                d["name"].as_str() == Some(idstr) && d["instance_id"].as_u64() == Some(*instance)
+            })
+        });
+    }
+    let text = serde_json::to_vec(&json).expect("JSON writes");
+    data.push(0x06);
+    data.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    data.extend_from_slice(&text);
+    CutStream {
+        data,
+        eof,
+        moved,
+        parsed,
+        found,
+        scsi,
+    }
+}
