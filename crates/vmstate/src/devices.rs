@@ -13,8 +13,8 @@ use crate::element::LayoutChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::stream::{self, Command, Field, Record, Section, SectionBody, Stream, Value};
 use crate::virtio::scsi::ScsiRequests;
-use crate::virtio::{Assumptions, DeviceKind, Framing, VirtioDevice};
-use crate::wire::{Reader, Writer};
+use crate::virtio::{Assumptions, DeviceKind, Framing, Inference, TransportKind, VirtioDevice};
+use crate::wire::{Endian, Reader, Writer};
 
 /// A device property stated on the command line because the stream does not carry it:
 /// `SECTION:PROPERTY=VALUE`, such as `0000:00:01.0/virtio-blk:num-queues=2`.
@@ -33,6 +33,8 @@ pub enum Property {
     NumQueues(u32),
     /// `packed=on|off`.
     Packed(bool),
+    /// `transport=pci|mmio|ccw`.
+    Transport(TransportKind),
 }
 
 impl FromStr for Assumption {
@@ -40,8 +42,8 @@ impl FromStr for Assumption {
     fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
         let usage = || {
             format!(
-                "'{text}' is not SECTION:PROPERTY=VALUE (num-queues=N or packed=on|off), \
-                 e.g. 0000:00:01.0/virtio-blk:num-queues=2"
+                "'{text}' is not SECTION:PROPERTY=VALUE (num-queues=N, packed=on|off or \
+                 transport=pci|mmio|ccw), e.g. 0000:00:01.0/virtio-blk:num-queues=2"
             )
         };
         let (section, setting) = text.rsplit_once(':').ok_or_else(usage)?;
@@ -50,6 +52,9 @@ impl FromStr for Assumption {
             ("num-queues", n) => Property::NumQueues(n.parse().map_err(|_| usage())?),
             ("packed", "on" | "true" | "1") => Property::Packed(true),
             ("packed", "off" | "false" | "0") => Property::Packed(false),
+            ("transport", name) => {
+                Property::Transport(TransportKind::from_name(name).ok_or_else(usage)?)
+            }
             _ => return Err(usage()),
         };
         if section.is_empty() {
@@ -74,6 +79,7 @@ impl fmt::Display for Assumption {
                     if p { "on" } else { "off" }
                 )
             }
+            Property::Transport(t) => write!(f, "{}:transport={}", self.section, t.name()),
         }
     }
 }
@@ -88,15 +94,17 @@ pub struct DecodeOptions {
 }
 
 impl DecodeOptions {
-    fn for_section(&self, idstr: &str) -> Assumptions {
+    fn for_section(&self, idstr: &str, machine_endian: Option<Endian>) -> Assumptions {
         let mut assume = Assumptions {
             layout: self.layout,
+            machine_endian,
             ..Assumptions::default()
         };
         for a in self.assumptions.iter().filter(|a| a.section == idstr) {
             match a.property {
                 Property::NumQueues(n) => assume.num_queues = Some(n),
                 Property::Packed(p) => assume.packed = Some(p),
+                Property::Transport(t) => assume.transport = Some(t),
             }
         }
         assume
@@ -145,6 +153,9 @@ pub struct VirtioSection {
 /// Fails at the first device that cannot be decoded, with the section's idstr in the error's
 /// path.
 pub fn decode_virtio(stream: &Stream, options: &DecodeOptions) -> Result<Vec<VirtioSection>> {
+    let machine = stream.configuration().map(|c| c.machine.as_str());
+    let machine_endian =
+        crate::machine::default_endian(machine, &crate::memory::ram_blocks(stream));
     let mut found = Vec::new();
     for section in stream.sections() {
         let Some((kind, field)) = virtio_field(section) else {
@@ -153,8 +164,8 @@ pub fn decode_virtio(stream: &Stream, options: &DecodeOptions) -> Result<Vec<Vir
         let Value::Raw(bytes) = &field.value else {
             continue;
         };
-        let mut reader = Reader::at(bytes, field.offset);
-        let device = VirtioDevice::decode(&mut reader, kind, &options.for_section(&section.idstr))
+        let assume = options.for_section(&section.idstr, machine_endian);
+        let device = decode_device(bytes, field.offset, kind, &section.idstr, &assume)
             .map_err(|e| e.within(&section.idstr))?;
         found.push(VirtioSection {
             idstr: section.idstr.clone(),
@@ -167,6 +178,70 @@ pub fn decode_virtio(stream: &Stream, options: &DecodeOptions) -> Result<Vec<Vir
     }
     options.check_sections(&found)?;
     Ok(found)
+}
+
+/// Decodes one `virtio` field, on the transport its section's idstr names, the one assumed,
+/// or the only one under which the bytes read.
+fn decode_device(
+    bytes: &[u8],
+    offset: u64,
+    kind: DeviceKind,
+    idstr: &str,
+    assume: &Assumptions,
+) -> Result<VirtioDevice> {
+    let decode = |transport: TransportKind| {
+        VirtioDevice::decode_on(
+            &mut Reader::at(bytes, offset),
+            kind.clone(),
+            transport,
+            assume,
+        )
+    };
+    let named = match assume.transport {
+        Some(t) => Some((t, format!("assumed: transport={}", t.name()))),
+        None => TransportKind::of_section(idstr),
+    };
+    let (mut device, transport, how) = match named {
+        Some((transport, how)) => (decode(transport)?, transport, how),
+        None => {
+            let mut fits = Vec::new();
+            let mut first_error = None;
+            for transport in TransportKind::ALL {
+                match decode(transport) {
+                    Ok(device) => fits.push((device, transport)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match (fits.len(), first_error) {
+                (1, _) => {
+                    let (device, transport) = fits.remove(0);
+                    let how = format!(
+                        "the idstr {idstr:?} names no bus; the field reads to its end on \
+                         {} only",
+                        transport.name()
+                    );
+                    (device, transport, how)
+                }
+                (0, Some(e)) => return Err(e),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::AmbiguousFraming {
+                            readings: fits.iter().map(|(_, t)| t.name().to_owned()).collect(),
+                            settle: format!("--assume {idstr}:transport=pci|mmio|ccw"),
+                        },
+                        offset,
+                        "transport",
+                    ))
+                }
+            }
+        }
+    };
+    device
+        .inferred
+        .insert(0, Inference::new("transport", transport.name(), how));
+    Ok(device)
 }
 
 /// The kind of virtio device a section holds and its `virtio` field, if it is one.
@@ -292,7 +367,7 @@ pub fn decode_scsi_requests(
             // Another HBA's disk: its requests carry that HBA's state, not virtio-scsi's.
             continue;
         };
-        let assume = options.for_section(&hba.idstr);
+        let assume = options.for_section(&hba.idstr, None);
         let mut reader = Reader::at(bytes, field.offset);
         let requests =
             ScsiRequests::decode(&mut reader, Some(hba.device.offers_packed_rings()), &assume)

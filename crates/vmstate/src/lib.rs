@@ -45,11 +45,13 @@ pub mod devices;
 pub mod element;
 pub mod error;
 pub mod hex;
+pub mod machine;
 pub mod memory;
 pub mod note;
 pub mod schema;
 pub mod stream;
 pub mod virtio;
+pub mod vmsd;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

@@ -2,8 +2,8 @@
 //!
 //! The RAM section carries RAM blocks (`pc.ram`, ROMs...) by name and offset, not by
 //! guest-physical address: where a block appears in the guest's address space is the
-//! machine's business. [`RamMap`] says it: derived for x86 `pc` and `q35` machines from the
-//! machine type and RAM size, or given explicitly. [`GuestRam`] then holds the pages at their
+//! machine's business. [`RamMap`] says it: derived from the board (see [`crate::machine`]) and
+//! its RAM blocks, or given explicitly. [`GuestRam`] then holds the pages at their
 //! addresses in memory that implements `vm-memory`'s `GuestMemory` (anonymous, so pages the
 //! stream does not fill cost nothing), and remembers which pages the stream carried: a page
 //! that a stripped stream left out is *unknown*, not zero, and reading it says so.
@@ -15,11 +15,9 @@ use std::fmt;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::machine::Board;
 use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
-use crate::wire::Reader;
-
-/// Where guest RAM starts again above the 32-bit PCI hole on x86.
-const FOUR_GIB: u64 = 1 << 32;
+use crate::wire::{Endian, Reader};
 
 /// One piece of a RAM block placed in the guest-physical address space.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -44,67 +42,6 @@ pub struct RamMap {
 }
 
 impl RamMap {
-    /// The map of an x86 `pc` (i440fx) or `q35` machine: the main RAM block `pc.ram` below
-    /// the 32-bit PCI hole up to the machine's low-memory limit, the rest from 4 GiB.
-    ///
-    /// `machine` is the configuration section's machine type; without one (old streams, or
-    /// `send-configuration=off`) a guest whose RAM fits below 2 GiB still has one answer,
-    /// since both machines map that much RAM at address 0.
-    pub fn x86(machine: Option<&str>, ram_size: u64) -> Result<RamMap> {
-        let (low_limit, how) = match machine {
-            Some(m) if m.contains("q35") => (
-                if ram_size >= 0xb000_0000 {
-                    0x8000_0000
-                } else {
-                    0xb000_0000
-                },
-                format!("q35 machine ({m}): pc.ram below 2 GiB or 2.75 GiB, the rest from 4 GiB"),
-            ),
-            Some(m) if m.starts_with("pc") || m.contains("i440fx") => (
-                if ram_size >= 0xe000_0000 {
-                    0xc000_0000
-                } else {
-                    0xe000_0000
-                },
-                format!("i440fx machine ({m}): pc.ram below 3 or 3.5 GiB, the rest from 4 GiB"),
-            ),
-            Some(m) => {
-                return Err(map_error(format!(
-                    "machine type {m} is not an x86 pc or q35 machine: give the map with --ram-map"
-                )))
-            }
-            None if ram_size <= 0x8000_0000 => (
-                0x8000_0000,
-                "no machine type in the stream; pc.ram of at most 2 GiB sits at address 0 on \
-                 both pc and q35"
-                    .to_owned(),
-            ),
-            None => {
-                return Err(map_error(
-                    "no machine type in the stream and pc.ram over 2 GiB: give the map with \
-                     --ram-map"
-                        .to_owned(),
-                ))
-            }
-        };
-        let below = ram_size.min(low_limit);
-        let mut regions = vec![MapRegion {
-            block: "pc.ram".to_owned(),
-            block_offset: 0,
-            gpa: 0,
-            len: below,
-        }];
-        if ram_size > below {
-            regions.push(MapRegion {
-                block: "pc.ram".to_owned(),
-                block_offset: below,
-                gpa: FOUR_GIB,
-                len: ram_size.saturating_sub(below),
-            });
-        }
-        Ok(RamMap { regions, how })
-    }
-
     /// The RAM block and offset within it of guest-physical `gpa`, if it is RAM.
     pub fn block_offset(&self, gpa: u64) -> Option<(&str, u64)> {
         self.regions.iter().find_map(|r| {
@@ -280,6 +217,18 @@ impl<'s> GuestRam<'s> {
                     match &record.kind {
                         RamRecordKind::Zero { .. } => ram.set_zero(page, &scratch),
                         RamRecordKind::Page { data } => ram.set_source(page, data.offset),
+                        RamRecordKind::Compressed { data } => {
+                            if let Some(compressed) = slice(source, data.offset, data.len) {
+                                stream::inflate_page(
+                                    compressed,
+                                    data.offset,
+                                    Some(&mut scratch),
+                                    page_size,
+                                )?;
+                                ram.set_content(page, &scratch);
+                            }
+                            scratch.iter_mut().for_each(|b| *b = 0);
+                        }
                         RamRecordKind::Xbzrle { data } => {
                             // A delta applies to the page's current content: decode it now.
                             scratch.iter_mut().for_each(|b| *b = 0);
@@ -506,26 +455,35 @@ impl<'s> GuestRam<'s> {
             .map_err(|_| ReadError::OutsideRam)
     }
 
-    /// Reads a little-endian u16 (virtqueue fields are little-endian for modern devices and
-    /// x86 guests).
-    pub fn read_u16(&self, gpa: u64) -> std::result::Result<u16, ReadError> {
+    /// Reads a u16 in byte order `endian` (virtqueues are little-endian for VIRTIO 1
+    /// devices, in the guest's byte order for legacy ones).
+    pub fn read_u16(&self, gpa: u64, endian: Endian) -> std::result::Result<u16, ReadError> {
         let mut b = [0u8; 2];
         self.read(gpa, &mut b)?;
-        Ok(u16::from_le_bytes(b))
+        Ok(match endian {
+            Endian::Little => u16::from_le_bytes(b),
+            Endian::Big => u16::from_be_bytes(b),
+        })
     }
 
-    /// Reads a little-endian u32.
-    pub fn read_u32(&self, gpa: u64) -> std::result::Result<u32, ReadError> {
+    /// Reads a u32 in byte order `endian`.
+    pub fn read_u32(&self, gpa: u64, endian: Endian) -> std::result::Result<u32, ReadError> {
         let mut b = [0u8; 4];
         self.read(gpa, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        Ok(match endian {
+            Endian::Little => u32::from_le_bytes(b),
+            Endian::Big => u32::from_be_bytes(b),
+        })
     }
 
-    /// Reads a little-endian u64.
-    pub fn read_u64(&self, gpa: u64) -> std::result::Result<u64, ReadError> {
+    /// Reads a u64 in byte order `endian`.
+    pub fn read_u64(&self, gpa: u64, endian: Endian) -> std::result::Result<u64, ReadError> {
         let mut b = [0u8; 8];
         self.read(gpa, &mut b)?;
-        Ok(u64::from_le_bytes(b))
+        Ok(match endian {
+            Endian::Little => u64::from_le_bytes(b),
+            Endian::Big => u64::from_be_bytes(b),
+        })
     }
 }
 
@@ -535,9 +493,9 @@ fn slice(source: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
     source.get(start..start.checked_add(len)?)
 }
 
-/// The map for a stream: explicit when `explicit` is given, else derived for x86.
-pub fn map_for(stream: &Stream, explicit: Option<&str>) -> Result<RamMap> {
-    let blocks: Vec<(String, u64)> = stream
+/// The RAM blocks of a stream with their sizes, from its block list.
+pub fn ram_blocks(stream: &Stream) -> Vec<(String, u64)> {
+    stream
         .sections()
         .into_iter()
         .filter_map(|s| match &s.body {
@@ -551,18 +509,56 @@ pub fn map_for(stream: &Stream, explicit: Option<&str>) -> Result<RamMap> {
         })
         .flatten()
         .map(|b| (b.name.clone(), b.used_length))
-        .collect();
+        .collect()
+}
+
+/// The map for a stream: explicit when `explicit` is given, else derived from the board
+/// (see [`Board`]).
+pub fn map_for(stream: &Stream, explicit: Option<&str>) -> Result<RamMap> {
+    let blocks = ram_blocks(stream);
     if let Some(text) = explicit {
         return RamMap::parse(text, &blocks);
     }
-    let ram_size = blocks
+    let machine = stream.configuration().map(|c| c.machine.as_str());
+    derived_map(machine, &blocks)
+}
+
+/// The map a board's machine type and RAM blocks give.
+pub fn derived_map(machine: Option<&str>, blocks: &[(String, u64)]) -> Result<RamMap> {
+    let unknown = || {
+        let main = blocks
+            .iter()
+            .max_by_key(|(_, size)| *size)
+            .map_or("none".to_owned(), |(name, _)| name.clone());
+        map_error(format!(
+            "guest memory map unknown for machine {} (largest RAM block: {main}): give it \
+             with --ram-map BLOCK@GPA",
+            machine.unwrap_or("(none named in the stream)")
+        ))
+    };
+    let board = Board::identify(machine, blocks).ok_or_else(unknown)?;
+    let size = blocks
         .iter()
-        .find(|(name, _)| name == "pc.ram")
+        .find(|(name, _)| name == board.ram_block())
         .map(|(_, size)| *size)
-        .ok_or_else(|| {
-            map_error("the stream has no pc.ram block: give the map with --ram-map".to_owned())
-        })?;
-    RamMap::x86(stream.configuration().map(|c| c.machine.as_str()), ram_size)
+        .ok_or_else(unknown)?;
+    match machine {
+        Some(machine) => Ok(board.ram_map(machine, size)),
+        // Without a machine type pc and q35 differ above 2 GiB only.
+        None if board == Board::X86Pc && size > 0x8000_0000 => Err(map_error(
+            "no machine type in the stream and pc.ram over 2 GiB: give the map with --ram-map"
+                .to_owned(),
+        )),
+        None => {
+            let mut map = board.ram_map("no machine type in the stream", size);
+            if board == Board::X86Pc {
+                map.how = "no machine type in the stream; pc.ram of at most 2 GiB sits at \
+                           address 0 on both pc and q35"
+                    .to_owned();
+            }
+            Ok(map)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -571,19 +567,20 @@ mod tests {
 
     #[test]
     fn x86_maps_split_at_the_low_memory_limit() {
-        let small = RamMap::x86(Some("pc-q35-7.2"), 128 << 20).unwrap();
+        let pc_ram = |size: u64| vec![("pc.ram".to_owned(), size)];
+        let small = derived_map(Some("pc-q35-7.2"), &pc_ram(128 << 20)).unwrap();
         assert_eq!(small.regions.len(), 1);
         assert_eq!((small.regions[0].gpa, small.regions[0].len), (0, 128 << 20));
-        let big = RamMap::x86(Some("pc-q35-7.2"), 4 << 30).unwrap();
+        let big = derived_map(Some("pc-q35-7.2"), &pc_ram(4 << 30)).unwrap();
         assert_eq!(big.regions[0].len, 0x8000_0000);
         assert_eq!(
             (big.regions[1].gpa, big.regions[1].block_offset),
-            (FOUR_GIB, 0x8000_0000)
+            (1 << 32, 0x8000_0000)
         );
-        let pc = RamMap::x86(Some("pc-i440fx-7.2"), 4 << 30).unwrap();
+        let pc = derived_map(Some("pc-i440fx-7.2"), &pc_ram(4 << 30)).unwrap();
         assert_eq!(pc.regions[0].len, 0xc000_0000);
-        assert!(RamMap::x86(None, 4 << 30).is_err());
-        assert!(RamMap::x86(Some("virt-8.0"), 1 << 30).is_err());
+        assert!(derived_map(None, &pc_ram(4 << 30)).is_err());
+        assert!(derived_map(Some("sun4u"), &[("sun4u.ram".to_owned(), 1 << 30)]).is_err());
     }
 
     /// The range test, page by page: what `check_range` computes a region and a bitmap word

@@ -91,6 +91,7 @@ fn queue_sel_past_the_queues() {
 fn queue_count_of_a_device_with_a_fixed_number() {
     let f = break_and_check("alldev", "virtio-rng", |d| {
         d.queues.push(QueueState {
+            align: None,
             num: 8,
             desc: 0,
             last_avail_idx: 0,

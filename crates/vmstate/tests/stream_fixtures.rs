@@ -321,17 +321,72 @@ fn built_stream_cut_anywhere_fails() {
 #[test]
 fn unsupported_ram_records_say_which() {
     let mut data = built_stream(&[0, 1, 1]);
-    // Turn the PAGE record word into COMPRESS_PAGE.
+    // Turn the PAGE record word into HOOK (RDMA control records).
     let page_word = data
         .windows(8)
         .position(|w| w == [0, 0, 0, 0, 0, 0, 0, 0x08])
         .unwrap();
-    data[page_word + 6] = 0x01;
-    data[page_word + 7] = 0x00;
+    data[page_word + 7] = 0x80;
     let err = stream::read(&data).unwrap_err();
     assert!(
-        matches!(err.kind(), ErrorKind::Unsupported { what } if what.contains("COMPRESS_PAGE")),
+        matches!(err.kind(), ErrorKind::Unsupported { what } if what.contains("HOOK")),
         "{err}"
     );
     assert_eq!(err.offset(), page_word as u64);
+}
+
+/// A real QEMU 7.2 stream written with the `compress` capability (machine `pc`, never run):
+/// its non-zero pages are COMPRESS_PAGE records, each a zlib stream of one page.
+const COMPRESS_72: &str = "qemu7.2-noos-pc-compress";
+
+#[test]
+fn compressed_pages_are_read_inflated_and_written_back() {
+    let data = read_stream_file(&support::fixture(&format!("ram/{COMPRESS_72}.mig.gz")));
+    let parsed = stream::read(&data).unwrap();
+    let compressed: Vec<_> = parsed
+        .sections()
+        .into_iter()
+        .filter_map(|s| match &s.body {
+            SectionBody::Ram(ram) => Some(ram.items.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|item| match item {
+            RamItem::Pages(run) if matches!(run.kind, RunKind::Compressed { .. }) => Some(run),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        compressed.len() > 20,
+        "{} compressed pages",
+        compressed.len()
+    );
+    assert_eq!(stream::write(&parsed, &data).unwrap(), data);
+
+    // The content of a compressed page is the inflated zlib stream.
+    let run = compressed[0];
+    let record = &data[run.span.offset as usize..run.span.end() as usize];
+    let header = if record[7] & 0x20 != 0 {
+        8
+    } else {
+        9 + record[8] as usize
+    };
+    let len = u32::from_be_bytes(record[header..header + 4].try_into().unwrap()) as usize;
+    let zlib = &record[header + 4..header + 4 + len];
+    let mut page = vec![0u8; 4096];
+    stream::inflate_page(zlib, 0, Some(&mut page), 4096).unwrap();
+    let mut expected = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(zlib), &mut expected).unwrap();
+    assert_eq!(page, expected);
+
+    // A damaged zlib stream is refused where it lies.
+    let mut bad = data.clone();
+    let at = run.span.offset as usize + header + 4 + len / 2;
+    bad[at] ^= 0xff;
+    let err = stream::read(&bad).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::BadRamRecord { .. }),
+        "{err}"
+    );
+    assert_eq!(err.offset(), (run.span.offset as usize + header + 4) as u64);
 }

@@ -302,7 +302,7 @@ fn devices_not_decoded_yet_are_kept_whole_with_a_note() {
     let bytes = blob("qemu10.0-noos-q35-alldev--0000_00_02.0-virtio-net");
     let device = decode_with(
         &bytes,
-        DeviceKind::Other("virtio-gpu".into()),
+        DeviceKind::Other("virtio-unknown".into()),
         &Assumptions::default(),
     )
     .unwrap();
@@ -311,7 +311,15 @@ fn devices_not_decoded_yet_are_kept_whole_with_a_note() {
     };
     assert!(!rest.0.is_empty() && rest.0.len() < bytes.len());
     assert_eq!(device.notes.len(), 1);
-    assert!(device.notes[0].message.contains("not decoded yet"));
+    assert!(device.notes[0].message.contains("not decoded"));
+    // The core subsections after the undecoded state are read, not swallowed: the same
+    // as when the device is decoded as what it is.
+    let (_, as_net) = decode("qemu10.0-noos-q35-alldev--0000_00_02.0-virtio-net");
+    assert!(!device.subsections.is_empty());
+    assert_eq!(device.subsections, as_net.subsections);
+    let mut w = Writer::new();
+    device.encode(&mut w).unwrap();
+    assert_eq!(w.into_bytes(), bytes);
 }
 
 /// A cut field fails to decode, except where the cut falls exactly before a core subsection:
@@ -489,10 +497,10 @@ fn device_part_offset(bytes: &[u8]) -> usize {
         &Assumptions::default(),
     )
     .unwrap();
-    let DeviceState::Opaque { bytes: rest } = &device.device else {
+    let DeviceState::Opaque { .. } = &device.device else {
         panic!("probe")
     };
-    bytes.len() - rest.0.len()
+    device.notes[0].offset.unwrap() as usize
 }
 
 /// CVE-2013-4148/4149: an `in_use` over 64 is not a table. QEMU skips `in_use × 6` bytes;

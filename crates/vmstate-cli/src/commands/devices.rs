@@ -8,7 +8,9 @@ use serde::Serialize;
 use vmstate::devices::{self, Assumption, DecodeOptions, ScsiDiskSection, VirtioSection};
 use vmstate::element::LayoutChoice;
 use vmstate::stream::Stream;
-use vmstate::virtio::{DeviceState, MacTable, NdescsOrder, VirtioDevice};
+use vmstate::virtio::{
+    CoreState, DeviceState, MacTable, NdescsOrder, Transport, TransportExtra, VirtioDevice,
+};
 
 use crate::outcome::Failure;
 
@@ -157,6 +159,37 @@ pub fn scsi_summary(disks: &[ScsiDiskSection], out: &mut String) {
     }
 }
 
+/// One phrase on the transport: which one, and what shapes its state.
+fn transport_summary(d: &VirtioDevice) -> String {
+    match &d.transport {
+        Transport::Pci(pci) => format!(
+            "virtio-pci{}, {}",
+            if pci.shape.express { " express" } else { "" },
+            match pci.shape.msix_vectors {
+                0 => "no MSI-X".to_owned(),
+                n => format!("MSI-X {n} vectors"),
+            }
+        ),
+        Transport::Mmio(_) => {
+            let modern = d.subsections.iter().any(|s| {
+                matches!(
+                    &s.state,
+                    CoreState::ExtraState(TransportExtra::Mmio(extra)) if extra.state.is_some()
+                )
+            });
+            format!(
+                "virtio-mmio, {} interface",
+                if modern { "modern (v2)" } else { "legacy (v1)" }
+            )
+        }
+        Transport::Ccw(ccw) => format!(
+            "virtio-ccw {}, revision {}",
+            ccw.bus_id().unwrap_or_else(|| "?".to_owned()),
+            ccw.revision().map_or("?".to_owned(), |r| r.to_string())
+        ),
+    }
+}
+
 /// The text form of the virtio devices, for `dump`.
 pub fn summary(devices: &[VirtioSection], out: &mut String) {
     if devices.is_empty() {
@@ -165,17 +198,12 @@ pub fn summary(devices: &[VirtioSection], out: &mut String) {
     let _ = writeln!(out, "virtio devices:");
     for s in devices {
         let d = &s.device;
-        let msix = match d.transport.shape.msix_vectors {
-            0 => "no MSI-X".to_owned(),
-            n => format!("MSI-X {n} vectors"),
-        };
-        let _ =
-            writeln!(
+        let _ = writeln!(
             out,
-            "  {} (section {}): virtio-pci{}, {msix}, status {:#04x}, features {:#x}, {} queue(s)",
+            "  {} (section {}): {}, status {:#04x}, features {:#x}, {} queue(s)",
             s.idstr,
             s.section_id,
-            if d.transport.shape.express { " express" } else { "" },
+            transport_summary(d),
             d.status,
             d.guest_features(),
             d.queues.len()

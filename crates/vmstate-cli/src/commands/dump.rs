@@ -273,6 +273,9 @@ fn section_row(out: &mut String, section: &Section, indent: &str) {
         SectionBody::Opaque { span, reason, .. } => {
             format!("{} raw byte(s): {reason}", span.len)
         }
+        SectionBody::Iterative(payload) => {
+            format!("{} record(s): {}", payload.records, payload.summary)
+        }
     };
     let _ = writeln!(
         out,

@@ -66,17 +66,18 @@ fn check_queues(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec
             ),
         ));
     }
-    if let Some(expected) = expected_queue_count(d) {
-        if count != expected {
-            findings.push(Finding::new(
-                Rule::QueueCount,
-                "queues",
-                format!(
-                    "{count} queue(s) saved; a {} has {expected}",
-                    d.kind.vmsd_name()
-                ),
-            ));
-        }
+    let expected = expected_queue_counts(d);
+    if !expected.is_empty() && !expected.contains(&count) {
+        let counts: Vec<String> = expected.iter().map(usize::to_string).collect();
+        findings.push(Finding::new(
+            Rule::QueueCount,
+            "queues",
+            format!(
+                "{count} queue(s) saved; a {} has {}",
+                d.kind.vmsd_name(),
+                counts.join(" or ")
+            ),
+        ));
     }
     let packed = d.offers_packed_rings();
     for (index, q) in d.queues.iter().enumerate() {
@@ -127,31 +128,43 @@ fn check_queues(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec
     ));
 }
 
-/// The number of queues a device of this kind always has, when the stream is enough to
-/// know it.
-fn expected_queue_count(d: &VirtioDevice) -> Option<usize> {
+/// The numbers of queues a device of this kind can have saved, when the stream is enough to
+/// know them (empty when it is not).
+fn expected_queue_counts(d: &VirtioDevice) -> Vec<usize> {
+    /// `VIRTIO_NET_F_MQ`: the driver uses more than one queue pair.
+    const NET_F_MQ: u64 = 1 << 22;
     match &d.device {
         // A control pair, then a receive and a transmit queue per port (port 0 included).
-        DeviceState::Serial(serial) => usize::try_from(serial.max_nr_ports)
-            .ok()?
-            .checked_add(1)?
-            .checked_mul(2),
-        // A receive and a transmit queue per queue pair, then the control queue.
+        DeviceState::Serial(serial) => usize::try_from(serial.max_ports())
+            .ok()
+            .and_then(|n| n.checked_add(1)?.checked_mul(2))
+            .into_iter()
+            .collect(),
+        // A receive and a transmit queue per queue pair, then the control queue. Until the
+        // driver negotiates multiqueue QEMU keeps one pair and the control queue.
         DeviceState::Net(net) => {
             let pairs = net.queue_pairs.as_ref().map_or(1, |p| usize::from(p.max));
-            pairs.checked_mul(2)?.checked_add(1)
+            let all = pairs.saturating_mul(2).saturating_add(1);
+            if pairs > 1 && d.guest_features() & NET_F_MQ == 0 {
+                vec![all, 3]
+            } else {
+                vec![all]
+            }
         }
-        _ if d.kind.vmsd_name() == "virtio-rng" => Some(1),
-        _ => None,
+        _ if d.kind.vmsd_name() == "virtio-rng" => vec![1],
+        _ => Vec::new(),
     }
 }
 
 /// Config and queue vectors against the MSI-X table size.
 fn check_vectors(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec<String>) {
-    let Some(msix) = &d.transport.msix else {
+    let Some(pci) = d.transport.pci() else {
         return;
     };
-    let table = d.transport.shape.msix_vectors;
+    let Some(msix) = &pci.msix else {
+        return;
+    };
+    let table = pci.shape.msix_vectors;
     let mut check = |vector: u16, path: String| {
         if vector != NO_VECTOR && vector >= table {
             findings.push(Finding::new(
@@ -351,13 +364,14 @@ fn check_device(
                     .ports_map
                     .get(usize::try_from(port.id / 32).unwrap_or(usize::MAX))
                     .is_some_and(|word| word & (1u32 << (port.id % 32)) != 0);
-                if port.id >= serial.max_nr_ports || !in_map {
+                if port.id >= serial.max_ports() || !in_map {
                     findings.push(Finding::new(
                         Rule::SerialPort,
                         path("id"),
                         format!(
                             "port {} is not one of the device's {} ports in its ports map",
-                            port.id, serial.max_nr_ports
+                            port.id,
+                            serial.max_ports()
                         ),
                     ));
                 }

@@ -303,7 +303,19 @@ pub fn check_stream(
                 let saved = saved_elements(section, scsi);
                 let mut report = check_fields(section, &saved, scsi);
                 match ram {
-                    Some(ram) => rings::check_memory(&section.device, &saved, ram, &mut report),
+                    Some(ram) => match section.device.byte_order() {
+                        Some((endian, _)) => rings::check_memory(
+                            &section.device,
+                            &saved,
+                            &rings::RingMemory::new(ram, endian),
+                            &mut report,
+                        ),
+                        None => report.not_checked.push(
+                            "rings and in-flight elements: the byte order of this legacy \
+                             device's rings is unknown (the machine type names no known board)"
+                                .to_owned(),
+                        ),
+                    },
                     None => report
                         .not_checked
                         .push("rings and in-flight elements: no guest memory".to_owned()),
@@ -322,5 +334,12 @@ pub fn ring_ranges(
     scsi: &[ScsiDiskSection],
     ram: &GuestRam,
 ) -> Vec<(u64, u64)> {
-    rings::ring_ranges(&section.device, &saved_elements(section, scsi), ram)
+    let Some((endian, _)) = section.device.byte_order() else {
+        return Vec::new();
+    };
+    rings::ring_ranges(
+        &section.device,
+        &saved_elements(section, scsi),
+        &rings::RingMemory::new(ram, endian),
+    )
 }

@@ -12,6 +12,26 @@ use std::collections::HashMap;
 use super::{DeviceReport, Finding, Rule, SavedElement};
 use crate::element::Segment;
 use crate::memory::{GuestRam, ReadError};
+use crate::wire::Endian;
+
+/// Guest memory as one device's rings lie in it: read in the device's byte order.
+pub(super) struct RingMemory<'a, 's> {
+    ram: &'a GuestRam<'s>,
+    endian: Endian,
+}
+
+impl<'a, 's> RingMemory<'a, 's> {
+    pub(super) fn new(ram: &'a GuestRam<'s>, endian: Endian) -> Self {
+        RingMemory { ram, endian }
+    }
+}
+
+impl<'s> std::ops::Deref for RingMemory<'_, 's> {
+    type Target = GuestRam<'s>;
+    fn deref(&self) -> &GuestRam<'s> {
+        self.ram
+    }
+}
 use crate::virtio::{CoreState, PackedQueueState, VirtioDevice};
 
 /// Descriptor flag: the chain continues at `next`.
@@ -48,17 +68,21 @@ impl Descriptor {
 
 /// Reads the descriptor at `at`: `addr`, `len`, then `flags, next` in a split ring but
 /// `id, flags` in a packed one.
-fn read_descriptor(ram: &GuestRam, at: u64, packed: bool) -> Result<Descriptor, ReadError> {
-    let word_12 = ram.read_u16(at.saturating_add(12))?;
-    let word_14 = ram.read_u16(at.saturating_add(14))?;
+fn read_descriptor(
+    ram: &RingMemory<'_, '_>,
+    at: u64,
+    packed: bool,
+) -> Result<Descriptor, ReadError> {
+    let word_12 = ram.read_u16(at.saturating_add(12), ram.endian)?;
+    let word_14 = ram.read_u16(at.saturating_add(14), ram.endian)?;
     let (flags, next_or_id) = if packed {
         (word_14, word_12)
     } else {
         (word_12, word_14)
     };
     Ok(Descriptor {
-        addr: ram.read_u64(at)?,
-        len: ram.read_u32(at.saturating_add(8))?,
+        addr: ram.read_u64(at, ram.endian)?,
+        len: ram.read_u32(at.saturating_add(8), ram.endian)?,
         flags,
         next_or_id,
     })
@@ -89,7 +113,7 @@ type Chain = Vec<(Segment, bool)>;
 /// Reads an indirect table's descriptors (packed or split format), refusing bad lengths,
 /// tables outside RAM and nested tables.
 fn read_indirect(
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
     table: &Descriptor,
     packed: bool,
     limit: u64,
@@ -161,7 +185,7 @@ fn read_indirect(
 
 /// Walks a split-ring chain from `head` in the descriptor table at `desc` of `num` entries.
 fn walk_split(
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
     desc: u64,
     num: u64,
     head: u64,
@@ -252,7 +276,7 @@ fn compare(saved: &SavedElement<'_>, chain: &Chain, findings: &mut Vec<Finding>)
 pub(super) fn check_memory(
     d: &VirtioDevice,
     saved: &Option<Vec<SavedElement<'_>>>,
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
     report: &mut DeviceReport,
 ) {
     let packed_state: Option<&Vec<PackedQueueState>> =
@@ -270,7 +294,7 @@ pub(super) fn check_memory(
         }
         let Some((avail, used)) = d.ring_areas(index) else {
             report.not_checked.push(format!(
-                "queue {index}: ring addresses unknown (device state not decoded)"
+                "queue {index}: ring addresses unknown (a legacy ring alignment that is not a power of two)"
             ));
             continue;
         };
@@ -390,7 +414,7 @@ fn check_in_use(
 
 fn check_split_queue(
     d: &VirtioDevice,
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
     index: usize,
     (desc, avail, used, num, last_avail_idx): (u64, u64, u64, u64, u16),
     elements: &[&SavedElement<'_>],
@@ -399,8 +423,8 @@ fn check_split_queue(
 ) {
     let path = |field: &str| format!("queues[{index}].{field}");
     let (avail_idx, used_idx) = match (
-        ram.read_u16(avail.saturating_add(2)),
-        ram.read_u16(used.saturating_add(2)),
+        ram.read_u16(avail.saturating_add(2), ram.endian),
+        ram.read_u16(used.saturating_add(2), ram.endian),
     ) {
         (Ok(a), Ok(u)) => (a, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -450,6 +474,7 @@ fn check_split_queue(
             avail
                 .saturating_add(4)
                 .saturating_add(position.saturating_mul(2)),
+            ram.endian,
         ) {
             Ok(head) => window.push(u64::from(head)),
             Err(e) => {
@@ -498,7 +523,7 @@ fn check_split_queue(
 #[allow(clippy::too_many_arguments)]
 fn check_packed_queue(
     d: &VirtioDevice,
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
     index: usize,
     desc: u64,
     num: u64,
@@ -609,7 +634,7 @@ fn check_packed_queue(
 pub(super) fn ring_ranges(
     d: &VirtioDevice,
     saved: &Option<Vec<SavedElement<'_>>>,
-    ram: &GuestRam,
+    ram: &RingMemory<'_, '_>,
 ) -> Vec<(u64, u64)> {
     let packed = d.offers_packed_rings();
     let mut ranges = Vec::new();

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::config::read_configuration;
 use super::description::{self, Description};
+use super::iterative::{self, IterativeFormat};
 use super::ram::{read_ram_record, RamContext, RamRecordKind};
 use super::vmstate::decode_struct;
 use super::{
@@ -495,13 +496,19 @@ fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Resu
     let body = if idstr == "ram" {
         SectionBody::Ram(read_ram_section(r, ctx, version_id).map_err(|e| e.within(&path))?)
     } else if kind != SectionKind::Full {
-        return Err(Error::new(
-            ErrorKind::Unsupported {
-                what: format!("iterative section {idstr:?} (only \"ram\" is read)"),
-            },
-            start,
-            path,
-        ));
+        let Some(format) = IterativeFormat::of_idstr(&idstr) else {
+            return Err(Error::new(
+                ErrorKind::Unsupported {
+                    what: format!(
+                        "iterative section {idstr:?} (read: ram, s390-storage_attributes, \
+                         spapr/htab, block, dirty-bitmap)"
+                    ),
+                },
+                start,
+                path,
+            ));
+        };
+        SectionBody::Iterative(iterative::read(r, format).map_err(|e| e.within(&path))?)
     } else {
         read_device(r, ctx, &idstr, instance_id, version_id, section_id)
             .map_err(|e| e.within(&path))?
@@ -570,13 +577,12 @@ fn read_device(
     version_id: u32,
     section_id: u32,
 ) -> Result<SectionBody> {
-    if let Some(index) = ctx.take_device(idstr, instance_id) {
-        let desc = ctx
-            .description
-            .as_ref()
-            .and_then(|d| d.devices.get(index))
-            .map(|d| d.vmsd.clone())
-            .unwrap_or_default();
+    let entry = ctx
+        .take_device(idstr, instance_id)
+        .and_then(|index| ctx.description.as_ref()?.devices.get(index));
+    let problem = entry.and_then(|d| d.problem.clone());
+    if let Some(entry) = entry.filter(|d| d.problem.is_none()) {
+        let desc = entry.vmsd.clone();
         // The payload's layout follows the version it was written with: a section header
         // that names another version than the description describes cannot be read through
         // it (QEMU's loader refuses versions it does not load).
@@ -593,7 +599,9 @@ fn read_device(
         }
         return decode_struct(r, &desc).map(SectionBody::Device);
     }
-    let reason = if ctx.description.is_some() {
+    let reason = if let Some(problem) = problem {
+        format!("the stream's description of it cannot be read through: {problem}")
+    } else if ctx.description.is_some() {
         format!("the stream's description has no entry for {idstr:?} instance {instance_id}")
     } else {
         "the stream has no description (vmdesc trailer)".to_owned()
@@ -723,10 +731,9 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
                 items.push(RamItem::BlockList(list));
                 continue;
             }
-            RamRecordKind::Zero { fill } => RunKind::Zero { fill },
-            RamRecordKind::Page { .. } => RunKind::Page,
-            RamRecordKind::Xbzrle { data } => RunKind::Xbzrle {
-                encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
+            page => match page.run_kind() {
+                Some(kind) => kind,
+                None => continue,
             },
         };
         let bad = |reason: String| {

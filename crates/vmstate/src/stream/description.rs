@@ -29,6 +29,9 @@ pub struct DeviceDescription {
     pub instance_id: u32,
     /// Its fields and subsections.
     pub vmsd: VmsdDescription,
+    /// Why the entry cannot be read through, when it cannot (its section is then delimited
+    /// by its footer and kept as bytes, and the other sections still use the description).
+    pub problem: Option<String>,
 }
 
 /// The description of one VMState struct: fields, then subsections.
@@ -106,11 +109,15 @@ fn device(json: &Json) -> Parsed<DeviceDescription> {
         .and_then(Json::as_u64)
         .and_then(|i| u32::try_from(i).ok())
         .ok_or_else(|| format!("device {name:?} has no 32-bit instance_id"))?;
-    let vmsd = vmsd(json, &name)?;
+    let (vmsd, problem) = match vmsd(json, &name) {
+        Ok(vmsd) => (vmsd, None),
+        Err(reason) => (VmsdDescription::default(), Some(reason)),
+    };
     Ok(DeviceDescription {
         name,
         instance_id,
         vmsd,
+        problem,
     })
 }
 

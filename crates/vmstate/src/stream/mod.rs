@@ -22,6 +22,7 @@ mod config;
 mod container;
 mod description;
 mod gzip;
+mod iterative;
 mod ram;
 mod vmstate;
 mod writer;
@@ -34,11 +35,29 @@ pub use description::{
     VmsdDescription,
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
-pub use ram::{apply_xbzrle, read_page_record, RamRecord, RamRecordKind};
+pub use iterative::{IterativeFormat, IterativePayload};
+pub use ram::{apply_xbzrle, inflate_page, read_page_record, RamRecord, RamRecordKind};
 pub use writer::{write, write_to};
 
 pub use crate::hex::hex;
 use crate::hex::serialize_hex;
+
+/// Decodes a struct through a description known in advance (see [`crate::vmsd`]): its
+/// subsections are optional.
+pub(crate) fn decode_known_struct(
+    r: &mut crate::wire::Reader<'_>,
+    desc: &VmsdDescription,
+) -> crate::Result<StructValue> {
+    vmstate::decode_struct_as(r, desc, vmstate::Subsections::Optional)
+}
+
+/// Writes a decoded struct back, byte for byte.
+pub(crate) fn encode_known_struct(
+    w: &mut crate::wire::Writer,
+    value: &StructValue,
+) -> crate::Result<()> {
+    vmstate::encode_struct(w, value)
+}
 
 use crate::note::Note;
 
@@ -226,6 +245,8 @@ pub enum SectionBody {
     Ram(RamPayload),
     /// A VMState device decoded through the stream's description.
     Device(StructValue),
+    /// The records of an iterative handler other than RAM, kept as their place.
+    Iterative(IterativePayload),
     /// Payload bytes that could not be decoded, with the reason.
     Opaque {
         /// Where the payload is.
@@ -306,6 +327,11 @@ pub enum RunKind {
         /// Length of the encoded data.
         encoded_len: u16,
     },
+    /// One COMPRESS_PAGE record: a zlib-compressed page.
+    Compressed {
+        /// Length of the zlib stream.
+        compressed_len: u32,
+    },
     /// PAGE and ZERO records interleaved. Which record is which stays in the input, where
     /// the writer reads it back: the model keeps only the counts, so that it does not grow
     /// with the pages of a guest whose memory alternates between used and zero.
@@ -342,7 +368,7 @@ impl RamRun {
     pub fn page_counts(&self) -> (u64, u64, u64) {
         match self.kind {
             RunKind::Zero { .. } => (0, self.count, 0),
-            RunKind::Page => (self.count, 0, 0),
+            RunKind::Page | RunKind::Compressed { .. } => (self.count, 0, 0),
             RunKind::Xbzrle { .. } => (0, 0, self.count),
             RunKind::Mixed { zero_pages, .. } => {
                 (self.count.saturating_sub(zero_pages), zero_pages, 0)
@@ -352,7 +378,7 @@ impl RamRun {
 }
 
 /// The decoded payload of a VMState struct: its fields, then its subsections.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StructValue {
     /// The VMState name from the description, when it has one.
     pub vmsd_name: Option<String>,
@@ -375,7 +401,7 @@ impl StructValue {
 }
 
 /// One subsection (0x05, name, version, payload).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Subsection {
     /// Offset of the 0x05 byte.
     pub offset: u64,
@@ -388,7 +414,7 @@ pub struct Subsection {
 }
 
 /// One field of a VMState payload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Field {
     /// The field's name from the description.
     pub name: String,
@@ -406,7 +432,7 @@ pub struct Field {
 }
 
 /// The value of a field.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Value {
     /// A boolean stored as one byte of 0 or 1.
@@ -424,6 +450,9 @@ pub enum Value {
     Struct(StructValue),
     /// A compressed array (`array_len`): one description entry, several elements.
     Array(Vec<Field>),
+    /// A compressed array of unsigned big-endian integers, each `field.size / len` bytes
+    /// wide: kept as numbers, not one field each (a DMA translation table holds 10^5 of them).
+    Uints(Vec<u64>),
 }
 
 /// The JSON description (vmdesc) after EOF.

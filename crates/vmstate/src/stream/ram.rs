@@ -88,6 +88,11 @@ pub enum RamRecordKind {
         /// Where the encoded bytes are.
         data: Span,
     },
+    /// A zlib-compressed page (`RAM_SAVE_FLAG_COMPRESS_PAGE`, QEMU before 9.1).
+    Compressed {
+        /// Where the zlib stream is.
+        data: Span,
+    },
     /// End of section.
     Eos,
     /// Multifd synchronisation point.
@@ -114,7 +119,10 @@ pub(crate) fn read_ram_record(r: &mut Reader, ctx: &RamContext) -> Result<RamRec
     };
     // QEMU dispatches on the exact value without CONTINUE: one type flag per record.
     let kind_flag = flags & !FLAG_CONTINUE;
-    let needs_block = matches!(kind_flag, FLAG_ZERO | FLAG_PAGE | FLAG_XBZRLE);
+    let needs_block = matches!(
+        kind_flag,
+        FLAG_ZERO | FLAG_PAGE | FLAG_XBZRLE | FLAG_COMPRESS_PAGE
+    );
     // QEMU writes these words bare; anything more could not be written back as read.
     let stray_bits = match kind_flag {
         FLAG_MEM_SIZE => continues,
@@ -182,9 +190,28 @@ pub(crate) fn read_ram_record(r: &mut Reader, ctx: &RamContext) -> Result<RamRec
         FLAG_MULTIFD_FLUSH => RamRecordKind::MultifdFlush,
         FLAG_HOOK => return Err(unsupported("RAM_SAVE_FLAG_HOOK (RDMA control records)")),
         FLAG_COMPRESS_PAGE => {
-            return Err(unsupported(
-                "RAM_SAVE_FLAG_COMPRESS_PAGE (zlib-compressed pages)",
-            ))
+            let len_offset = r.offset();
+            let len = r.u32(Endian::Big, "ram.compressed.len")?;
+            let bound = compress_bound(ctx.page_size);
+            if u64::from(len) > bound {
+                return Err(Error::new(
+                    ErrorKind::CountTooLarge {
+                        value: u64::from(len),
+                        max: bound,
+                    },
+                    len_offset,
+                    "ram.compressed.len",
+                ));
+            }
+            let data_offset = r.offset();
+            let data = r.bytes(len as usize, "ram.compressed.data")?;
+            inflate_page(data, data_offset, None, ctx.page_size)?;
+            RamRecordKind::Compressed {
+                data: Span {
+                    offset: data_offset,
+                    len: u64::from(len),
+                },
+            }
         }
         FLAG_FULL => return Err(bad("obsolete RAM_SAVE_FLAG_FULL".to_owned())),
         other => return Err(bad(format!("unknown flags {other:#x}"))),
@@ -332,21 +359,14 @@ fn split_run(
             open = false;
             continue;
         }
-        let kind = match record.kind {
-            RamRecordKind::Zero { fill } => RunKind::Zero { fill },
-            RamRecordKind::Page { .. } => RunKind::Page,
-            RamRecordKind::Xbzrle { data } => RunKind::Xbzrle {
-                encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
-            },
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::BadRamRecord {
-                        reason: "a page run holds a record that is not a page".to_owned(),
-                    },
-                    record.offset,
-                    "ram.run",
-                ))
-            }
+        let Some(kind) = record.kind.run_kind() else {
+            return Err(Error::new(
+                ErrorKind::BadRamRecord {
+                    reason: "a page run holds a record that is not a page".to_owned(),
+                },
+                record.offset,
+                "ram.run",
+            ));
         };
         let extends = open
             && kept.last().is_some_and(|last| {
@@ -505,6 +525,77 @@ fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> b
 /// Checks an XBZRLE payload the way QEMU's decoder does: pairs of (unchanged run, literal
 /// run) lengths in one- or two-byte ULEB128, a zero unchanged run only first, literal runs
 /// non-empty, and nothing past the page.
+impl RamRecordKind {
+    /// The kind of page run a page record starts (`None` for records that are not pages).
+    pub(crate) fn run_kind(&self) -> Option<RunKind> {
+        Some(match self {
+            RamRecordKind::Zero { fill } => RunKind::Zero { fill: *fill },
+            RamRecordKind::Page { .. } => RunKind::Page,
+            RamRecordKind::Xbzrle { data } => RunKind::Xbzrle {
+                encoded_len: u16::try_from(data.len).unwrap_or(u16::MAX),
+            },
+            RamRecordKind::Compressed { data } => RunKind::Compressed {
+                compressed_len: u32::try_from(data.len).unwrap_or(u32::MAX),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The most bytes zlib's `compressBound` allows for one page, as QEMU's loader checks.
+fn compress_bound(page_size: u64) -> u64 {
+    page_size
+        .saturating_add(page_size >> 12)
+        .saturating_add(page_size >> 14)
+        .saturating_add(page_size >> 25)
+        .saturating_add(13)
+}
+
+/// Inflates one compressed page record (a whole zlib stream) into `page`, or only checks
+/// that it inflates to exactly one page when `page` is `None`. `base` is the data's offset.
+pub fn inflate_page(data: &[u8], base: u64, page: Option<&mut [u8]>, page_size: u64) -> Result<()> {
+    let bad = |reason: String| {
+        Error::new(
+            ErrorKind::BadRamRecord { reason },
+            base,
+            "ram.compressed.data",
+        )
+    };
+    let size = usize::try_from(page_size).map_err(|_| bad("page size".to_owned()))?;
+    let mut scratch;
+    let out: &mut [u8] = match page {
+        Some(page) => page,
+        None => {
+            scratch = vec![0u8; size];
+            &mut scratch
+        }
+    };
+    // One byte of room past the page tells a stream that inflates to more.
+    let mut spare = [0u8; 1];
+    let mut inflater = flate2::Decompress::new(true);
+    let status = inflater
+        .decompress(data, out, flate2::FlushDecompress::Finish)
+        .map_err(|e| bad(format!("not a zlib stream: {e}")))?;
+    let produced = inflater.total_out();
+    let more = match status {
+        flate2::Status::StreamEnd => false,
+        _ => {
+            let consumed = usize::try_from(inflater.total_in()).unwrap_or(data.len());
+            let rest = data.get(consumed..).unwrap_or(&[]);
+            !matches!(
+                inflater.decompress(rest, &mut spare, flate2::FlushDecompress::Finish),
+                Ok(flate2::Status::StreamEnd) if inflater.total_out() == produced
+            )
+        }
+    };
+    if produced != page_size || more {
+        return Err(bad(format!(
+            "the zlib stream does not inflate to exactly one page of {page_size} bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn check_xbzrle(encoded: &[u8], page_size: u64, base: u64) -> Result<()> {
     xbzrle(encoded, page_size, base, None)
 }

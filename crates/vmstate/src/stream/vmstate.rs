@@ -28,11 +28,29 @@ const SIGNED_TYPES: &[&str] = &[
 /// Types that analyze-migration.py reads as unsigned integers.
 const UNSIGNED_TYPES: &[&str] = &["uint8", "uint16", "uint32", "uint32 equal", "uint64"];
 
+/// Which of a description's subsections a struct must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Subsections {
+    /// Each one, once: a stream's own description lists the subsections that were sent.
+    AsDescribed,
+    /// Any of them: a description known in advance lists the subsections a struct may have.
+    Optional,
+}
+
 /// Decodes a struct (a device section, a nested struct or a subsection) through `desc`.
 pub(crate) fn decode_struct(r: &mut Reader, desc: &VmsdDescription) -> Result<StructValue> {
+    decode_struct_as(r, desc, Subsections::AsDescribed)
+}
+
+/// Decodes a struct through `desc`, with its subsections required as `mode` says.
+pub(crate) fn decode_struct_as(
+    r: &mut Reader,
+    desc: &VmsdDescription,
+    mode: Subsections,
+) -> Result<StructValue> {
     let mut fields = Vec::with_capacity(desc.fields.len());
     for field in &desc.fields {
-        fields.push(decode_field(r, field).map_err(|e| e.within(&field.name))?);
+        fields.push(decode_field(r, field, mode).map_err(|e| e.within(&field.name))?);
     }
     let subsections = match &desc.vmsd_name {
         Some(parent) => {
@@ -51,7 +69,7 @@ pub(crate) fn decode_struct(r: &mut Reader, desc: &VmsdDescription) -> Result<St
                 |name, r| {
                     let sub = position(name).map(|p| unused.borrow_mut().remove(p));
                     match sub {
-                        Some(sub) => decode_struct(r, sub),
+                        Some(sub) => decode_struct_as(r, sub, mode),
                         None => Err(r.error(
                             ErrorKind::MissingSubsection {
                                 name: name.to_owned(),
@@ -62,7 +80,7 @@ pub(crate) fn decode_struct(r: &mut Reader, desc: &VmsdDescription) -> Result<St
                 },
             )?;
             let unused = unused.into_inner();
-            if let Some(missing) = unused.first() {
+            if let Some(missing) = unused.first().filter(|_| mode == Subsections::AsDescribed) {
                 return Err(r.error(
                     ErrorKind::MissingSubsection {
                         name: missing.vmsd_name.clone().unwrap_or_default(),
@@ -105,16 +123,33 @@ pub(crate) fn read_subsections(
     Ok(out)
 }
 
-fn decode_field(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
+fn decode_field(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> Result<Field> {
     let offset = r.offset();
     match desc.array_len {
+        Some(count) if desc.nested.is_none() && packs_as_uints(desc) => {
+            let width = usize::try_from(desc.size).unwrap_or(0);
+            let count = r.check_count(count, desc.size.max(1), &desc.name)?;
+            super::budget::charge((count as u64).saturating_mul(8), offset, &desc.name)?;
+            let mut values = Vec::with_capacity(count);
+            for _ in 0..count {
+                values.push(be_unsigned(r.bytes(width, &desc.name)?));
+            }
+            Ok(Field {
+                name: desc.name.clone(),
+                type_name: desc.type_name.clone(),
+                index: None,
+                offset,
+                size: r.offset().saturating_sub(offset),
+                value: Value::Uints(values),
+            })
+        }
         Some(count) => {
             let count = r.check_count(count, desc.size.max(1), &desc.name)?;
             // The count is bounded by the bytes left, but an element of the model is many
             // times its bytes: reserve a little and let the model budget bound the growth.
             let mut elements = Vec::with_capacity(count.min(1 << 12));
             for index in 0..count {
-                let mut element = decode_element(r, desc)?;
+                let mut element = decode_element(r, desc, mode)?;
                 element.index = Some(index as u64);
                 elements.push(element);
             }
@@ -127,15 +162,15 @@ fn decode_field(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
                 value: Value::Array(elements),
             })
         }
-        None => decode_element(r, desc),
+        None => decode_element(r, desc, mode),
     }
 }
 
-fn decode_element(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
+fn decode_element(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> Result<Field> {
     let offset = r.offset();
     let name = desc.name.as_str();
     let value = if let Some(nested) = &desc.nested {
-        Value::Struct(decode_struct(r, nested)?)
+        Value::Struct(decode_struct_as(r, nested, mode)?)
     } else if desc.type_name == "capability" {
         let bytes = r.counted_bytes(name)?;
         match std::str::from_utf8(bytes) {
@@ -182,6 +217,11 @@ fn decode_element(r: &mut Reader, desc: &FieldDescription) -> Result<Field> {
         size: r.offset().saturating_sub(offset),
         value,
     })
+}
+
+/// Whether elements of a compressed array are unsigned integers of a width the model packs.
+fn packs_as_uints(desc: &FieldDescription) -> bool {
+    UNSIGNED_TYPES.contains(&desc.type_name.as_str()) && matches!(desc.size, 1 | 2 | 4 | 8)
 }
 
 fn be_unsigned(bytes: &[u8]) -> u64 {
@@ -255,6 +295,27 @@ fn encode_field(w: &mut Writer, field: &Field) -> Result<()> {
         Value::Array(elements) => {
             for element in elements {
                 encode_field(w, element)?;
+            }
+        }
+        Value::Uints(values) => {
+            let width = u64::try_from(values.len())
+                .ok()
+                .filter(|&n| n > 0)
+                .map_or(Some(1), |n| field.size.checked_div(n))
+                .and_then(|w| usize::try_from(w).ok())
+                .filter(|w| matches!(w, 1 | 2 | 4 | 8))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidValue {
+                            value: field.size,
+                            expected: "an integer array of 1, 2, 4 or 8 bytes per element",
+                        },
+                        w.offset(),
+                        &field.name,
+                    )
+                })?;
+            for value in values {
+                w.uint(width, Endian::Big, *value, &field.name)?;
             }
         }
     }

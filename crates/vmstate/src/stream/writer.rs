@@ -10,8 +10,8 @@ use super::container::{
     TYPE_COMMAND, TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION,
 };
 use super::ram::{
-    FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_MULTIFD_FLUSH, FLAG_PAGE, FLAG_XBZRLE, FLAG_ZERO,
-    XBZRLE_ENCODING,
+    FLAG_COMPRESS_PAGE, FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_MULTIFD_FLUSH, FLAG_PAGE,
+    FLAG_XBZRLE, FLAG_ZERO, XBZRLE_ENCODING,
 };
 use super::vmstate::encode_struct;
 use super::{
@@ -196,6 +196,9 @@ impl Output<'_> {
                 encode_struct(&mut w.buf, state).map_err(|e| e.within(&path))?
             }
             SectionBody::Opaque { bytes, .. } => w.buf.bytes(bytes),
+            SectionBody::Iterative(payload) => self
+                .copy_span(w, payload.span)
+                .map_err(|e| e.within(&path))?,
         }
         if section.footer_offset.is_some() {
             w.buf.u8(TYPE_FOOTER);
@@ -238,6 +241,7 @@ impl Output<'_> {
                 }
                 RunKind::Page | RunKind::Mixed { .. } => FLAG_PAGE,
                 RunKind::Xbzrle { .. } => FLAG_XBZRLE,
+                RunKind::Compressed { .. } => FLAG_COMPRESS_PAGE,
             };
             w.buf.u64(
                 Endian::Big,
@@ -257,6 +261,13 @@ impl Output<'_> {
                     w.buf
                         .bytes(self.source_bytes(payload_offset, self.page_size)?);
                     self.page_size
+                }
+                RunKind::Compressed { compressed_len } => {
+                    w.buf.u32(Endian::Big, compressed_len);
+                    let data_offset = payload_offset.saturating_add(4);
+                    w.buf
+                        .bytes(self.source_bytes(data_offset, u64::from(compressed_len))?);
+                    u64::from(compressed_len).saturating_add(4)
                 }
                 RunKind::Xbzrle { encoded_len } => {
                     w.buf.u8(XBZRLE_ENCODING);
@@ -283,6 +294,21 @@ impl Output<'_> {
                 run.span.offset,
                 "ram.run",
             ));
+        }
+        Ok(())
+    }
+
+    /// Copies bytes of the source in pieces, handing each full buffer to the output.
+    fn copy_span(&mut self, w: &mut Sink, span: Span) -> Result<()> {
+        const PIECE: u64 = 1 << 20;
+        let mut at = span.offset;
+        while at < span.end() {
+            let len = (span.end().saturating_sub(at)).min(PIECE);
+            w.buf.bytes(self.source_bytes(at, len)?);
+            at = at.saturating_add(len);
+            if w.spill()? {
+                (self.progress)(at);
+            }
         }
         Ok(())
     }

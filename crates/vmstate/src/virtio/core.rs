@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use super::mmio;
+use super::transport::{TransportExtra, TransportKind};
 use crate::error::Result;
 use crate::schema::{self, SubsectionHeader};
 use crate::wire::{Endian, Reader, Writer};
@@ -63,7 +65,7 @@ pub enum CoreState {
     Broken(u8),
     /// `virtio/extra_state`: the transport's own state.
     #[serde(rename = "virtio/extra_state")]
-    ExtraState(PciExtraState),
+    ExtraState(TransportExtra),
     /// `virtio/started` (a byte; non-zero is true).
     #[serde(rename = "virtio/started")]
     Started(u8),
@@ -138,14 +140,15 @@ pub struct ModernQueue {
     pub used: [u32; 2],
 }
 
-/// Reads the core subsections; stops at the first bytes that are not one.
-pub fn decode(r: &mut Reader<'_>) -> Result<Vec<CoreSubsection>> {
+/// Reads the core subsections of a device on `transport`; stops at the first bytes that are
+/// not one.
+pub fn decode(r: &mut Reader<'_>, transport: TransportKind) -> Result<Vec<CoreSubsection>> {
     let mut found = Vec::new();
     let mut seen = Vec::new();
     while let Some(header) = schema::next_subsection(r, VMSD, KNOWN)? {
         schema::first_time(&mut seen, &header)?;
         schema::check_version(&header, 1)?;
-        let state = decode_state(r, &header).map_err(|e| e.within(header.name))?;
+        let state = decode_state(r, &header, transport).map_err(|e| e.within(header.name))?;
         schema::end_of_struct(r, header.name)?;
         found.push(CoreSubsection {
             offset: header.offset,
@@ -156,7 +159,11 @@ pub fn decode(r: &mut Reader<'_>) -> Result<Vec<CoreSubsection>> {
     Ok(found)
 }
 
-fn decode_state(r: &mut Reader<'_>, header: &SubsectionHeader<'_>) -> Result<CoreState> {
+fn decode_state(
+    r: &mut Reader<'_>,
+    header: &SubsectionHeader<'_>,
+    transport: TransportKind,
+) -> Result<CoreState> {
     Ok(match header.name {
         "virtio/device_endian" => CoreState::DeviceEndian(r.u8("device_endian")?),
         "virtio/128bit_features" => CoreState::Features128(r.u64(Endian::Big, "guest_features")?),
@@ -171,7 +178,21 @@ fn decode_state(r: &mut Reader<'_>, header: &SubsectionHeader<'_>) -> Result<Cor
             r.u32(Endian::Big, "vring.num_default")
         })?),
         "virtio/broken" => CoreState::Broken(r.u8("broken")?),
-        "virtio/extra_state" => CoreState::ExtraState(decode_extra_state(r)?),
+        "virtio/extra_state" => CoreState::ExtraState(match transport {
+            TransportKind::Pci => TransportExtra::Pci(decode_extra_state(r)?),
+            TransportKind::Mmio => TransportExtra::Mmio(mmio::decode_extra_state(r)?),
+            // virtio-ccw has no extra state: QEMU's loader has nothing to read it with.
+            TransportKind::Ccw => {
+                return Err(crate::Error::new(
+                    crate::ErrorKind::UnknownSubsection {
+                        name: header.name.to_owned(),
+                        parent: format!("{VMSD} (on virtio-ccw, which has no extra state)"),
+                    },
+                    header.offset,
+                    "subsection",
+                ))
+            }
+        }),
         "virtio/started" => CoreState::Started(r.u8("started")?),
         "virtio/packed_virtqueues" => {
             CoreState::PackedVirtqueues(per_queue(r, "packed_virtqueue_state", |r| {
@@ -252,7 +273,7 @@ fn decode_extra_state(r: &mut Reader<'_>) -> Result<PciExtraState> {
 }
 
 /// Reads an address split into low and high 32-bit words.
-fn word_pair(r: &mut Reader<'_>, field: &str) -> Result<[u32; 2]> {
+pub(super) fn word_pair(r: &mut Reader<'_>, field: &str) -> Result<[u32; 2]> {
     Ok([r.u32(Endian::Big, field)?, r.u32(Endian::Big, field)?])
 }
 
@@ -286,7 +307,10 @@ pub fn encode(subsections: &[CoreSubsection], w: &mut Writer) -> Result<()> {
                     w.u32(Endian::Big, q.inuse);
                 }
             }
-            CoreState::ExtraState(extra) => {
+            CoreState::ExtraState(TransportExtra::Mmio(extra)) => {
+                mmio::encode_extra_state(extra, w)?
+            }
+            CoreState::ExtraState(TransportExtra::Pci(extra)) => {
                 if let (Some(version), Some(modern)) = (extra.modern_version, &extra.modern) {
                     schema::write_subsection_header(w, "virtio_pci/modern_state", version)?;
                     w.u32(Endian::Big, modern.dfselect);

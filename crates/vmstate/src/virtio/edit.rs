@@ -14,7 +14,7 @@ use super::core::CoreState;
 use super::net::NetState;
 use super::scsi::ScsiRequests;
 use super::serial::SerialPort;
-use super::{DeviceState, VirtioDevice};
+use super::{DeviceState, Transport, VirtioDevice};
 
 /// One step of a path: a name and, optionally, what stood in brackets after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,18 +132,9 @@ impl VirtioDevice {
                 }
                 Ok(())
             }
-            (["transport", "version"], _) => put(&mut self.transport.version, value, path),
-            (["transport", "irq_state"], [s, _]) => {
-                let i = index(s, 4, path)?;
-                match self.transport.irq_state.get_mut(i) {
-                    Some(level) => put(level, value, path),
-                    None => Err(bad_path(path, "no such pin")),
-                }
+            (["transport", rest @ ..], [_, tail @ ..]) => {
+                self.set_transport(rest, tail, value, path)
             }
-            (["transport", "msix", "config_vector"], _) => match &mut self.transport.msix {
-                Some(msix) => put(&mut msix.config_vector, value, path),
-                None => Err(bad_path(path, "the device has no MSI-X")),
-            },
             (["queues", field], [q, _]) => self.set_queue(q, field, value, path),
             (["requests"], [s]) if s.key.is_none() => {
                 *self.requests_mut(path)? = json(value, path)?;
@@ -217,6 +208,49 @@ impl VirtioDevice {
         }
     }
 
+    fn set_transport(
+        &mut self,
+        names: &[&str],
+        steps: &[Step<'_>],
+        value: &str,
+        path: &str,
+    ) -> Result<()> {
+        match (&mut self.transport, names, steps) {
+            (Transport::Pci(pci), ["version"], _) => put(&mut pci.version, value, path),
+            (Transport::Pci(pci), ["irq_state"], [s]) => {
+                let i = index(s, 4, path)?;
+                match pci.irq_state.get_mut(i) {
+                    Some(level) => put(level, value, path),
+                    None => Err(bad_path(path, "no such pin")),
+                }
+            }
+            (Transport::Pci(pci), ["msix", "config_vector"], _) => match &mut pci.msix {
+                Some(msix) => put(&mut msix.config_vector, value, path),
+                None => Err(bad_path(path, "the device has no MSI-X")),
+            },
+            (Transport::Mmio(mmio), [field], _) => match *field {
+                "host_features_sel" => put(&mut mmio.host_features_sel, value, path),
+                "guest_features_sel" => put(&mut mmio.guest_features_sel, value, path),
+                "guest_page_shift" => put(&mut mmio.guest_page_shift, value, path),
+                other => Err(bad_path(path, format!("virtio-mmio has no field {other}"))),
+            },
+            (Transport::Ccw(ccw), [field], _) => {
+                let number = parse_int(value)
+                    .ok_or_else(|| bad_path(path, format!("'{value}' is not an integer")))?;
+                ccw.set(field, number).ok_or_else(|| {
+                    bad_path(
+                        path,
+                        format!("virtio-ccw has no field {field} to set (revision, config_vector)"),
+                    )
+                })
+            }
+            (transport, _, _) => Err(bad_path(
+                path,
+                format!("{} has no such field", transport.kind().name()),
+            )),
+        }
+    }
+
     fn set_queue(&mut self, step: &Step<'_>, field: &str, value: &str, path: &str) -> Result<()> {
         let i = index(step, self.queues.len(), path)?;
         if matches!(field, "avail" | "used") {
@@ -250,6 +284,10 @@ impl VirtioDevice {
             "vector" => match &mut queue.vector {
                 Some(vector) => put(vector, value, path),
                 None => Err(bad_path(path, "the device has no MSI-X vectors")),
+            },
+            "align" => match &mut queue.align {
+                Some(align) => put(align, value, path),
+                None => Err(bad_path(path, "the transport saves no ring alignment")),
             },
             other => Err(bad_path(path, format!("a queue has no field {other}"))),
         }

@@ -299,8 +299,12 @@ pub(crate) fn settle<K: Reading, S>(
 
     let consistent: Vec<(K, Parsed<S>)> = parsed
         .into_iter()
+        // Without elements the framing is not in the bytes at all: any reading of an empty
+        // list agrees with the device (the framing is then set from the subsections below).
         .filter(|(key, p)| match (key.framing(), p.packed) {
-            (Some(framing), Some(packed)) => (framing.ndescs != NdescsOrder::Absent) == packed,
+            (Some(framing), Some(packed)) if p.elements > 0 => {
+                (framing.ndescs != NdescsOrder::Absent) == packed
+            }
             _ => true,
         })
         .collect();

@@ -10,11 +10,12 @@
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use super::core::{CoreState, CoreSubsection};
+use super::transport::TransportExtra;
 use super::{DeviceState, VirtioDevice};
 
-/// Alignment of the used ring of a legacy virtio-pci queue (`VIRTIO_PCI_VRING_ALIGN`), as
-/// the mask of the bits below it.
-const LEGACY_VRING_ALIGN_MASK: u64 = 4095;
+/// Alignment of the used ring of a legacy queue where the guest does not choose it
+/// (`VIRTIO_PCI_VRING_ALIGN`, and virtio-ccw's fixed 4096).
+const LEGACY_VRING_ALIGN: u64 = 4096;
 
 /// One queue with every address of its ring.
 #[derive(serde::Serialize)]
@@ -27,21 +28,20 @@ struct QueueJson {
     last_avail_idx: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     vector: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    align: Option<u32>,
 }
 
 impl VirtioDevice {
     /// Avail and used ring addresses of queue `index`: from `virtio/virtqueues` when the
     /// device saved it, else computed from the descriptor table as QEMU does for a legacy
-    /// queue (avail right after the table, used at the next 4096-byte boundary after avail).
+    /// queue (avail right after the table, used at the next boundary of the ring's alignment
+    /// after avail: the saved one on virtio-mmio, 4096 elsewhere).
     ///
-    /// `None` when the queue does not exist, or when the device's state past its queues was
-    /// not decoded (so whether `virtio/virtqueues` is there is unknown).
+    /// `None` when the queue does not exist or when a saved alignment is not a power of two.
     pub fn ring_areas(&self, index: usize) -> Option<(u64, u64)> {
         if let Some(rings) = self.ring_addresses(index) {
             return Some((rings.avail, rings.used));
-        }
-        if matches!(self.device, DeviceState::Opaque { .. }) {
-            return None;
         }
         let queue = self.queues.get(index)?;
         if queue.desc == 0 {
@@ -50,9 +50,12 @@ impl VirtioDevice {
         let num = u64::from(queue.num);
         let avail = queue.desc.checked_add(num.checked_mul(16)?)?;
         let avail_end = avail.checked_add(num.checked_mul(2)?.checked_add(4)?)?;
-        let used = avail_end
-            .checked_add(LEGACY_VRING_ALIGN_MASK)
-            .map(|v| v & !LEGACY_VRING_ALIGN_MASK)?;
+        let align = match queue.align {
+            Some(align) => Some(u64::from(align)).filter(|a| a.is_power_of_two())?,
+            None => LEGACY_VRING_ALIGN,
+        };
+        let mask = align.checked_sub(1)?;
+        let used = avail_end.checked_add(mask).map(|v| v & !mask)?;
         Some((avail, used))
     }
 
@@ -96,7 +99,14 @@ impl Serialize for SubsectionJson<'_> {
             CoreState::Virtqueues(rings) => cut(&mut s, rings, self.queues)?,
             CoreState::RingSize(sizes) => cut(&mut s, sizes, self.queues)?,
             CoreState::PackedVirtqueues(packed) => cut(&mut s, packed, self.queues)?,
-            CoreState::ExtraState(extra) => {
+            CoreState::ExtraState(TransportExtra::Mmio(extra)) => {
+                s.serialize_field("state_version", &extra.state_version)?;
+                if let Some(state) = &extra.state {
+                    s.serialize_field("guest_features", &state.guest_features)?;
+                    cut(&mut s, &state.queues, self.queues)?;
+                }
+            }
+            CoreState::ExtraState(TransportExtra::Pci(extra)) => {
                 s.serialize_field("modern_version", &extra.modern_version)?;
                 if let Some(modern) = &extra.modern {
                     s.serialize_field("dfselect", &modern.dfselect)?;
@@ -141,6 +151,7 @@ impl Serialize for VirtioDevice {
                     used: areas.map(|a| a.1),
                     last_avail_idx: q.last_avail_idx,
                     vector: q.vector,
+                    align: q.align,
                 }
             })
             .collect();

@@ -13,26 +13,32 @@
 
 mod balloon;
 mod blk;
+mod ccw;
 mod core;
 mod edit;
 mod framing;
 mod json;
+mod mmio;
 pub mod net;
 mod pci;
 pub mod scsi;
 mod serial;
+mod transport;
 
 pub use self::balloon::{BalloonState, BalloonSubsection};
 pub use self::blk::{BlkRequest, BlkState};
+pub use self::ccw::CcwTransport;
 pub use self::core::{
     CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
     RingAddresses, VIRTIO_QUEUE_MAX,
 };
 pub use self::edit::{parse_path, set_scsi, Step};
 pub use self::framing::{Framing, InFlight, NdescsOrder};
+pub use self::mmio::{MmioExtraState, MmioQueue, MmioState, MmioTransport};
 pub use self::net::{MacTable, NetQueuePairs, NetState, NetSubsection, RssState};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
 pub use self::serial::{PoppedElement, SerialPort, SerialState};
+pub use self::transport::{QueueExtras, Transport, TransportExtra, TransportKind};
 
 use serde::Serialize;
 
@@ -41,6 +47,7 @@ pub use crate::hex::HexBytes;
 use crate::element::LayoutChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::note::Note;
+use crate::schema;
 use crate::wire::{Endian, Reader, Writer};
 
 /// A fact the stream does not state, and how the decoder settled it.
@@ -124,6 +131,11 @@ pub struct Assumptions {
     pub ndescs_order: Option<NdescsOrder>,
     /// Host layout of the in-flight elements.
     pub layout: LayoutChoice,
+    /// The transport, when the section's idstr does not name it.
+    pub transport: Option<TransportKind>,
+    /// The byte order of the machine's guests after reset (from the stream's machine type),
+    /// which legacy devices use unless `virtio/device_endian` says otherwise.
+    pub machine_endian: Option<Endian>,
 }
 
 /// One virtqueue's saved fields.
@@ -131,11 +143,15 @@ pub struct Assumptions {
 pub struct QueueState {
     /// Ring size.
     pub num: u32,
+    /// Ring alignment, on transports where the guest chooses it (virtio-mmio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub align: Option<u32>,
     /// Guest-physical address of the descriptor table (0: not set up).
     pub desc: u64,
     /// Next avail-ring entry the device will read.
     pub last_avail_idx: u16,
-    /// MSI-X vector, when the transport has MSI-X.
+    /// The queue's vector: MSI-X (virtio-pci with MSI-X) or the queue's indicator bit
+    /// (virtio-ccw).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vector: Option<u16>,
 }
@@ -154,7 +170,8 @@ pub enum DeviceState {
     Serial(SerialState),
     /// virtio-balloon's device VMState.
     Balloon(BalloonState),
-    /// Not decoded: the rest of the field, core subsections included, as it was.
+    /// Not decoded: the device's own state as it was (the core subsections after it are
+    /// read).
     Opaque {
         /// The bytes.
         bytes: HexBytes,
@@ -168,8 +185,8 @@ pub enum DeviceState {
 pub struct VirtioDevice {
     /// Which device this is.
     pub kind: DeviceKind,
-    /// The virtio-pci transport's state.
-    pub transport: PciTransport,
+    /// The transport's state.
+    pub transport: Transport,
     /// Device status register.
     pub status: u8,
     /// Interrupt status register.
@@ -190,16 +207,66 @@ pub struct VirtioDevice {
     pub inferred: Vec<Inference>,
     /// Facts about the bytes that are not defects.
     pub notes: Vec<Note>,
+    /// The byte order of the machine's guests after reset, when the stream says which
+    /// machine it is (see [`Assumptions::machine_endian`]).
+    pub machine_endian: Option<Endian>,
 }
 
+/// The bit of `VIRTIO_F_VERSION_1` in the feature words.
+const VERSION_1: u64 = 1 << 32;
+
 impl VirtioDevice {
-    /// Decodes the whole `virtio` field in `blob` of a device of `kind`.
+    /// The byte order of the device's config space and rings, and how it follows: VIRTIO 1
+    /// devices are little-endian; legacy ones use the guest's byte order, which
+    /// `virtio/device_endian` states when it differs from the machine's default.
+    pub fn byte_order(&self) -> Option<(Endian, &'static str)> {
+        if self.guest_features() & VERSION_1 != 0 {
+            return Some((
+                Endian::Little,
+                "the driver negotiated VIRTIO 1: little-endian",
+            ));
+        }
+        let saved = self.subsections.iter().find_map(|s| match s.state {
+            CoreState::DeviceEndian(e) => Some(e),
+            _ => None,
+        });
+        match saved {
+            Some(1) => Some((
+                Endian::Little,
+                "legacy device: virtio/device_endian says little",
+            )),
+            Some(2) => Some((Endian::Big, "legacy device: virtio/device_endian says big")),
+            _ => self.machine_endian.map(|e| {
+                (
+                    e,
+                    match e {
+                        Endian::Big => "legacy device: the machine's default, big-endian",
+                        Endian::Little => "legacy device: the machine's default, little-endian",
+                    },
+                )
+            }),
+        }
+    }
+
+    /// Decodes the whole `virtio` field in `blob` of a device of `kind` on a PCI transport.
+    pub fn decode(blob: &mut Reader<'_>, kind: DeviceKind, assume: &Assumptions) -> Result<Self> {
+        Self::decode_on(blob, kind, TransportKind::Pci, assume)
+    }
+
+    /// Decodes the whole `virtio` field in `blob` of a device of `kind` on `transport` (see
+    /// [`TransportKind::of_section`]).
     ///
     /// `blob` must hold exactly the field (the description's size of it): the decoder uses its
     /// end to tell readings apart. Offsets in errors and notes are those of the reader.
-    pub fn decode(blob: &mut Reader<'_>, kind: DeviceKind, assume: &Assumptions) -> Result<Self> {
+    pub fn decode_on(
+        blob: &mut Reader<'_>,
+        kind: DeviceKind,
+        transport: TransportKind,
+        assume: &Assumptions,
+    ) -> Result<Self> {
         let mut inferred = Vec::new();
-        let transport = PciTransport::decode(blob, &mut inferred)?;
+        let transport = Transport::decode(transport, blob, &mut inferred)?;
+        let extras = transport.queue_extras();
         let status = blob.u8("status")?;
         let isr = blob.u8("isr")?;
         let queue_sel_offset = blob.offset();
@@ -240,7 +307,12 @@ impl VirtioDevice {
                 "num_queues",
             ));
         }
-        let queue_size = if transport.has_vectors() { 16 } else { 14 };
+        let queue_size: u64 = match (extras.vector, extras.align) {
+            (false, false) => 14,
+            (true, false) => 16,
+            (false, true) => 18,
+            (true, true) => 20,
+        };
         let num_queues = blob.check_count(num_queues, queue_size, "num_queues")?;
         let mut queues = Vec::with_capacity(num_queues);
         for index in 0..num_queues {
@@ -248,9 +320,13 @@ impl VirtioDevice {
             let mut read = || -> Result<QueueState> {
                 Ok(QueueState {
                     num: blob.u32(Endian::Big, "num")?,
+                    align: match extras.align {
+                        true => Some(blob.u32(Endian::Big, "align")?),
+                        false => None,
+                    },
                     desc: blob.u64(Endian::Big, "desc")?,
                     last_avail_idx: blob.u16(Endian::Big, "last_avail_idx")?,
-                    vector: match transport.has_vectors() {
+                    vector: match extras.vector {
                         true => Some(blob.u16(Endian::Big, "vector")?),
                         false => None,
                     },
@@ -261,6 +337,7 @@ impl VirtioDevice {
 
         let common = Common {
             kind,
+            machine_endian: assume.machine_endian,
             transport,
             status,
             isr,
@@ -289,7 +366,7 @@ impl VirtioDevice {
     /// Writes the `virtio` field back; `framing` (devices with elements only) replaces the
     /// one the elements were read with, to change their layout or where `ndescs` stands.
     pub fn encode_with(&self, w: &mut Writer, framing: Option<Framing>) -> Result<()> {
-        self.transport.encode(w);
+        self.transport.encode(w)?;
         w.u8(self.status);
         w.u8(self.isr);
         w.u16(Endian::Big, self.queue_sel);
@@ -313,6 +390,9 @@ impl VirtioDevice {
         );
         for q in &self.queues {
             w.u32(Endian::Big, q.num);
+            if let Some(align) = q.align {
+                w.u32(Endian::Big, align);
+            }
             w.u64(Endian::Big, q.desc);
             w.u16(Endian::Big, q.last_avail_idx);
             if let Some(vector) = q.vector {
@@ -327,10 +407,7 @@ impl VirtioDevice {
                 serial::encode(serial, framing.unwrap_or(serial.framing), w)?
             }
             DeviceState::Balloon(balloon) => balloon::encode(balloon, w)?,
-            DeviceState::Opaque { bytes } => {
-                w.bytes(&bytes.0);
-                return Ok(());
-            }
+            DeviceState::Opaque { bytes } => w.bytes(&bytes.0),
         }
         core::encode(&self.subsections, w)
     }
@@ -355,7 +432,8 @@ impl VirtioDevice {
 /// The part of a device every virtio device has, read before its own state.
 struct Common {
     kind: DeviceKind,
-    transport: PciTransport,
+    machine_endian: Option<Endian>,
+    transport: Transport,
     status: u8,
     isr: u8,
     queue_sel: u16,
@@ -372,7 +450,7 @@ impl Common {
         inferred: Vec<Inference>,
         notes: Vec<Note>,
     ) -> VirtioDevice {
-        VirtioDevice {
+        let mut device = VirtioDevice {
             kind: self.kind,
             transport: self.transport,
             status: self.status,
@@ -385,7 +463,19 @@ impl Common {
             subsections,
             inferred,
             notes,
+            machine_endian: self.machine_endian,
+        };
+        if let Some((endian, how)) = device.byte_order() {
+            device.inferred.push(Inference::new(
+                "byte_order",
+                match endian {
+                    Endian::Big => "config space and rings big-endian",
+                    Endian::Little => "config space and rings little-endian",
+                },
+                how,
+            ));
         }
+        device
     }
 
     fn decode_device(
@@ -396,14 +486,14 @@ impl Common {
     ) -> Result<VirtioDevice> {
         match &self.kind {
             DeviceKind::Scsi | DeviceKind::Rng => {
-                let subsections = core::decode(r)?;
+                let subsections = core::decode(r, self.transport.kind())?;
                 r.expect_end("virtio")?;
                 Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
             }
             DeviceKind::Blk => self.decode_blk(r, assume, inferred),
             DeviceKind::Balloon => {
                 let balloon = balloon::decode(r).map_err(|e| e.within("virtio"))?;
-                let subsections = core::decode(r)?;
+                let subsections = core::decode(r, self.transport.kind())?;
                 r.expect_end("virtio")?;
                 Ok(self.finish(
                     DeviceState::Balloon(balloon),
@@ -414,26 +504,60 @@ impl Common {
             }
             DeviceKind::Net => self.decode_net(r, assume, inferred),
             DeviceKind::Serial => self.decode_serial(r, assume, inferred),
+            DeviceKind::Other(name) if saves_no_own_state(name) => {
+                let subsections = core::decode(r, self.transport.kind())?;
+                r.expect_end("virtio")?;
+                Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
+            }
             DeviceKind::Other(name) => {
-                let note = Note::new(
-                    r.offset(),
-                    "virtio.device",
-                    format!(
-                        "{name} device state is not decoded yet: its own state and the core \
-                         subsections are kept as {} raw bytes",
-                        r.remaining()
-                    ),
-                );
-                let bytes = HexBytes(r.rest().to_vec());
-                r.skip(r.remaining(), "virtio.device")?;
-                Ok(self.finish(
-                    DeviceState::Opaque { bytes },
-                    Vec::new(),
-                    inferred,
-                    vec![note],
-                ))
+                let name = name.clone();
+                self.decode_undecoded(r, &name, inferred)
             }
         }
+    }
+
+    /// Keeps the own state of a device this crate does not decode as bytes, and still reads
+    /// the core subsections after it: they start at the first subsection header from which
+    /// the rest of the field reads as core subsections to its end.
+    fn decode_undecoded(
+        self,
+        r: &mut Reader<'_>,
+        name: &str,
+        inferred: Vec<Inference>,
+    ) -> Result<VirtioDevice> {
+        let transport = self.transport.kind();
+        let rest = r.rest();
+        let start = r.offset();
+        let split = (0..=rest.len()).find(|&at| {
+            let tail = rest.get(at..).unwrap_or(&[]);
+            let opens_core = tail.first() == Some(&schema::SUBSECTION_MARKER)
+                && tail.get(2..9) == Some(b"virtio/".as_slice());
+            if !(opens_core || tail.is_empty()) {
+                return false;
+            }
+            let mut attempt = Reader::at(tail, start.saturating_add(at as u64));
+            core::decode(&mut attempt, transport).is_ok() && attempt.is_empty()
+        });
+        let at = split.unwrap_or(rest.len());
+        let bytes = HexBytes(rest.get(..at).unwrap_or(rest).to_vec());
+        r.skip(at, "virtio.device")?;
+        let subsections = core::decode(r, transport)?;
+        r.expect_end("virtio")?;
+        let note = Note::new(
+            start,
+            "virtio.device",
+            format!(
+                "{name} device state is not decoded: its {} byte(s) are kept as they are; the \
+                 core subsections after them are read",
+                bytes.0.len()
+            ),
+        );
+        Ok(self.finish(
+            DeviceState::Opaque { bytes },
+            subsections,
+            inferred,
+            vec![note],
+        ))
     }
 
     /// Reads virtio-blk's requests under every framing the assumptions allow and keeps the
@@ -444,6 +568,7 @@ impl Common {
         assume: &Assumptions,
         mut inferred: Vec<Inference>,
     ) -> Result<VirtioDevice> {
+        let transport = self.transport.kind();
         let saved_queues = self.queues.len();
         // QEMU writes the index exactly when num-queues > 1, and saves exactly num-queues
         // queues (a guest cannot set a queue's size to 0), so the saved count settles it: a
@@ -460,7 +585,7 @@ impl Common {
             |r, framing| {
                 let mut notes = Vec::new();
                 let blk = blk::decode(r, framing, &mut notes).map_err(|e| e.within("virtio"))?;
-                let (subsections, packed) = read_core(r)?;
+                let (subsections, packed) = read_core(r, transport)?;
                 Ok(framing::Parsed {
                     elements: blk.requests.len(),
                     state: blk,
@@ -517,6 +642,7 @@ impl Common {
         assume: &Assumptions,
         mut inferred: Vec<Inference>,
     ) -> Result<VirtioDevice> {
+        let transport = self.transport.kind();
         let keys: Vec<net::NetReading> = match assume.num_queues {
             Some(n) => vec![net::NetReading { queue_pairs: n > 1 }],
             None => vec![
@@ -536,7 +662,7 @@ impl Common {
             &keys,
             |r, key| {
                 let net = net::decode(r, key, features).map_err(|e| e.within("virtio"))?;
-                let (subsections, packed) = read_core(r)?;
+                let (subsections, packed) = read_core(r, transport)?;
                 Ok(framing::Parsed {
                     state: net,
                     subsections,
@@ -572,6 +698,7 @@ impl Common {
         assume: &Assumptions,
         mut inferred: Vec<Inference>,
     ) -> Result<VirtioDevice> {
+        let transport = self.transport.kind();
         let map_options = serial::map_word_options(r.rest());
         let mut keys = Vec::new();
         for &map_words in &map_options {
@@ -588,7 +715,7 @@ impl Common {
             |r, key| {
                 let mut notes = Vec::new();
                 let serial = serial::decode(r, key, &mut notes).map_err(|e| e.within("virtio"))?;
-                let (subsections, packed) = read_core(r)?;
+                let (subsections, packed) = read_core(r, transport)?;
                 Ok(framing::Parsed {
                     elements: serial.popped_elements(),
                     state: serial,
@@ -621,13 +748,30 @@ impl Common {
     }
 }
 
+/// Devices whose `virtio` field holds nothing of their own between the queues and the core
+/// subsections (QEMU's sections of these names have neither a legacy save function nor a
+/// device VMState): virtio-gpu (its resources travel in a field of their own after `virtio`),
+/// virtio-input, virtio-9p, vhost-vsock, vhost-user-blk, vhost-user-fs, vhost-scsi.
+fn saves_no_own_state(vmsd: &str) -> bool {
+    matches!(
+        vmsd,
+        "virtio-gpu"
+            | "virtio-input"
+            | "virtio-9p"
+            | "virtio-vhost_vsock"
+            | "vhost-user-blk"
+            | "vhost-user-fs"
+            | "virtio-vhost_scsi"
+    )
+}
+
 /// How the presence of `ndescs` is settled inside a `virtio` field.
 const PACKED_SUBSECTION_RULE: &str = "the virtio/packed_virtqueues subsection";
 
 /// Reads the core subsections to the end of the field, and says whether they show that the
 /// device offers packed rings.
-fn read_core(r: &mut Reader<'_>) -> Result<(Vec<CoreSubsection>, bool)> {
-    let subsections = core::decode(r).map_err(|e| e.within("virtio"))?;
+fn read_core(r: &mut Reader<'_>, transport: TransportKind) -> Result<(Vec<CoreSubsection>, bool)> {
+    let subsections = core::decode(r, transport).map_err(|e| e.within("virtio"))?;
     r.expect_end("virtio")?;
     let packed = subsections
         .iter()

@@ -92,6 +92,19 @@ impl Reading for SerialReading {
 }
 
 impl SerialState {
+    /// The device's `max_nr_ports`. QEMU keeps the config in the guest's byte order and
+    /// saves that memory as a big-endian word, so the word is the property when the writing
+    /// host's byte order is the guest's and byte-swapped when it is not (a big-endian guest
+    /// on an x86 host); only one of the two is a port count QEMU allows.
+    pub fn max_ports(&self) -> u32 {
+        let swapped = self.max_nr_ports.swap_bytes();
+        if self.max_nr_ports > MAX_PORTS && swapped <= MAX_PORTS {
+            swapped
+        } else {
+            self.max_nr_ports
+        }
+    }
+
     /// How many ports hold an element.
     pub fn popped_elements(&self) -> usize {
         self.ports.iter().filter(|p| p.popped.is_some()).count()
@@ -272,10 +285,15 @@ pub fn inferences(state: &SerialState, other_readings: usize) -> Vec<Inference> 
             words.saturating_mul(32)
         ),
         format!(
-            "ceil(max_nr_ports / 32) with max_nr_ports = {} from the config snapshot (as \
-             written, or byte-swapped); the field parses to its end under this reading and \
-             every active port id is set in the map ({other_readings} other reading(s) parsed)",
-            state.max_nr_ports
+            "ceil(max_nr_ports / 32) with max_nr_ports = {} from the config snapshot ({}); \
+             the field parses to its end under this reading and every active port id is set \
+             in the map ({other_readings} other reading(s) parsed)",
+            state.max_ports(),
+            if state.max_ports() == state.max_nr_ports {
+                "as written"
+            } else {
+                "byte-swapped: the writing host's byte order is not the guest's"
+            }
         ),
     )];
     if state.popped_elements() > 0 {

@@ -140,6 +140,12 @@ pub fn peer_struct(state: &StructValue) -> Json {
                     entries.push((field.name.clone(), peer_value(element)));
                 }
             }
+            Value::Uints(values) => {
+                let width = (field.size as usize / values.len().max(1)) * 2;
+                for v in values {
+                    entries.push((field.name.clone(), Json::String(format!("0x{v:0width$x}"))));
+                }
+            }
             _ => entries.push((field.name.clone(), peer_value(field))),
         }
     }
@@ -182,6 +188,15 @@ fn peer_value(field: &Field) -> Json {
         ),
         Value::Struct(s) => peer_struct(s),
         Value::Array(elements) => Json::Array(elements.iter().map(peer_value).collect()),
+        Value::Uints(values) => {
+            let width = (field.size as usize / values.len().max(1)) * 2;
+            Json::Array(
+                values
+                    .iter()
+                    .map(|v| Json::String(format!("0x{v:0width$x}")))
+                    .collect(),
+            )
+        }
     }
 }
 
