@@ -4,127 +4,19 @@
 
 mod stream_checks;
 mod support;
+mod virtio_checks;
 
 use std::path::PathBuf;
 
 use serde_json::Value as Json;
 use stream_checks::read_stream_file;
-use vmstate::devices::{self, DecodeOptions, ScsiDiskSection, VirtioSection};
-use vmstate::element::{Layout, Segment};
-use vmstate::stream::{self, Stream};
-use vmstate::virtio::{DeviceState, Framing, InFlight, NdescsOrder};
+use virtio_checks::{check_virtio_stream, in_flight, Found};
+use vmstate::devices::{self, DecodeOptions, VirtioSection};
+use vmstate::element::Segment;
+use vmstate::stream;
+use vmstate::virtio::{DeviceState, InFlight};
 
 /// Every virtio device of a stream and the requests of its SCSI disks.
-struct Found {
-    virtio: Vec<VirtioSection>,
-    scsi: Vec<ScsiDiskSection>,
-}
-
-fn decode(data: &[u8]) -> (Stream, Found) {
-    let stream = stream::read(data).unwrap();
-    let options = DecodeOptions::default();
-    let virtio = devices::decode_virtio(&stream, &options).unwrap();
-    let scsi = devices::decode_scsi_requests(&stream, &virtio, &options).unwrap();
-    (stream, Found { virtio, scsi })
-}
-
-/// Re-encodes every device from its typed state and writes the stream.
-fn reencode(stream: &Stream, found: &Found, data: &[u8]) -> Vec<u8> {
-    let mut stream = stream.clone();
-    for device in &found.virtio {
-        devices::store_virtio(&mut stream, device, None).unwrap();
-    }
-    for disk in &found.scsi {
-        devices::store_scsi_requests(&mut stream, disk, None).unwrap();
-    }
-    stream::write(&stream, data).unwrap()
-}
-
-/// Writes every in-flight element (virtio-blk, virtio-serial, virtio-scsi) in `layout` (and
-/// ndescs after the element where `ndescs_after` says).
-fn convert(
-    stream: &Stream,
-    found: &Found,
-    data: &[u8],
-    layout: Layout,
-    ndescs_after: bool,
-) -> Vec<u8> {
-    let reframe = |mut framing: Framing| {
-        framing.layout = layout;
-        if ndescs_after && framing.ndescs != NdescsOrder::Absent {
-            framing.ndescs = NdescsOrder::AfterElement;
-        }
-        framing
-    };
-    let mut stream = stream.clone();
-    for device in &found.virtio {
-        let framing = device.device.framing().map(reframe);
-        devices::store_virtio(&mut stream, device, framing).unwrap();
-    }
-    for disk in &found.scsi {
-        let framing = reframe(disk.requests.framing);
-        devices::store_scsi_requests(&mut stream, disk, Some(framing)).unwrap();
-    }
-    stream::write(&stream, data).unwrap()
-}
-
-/// Every saved element of the stream, device by device.
-fn in_flight(found: &Found) -> Vec<InFlight> {
-    let mut out = Vec::new();
-    for d in &found.virtio {
-        match &d.device.device {
-            DeviceState::Blk(blk) => out.extend(blk.requests.iter().cloned()),
-            DeviceState::Serial(serial) => out.extend(
-                serial
-                    .ports
-                    .iter()
-                    .filter_map(|p| p.popped.as_ref().map(|e| e.element.clone())),
-            ),
-            _ => {}
-        }
-    }
-    for disk in &found.scsi {
-        out.extend(disk.requests.requests.iter().map(|r| r.element.clone()));
-    }
-    out
-}
-
-/// The checks every stream gets: decoding, identity of re-encoding, layout conversion and
-/// back, and the description staying readable after sizes change.
-fn check_stream(name: &str, data: &[u8]) -> (Stream, Found) {
-    let (stream, found) = decode(data);
-    assert!(!found.virtio.is_empty(), "{name}: no virtio device");
-    assert!(
-        reencode(&stream, &found, data) == data,
-        "{name}: re-encoding changed the stream"
-    );
-    if let Some(trailer) = &stream.trailer {
-        let root: Json = serde_json::from_slice(&trailer.json).unwrap();
-        assert!(
-            stream::render_like_qemu(&root).as_bytes() == trailer.json.as_slice(),
-            "{name}: the description does not re-render to its own bytes"
-        );
-    }
-    let requests = in_flight(&found);
-    if !requests.is_empty() {
-        for layout in [Layout::I386, Layout::Lp64Be, Layout::Ilp32Le] {
-            let converted = convert(&stream, &found, data, layout, false);
-            assert_eq!(
-                converted.len() == data.len(),
-                layout.size() == Layout::Stable.size()
-            );
-            let (back_stream, back) = decode(&converted);
-            assert_eq!(in_flight(&back), requests, "{name} via {layout}");
-            let restored = convert(&back_stream, &back, &converted, Layout::Stable, false);
-            assert!(
-                restored == data,
-                "{name}: {layout} and back is not the original"
-            );
-        }
-    }
-    (stream, found)
-}
-
 fn fixture_streams() -> Vec<(String, PathBuf)> {
     let dir = support::fixture("streams");
     let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
@@ -149,7 +41,7 @@ fn fixture_streams_decode_and_reencode_identically() {
     assert!(!streams.is_empty());
     for (name, path) in streams {
         let data = read_stream_file(&path);
-        let (_, found) = check_stream(&name, &data);
+        let (_, found) = check_virtio_stream(&name, &data);
         // alldev machines: blk, net, scsi, serial, balloon, rng, and a scsi-hd.
         assert_eq!(found.virtio.len(), 6, "{name}");
         let decoded = found
@@ -170,7 +62,7 @@ fn stripped_streams_keep_their_scsi_and_serial_elements() {
     let data = read_stream_file(&support::fixture(
         "stripped/qemu7.2-scsi-inflight.stripped.mig.gz",
     ));
-    let (_, found) = check_stream("scsi-inflight", &data);
+    let (_, found) = check_virtio_stream("scsi-inflight", &data);
     let [disk] = found.scsi.as_slice() else {
         panic!("one scsi disk")
     };
@@ -214,7 +106,7 @@ fn stripped_streams_keep_their_scsi_and_serial_elements() {
     let data = read_stream_file(&support::fixture(
         "stripped/qemu7.2-serial-throttled.stripped.mig.gz",
     ));
-    let (_, found) = check_stream("serial-throttled", &data);
+    let (_, found) = check_virtio_stream("serial-throttled", &data);
     let elements = in_flight(&found);
     assert_eq!(elements.len(), 1);
     assert_eq!((elements[0].queue, elements[0].element.index), (Some(5), 3));
@@ -384,7 +276,7 @@ fn every_corpus_device_decodes_and_matches_the_ground_truth() {
     let (mut scsi_disks, mut scsi_requests, mut popped) = (0, 0, 0);
     for (name, path) in support::corpus_streams(&corpus) {
         let data = read_stream_file(&path);
-        let (_, found) = check_stream(&name, &data);
+        let (_, found) = check_virtio_stream(&name, &data);
         devices_seen += found.virtio.len();
         assert!(
             found

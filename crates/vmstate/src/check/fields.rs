@@ -79,7 +79,7 @@ fn check_queues(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Vec
             ),
         ));
     }
-    let packed = d.offers_packed_rings();
+    let packed = d.uses_packed_rings();
     for (index, q) in d.queues.iter().enumerate() {
         let path = |field: &str| format!("queues[{index}].{field}");
         if q.num == 0 {
@@ -274,7 +274,7 @@ fn check_elements(
     findings: &mut Vec<Finding>,
     checked: &mut Vec<String>,
 ) {
-    let packed = d.offers_packed_rings();
+    let packed = d.uses_packed_rings();
     let mut heads = HashSet::new();
     for element in saved {
         let queue = element.queue;

@@ -11,6 +11,7 @@ mod fields;
 use fields::check_fields;
 mod rings;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -299,13 +300,15 @@ pub fn check_stream(
     Report {
         devices: devices
             .iter()
-            .map(|section| {
+            .enumerate()
+            .map(|(position, section)| {
                 let saved = saved_elements(section, scsi);
                 let mut report = check_fields(section, &saved, scsi);
                 match ram {
                     Some(ram) => match section.device.byte_order() {
                         Some((endian, _)) => rings::check_memory(
                             &section.device,
+                            &shared_descriptor_tables(devices, position),
                             &saved,
                             &rings::RingMemory::new(ram, endian),
                             &mut report,
@@ -324,6 +327,28 @@ pub fn check_stream(
             })
             .collect(),
     }
+}
+
+/// The queues of device `position` whose descriptor table starts where another device's
+/// does, with that device's idstr: one guest ring cannot serve two devices, so the driver
+/// left the first for the second without resetting it, and the ring is not the first's.
+fn shared_descriptor_tables(devices: &[VirtioSection], position: usize) -> HashMap<usize, String> {
+    let Some(this) = devices.get(position) else {
+        return HashMap::new();
+    };
+    let mut shared = HashMap::new();
+    for (index, q) in this.device.queues.iter().enumerate() {
+        if q.desc == 0 {
+            continue;
+        }
+        let other = devices.iter().enumerate().find(|(p, other)| {
+            *p != position && other.device.queues.iter().any(|o| o.desc == q.desc)
+        });
+        if let Some((_, other)) = other {
+            shared.insert(index, other.idstr.clone());
+        }
+    }
+    shared
 }
 
 /// The guest-physical ranges a check of `section` reads: every set-up queue's ring areas and

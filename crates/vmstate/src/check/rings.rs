@@ -275,21 +275,33 @@ fn compare(saved: &SavedElement<'_>, chain: &Chain, findings: &mut Vec<Finding>)
 /// Checks every queue of one device against guest memory, adding to `report`.
 pub(super) fn check_memory(
     d: &VirtioDevice,
+    shared: &HashMap<usize, String>,
     saved: &Option<Vec<SavedElement<'_>>>,
     ram: &RingMemory<'_, '_>,
     report: &mut DeviceReport,
 ) {
-    let packed_state: Option<&Vec<PackedQueueState>> =
-        d.subsections.iter().find_map(|s| match &s.state {
+    let packed_state: Option<&Vec<PackedQueueState>> = d
+        .subsections
+        .iter()
+        .find_map(|s| match &s.state {
             CoreState::PackedVirtqueues(q) => Some(q),
             _ => None,
-        });
+        })
+        .filter(|_| d.uses_packed_rings());
     let mut by_queue: HashMap<usize, Vec<&SavedElement<'_>>> = HashMap::new();
     for e in saved.iter().flatten() {
         by_queue.entry(e.queue).or_default().push(e);
     }
     for (index, q) in d.queues.iter().enumerate() {
         if q.desc == 0 {
+            continue;
+        }
+        if let Some(other) = shared.get(&index) {
+            report.not_checked.push(format!(
+                "queue {index}: its descriptor table is where {other} has one: a ring cannot \
+                 serve both, so the driver left one of them without a reset (firmware does) and \
+                 which one the ring in memory is is not known"
+            ));
             continue;
         }
         let Some((avail, used)) = d.ring_areas(index) else {
@@ -636,7 +648,7 @@ pub(super) fn ring_ranges(
     saved: &Option<Vec<SavedElement<'_>>>,
     ram: &RingMemory<'_, '_>,
 ) -> Vec<(u64, u64)> {
-    let packed = d.offers_packed_rings();
+    let packed = d.uses_packed_rings();
     let mut ranges = Vec::new();
     for (index, q) in d.queues.iter().enumerate() {
         if q.desc == 0 {

@@ -420,6 +420,14 @@ impl VirtioDevice {
             .any(|s| matches!(s.state, CoreState::PackedVirtqueues(_)))
     }
 
+    /// True when the driver negotiated packed rings (`VIRTIO_F_RING_PACKED`): what the rings
+    /// in guest memory are. A device may offer packed rings to a driver that drives split
+    /// ones (firmware does), so the offer alone says nothing about the rings.
+    pub fn uses_packed_rings(&self) -> bool {
+        const RING_PACKED: u64 = 1 << 34;
+        self.guest_features() & RING_PACKED != 0
+    }
+
     /// The avail and used ring addresses of queue `index`, from `virtio/virtqueues`.
     pub fn ring_addresses(&self, index: usize) -> Option<RingAddresses> {
         self.subsections.iter().find_map(|s| match &s.state {

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::wire::{Reader, Writer};
 
 /// Which transport a device sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportKind {
     /// virtio-pci (conventional PCI or PCI Express).

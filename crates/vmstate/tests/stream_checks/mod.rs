@@ -62,16 +62,24 @@ pub fn check_against_description(name: &str, parsed: &Stream) {
     for (section, device) in full.iter().zip(&description.devices) {
         assert_eq!(section.idstr, device.name, "{name}");
         assert_eq!(section.instance_id, device.instance_id, "{name}");
+        // Old-style handlers (s390-skeys, todclock) are described with no version.
+        if let Some(version) = device.vmsd.version {
+            assert_eq!(
+                u64::from(section.version_id),
+                version,
+                "{name}: {}",
+                section.idstr
+            );
+        }
+        // An entry QEMU describes wrongly (s390_css: an array of pointers described by its
+        // first, null, element) is delimited by its footer and kept as bytes.
+        let decoded = matches!(section.body, SectionBody::Device(_));
         assert_eq!(
-            Some(u64::from(section.version_id)),
-            device.vmsd.version,
-            "{name}: {}",
-            section.idstr
-        );
-        assert!(
-            matches!(section.body, SectionBody::Device(_)),
-            "{name}: {} decoded",
-            section.idstr
+            decoded,
+            device.problem.is_none(),
+            "{name}: {} decoded: {:?}",
+            section.idstr,
+            device.problem
         );
     }
     assert_eq!(parsed.page_size.bytes, description.page_size.unwrap_or(0));
