@@ -168,13 +168,13 @@ fn compare_in_flight(name: &str, data: &[u8], truth: &Json) {
             .element
             .device_readable
             .iter()
-            .map(|s| (s.addr, u64::from(s.len)))
+            .map(|s| (s.addr, s.len))
             .collect();
         let device_writable: Vec<_> = got
             .element
             .device_writable
             .iter()
-            .map(|s| (s.addr, u64::from(s.len)))
+            .map(|s| (s.addr, s.len))
             .collect();
         assert_eq!(out, segments(&want["out"]), "{name}: head {index} out");
         assert_eq!(
