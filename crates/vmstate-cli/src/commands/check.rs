@@ -100,7 +100,10 @@ fn render(memory: &MemoryJson<'_>, report: &Report) -> String {
             );
         }
         (None, Some(reason)) => {
-            let _ = writeln!(out, "guest memory: not available: {reason}");
+            let _ = writeln!(
+                out,
+                "guest memory: not available, rings and in-flight requests not checked: {reason}"
+            );
         }
         (None, None) => {}
     }
@@ -125,8 +128,13 @@ fn render(memory: &MemoryJson<'_>, report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "{} virtio device(s) checked, {} finding(s)",
+        "{} virtio device(s) checked{}, {} finding(s)",
         report.devices.len(),
+        if memory.map.is_some() {
+            ""
+        } else {
+            " on their saved fields only (no guest memory)"
+        },
         report.finding_count()
     );
     out

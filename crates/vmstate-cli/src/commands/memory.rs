@@ -20,7 +20,12 @@ pub fn guest_ram<'s>(
         Err(e) if explicit_map.is_some() => {
             return Err(Failure::unreadable(format!("{shown}: {e}")))
         }
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(e) => {
+            return Ok(Err(match e.kind() {
+                vmstate::ErrorKind::BadRamMap { reason } => reason.clone(),
+                _ => e.to_string(),
+            }))
+        }
     };
     loaded.bytes.rewind();
     let ram = GuestRam::from_stream(&loaded.stream, &loaded.bytes, map, &mut |offset| {

@@ -79,6 +79,15 @@ pub fn read_with_progress(data: &[u8], progress: &mut dyn FnMut(u64)) -> Result<
             "header.magic",
         ));
     }
+    if let Some(what) = known_container(data) {
+        return Err(Error::new(
+            ErrorKind::Unsupported {
+                what: what.to_owned(),
+            },
+            0,
+            "header.magic",
+        ));
+    }
     if magic != MAGIC {
         return Err(Error::new(
             ErrorKind::BadMagic { found: magic },
@@ -220,6 +229,23 @@ impl<'p> Context<'p> {
     }
 }
 
+/// Files that hold a migration stream inside a container of their own, named by their magic.
+fn known_container(data: &[u8]) -> Option<&'static str> {
+    if data.starts_with(b"QFI\xfb") {
+        Some(
+            "a qcow2 disk image (magic QFI\\xfb), not a migration stream: the VM state of its \
+             internal snapshots (savevm) is not read yet; `qemu-img snapshot -l` lists them",
+        )
+    } else if data.starts_with(b"LibvirtQemudSave") || data.starts_with(b"LibvirtQemudPart") {
+        Some(
+            "a libvirt save image (virsh save / managed save), not a bare migration stream: \
+             its header and domain XML come first",
+        )
+    } else {
+        None
+    }
+}
+
 /// Finds the JSON trailer from the end of the input, as analyze-migration.py does: the last
 /// NUL byte, the first `{` after it, and 0x06 + be32 length just before that.
 ///
@@ -229,27 +255,27 @@ fn locate_trailer(data: &[u8]) -> Result<Option<(u64, &[u8])>> {
     let Some(nul) = data.iter().rposition(|&b| b == 0) else {
         return Ok(None);
     };
-    let Some(brace) = data
-        .get(nul..)
-        .and_then(|tail| tail.iter().position(|&b| b == b'{'))
-        .and_then(|p| p.checked_add(nul))
-    else {
+    // The JSON holds no NUL, so the last one is the EOF byte or one of the length's bytes,
+    // and the length's bytes may themselves be a `{` (0x7b): of the braces after the NUL,
+    // the JSON's is the first with EOF, 0x06 and a length right before it.
+    let mut braces = data
+        .iter()
+        .enumerate()
+        .skip(nul)
+        .take(8)
+        .filter(|(_, &b)| b == b'{')
+        .map(|(at, _)| at);
+    let Some((start, brace, len)) = braces.find_map(|brace| {
+        let start = brace.checked_sub(6)?;
+        let header = data.get(start..brace)?;
+        let (&[TYPE_EOF, TYPE_VMDESCRIPTION], len) = (header.get(..2)?, header.get(2..)?) else {
+            return None;
+        };
+        let len = u32::from_be_bytes(<[u8; 4]>::try_from(len).ok()?) as usize;
+        Some((start, brace, len))
+    }) else {
         return Ok(None);
     };
-    let Some(start) = brace.checked_sub(6) else {
-        return Ok(None);
-    };
-    let (Some(&TYPE_EOF), Some(&TYPE_VMDESCRIPTION), Some(len)) = (
-        data.get(start),
-        data.get(start.saturating_add(1)),
-        data.get(start.saturating_add(2)..brace),
-    ) else {
-        return Ok(None);
-    };
-    let Ok(len) = <[u8; 4]>::try_from(len) else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes(len) as usize;
     let available = data.len().saturating_sub(brace);
     if len > available {
         return Err(Error::new(
@@ -864,4 +890,30 @@ fn read_trailer(r: &mut Reader, ctx: &mut Context) -> Result<Option<Trailer>> {
         json,
         description: ctx.description.take(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_trailer(json: &[u8]) -> Vec<u8> {
+        let mut data = b"QEVM\0\0\0\x03".to_vec();
+        data.push(TYPE_EOF);
+        data.push(TYPE_VMDESCRIPTION);
+        data.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        data.extend_from_slice(json);
+        data
+    }
+
+    #[test]
+    fn a_trailer_whose_length_holds_a_brace_is_found() {
+        // 0x7baa bytes: the length's first byte after its NULs is `{`.
+        let mut json = br#"{"page_size": 1024, "devices": [], "pad": ""#.to_vec();
+        json.resize(0x7baa - 2, b'x');
+        json.extend_from_slice(b"\"}");
+        let data = with_trailer(&json);
+        let (offset, found) = locate_trailer(&data).unwrap().unwrap();
+        assert_eq!(offset, 9);
+        assert_eq!(found, json.as_slice());
+    }
 }
