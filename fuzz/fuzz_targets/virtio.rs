@@ -1,5 +1,6 @@
-//! virtio blob decoder: arbitrary bytes as the `virtio` field of each kind of device, or as
-//! a SCSI disk's `requests` field.
+//! virtio blob decoder: arbitrary bytes as the `virtio` field of each kind of device on each
+//! transport, or as a SCSI disk's `requests` field. The first byte selects: bits 0-2 the
+//! device kind, bit 3 (with kind 7) an undecoded kind, bits 5-6 the transport.
 //!
 //! Invariants: nothing panics; whatever decodes encodes, and the encoding decodes to the same
 //! state; when the decoder noted nothing (no stale bytes in elements, the only thing the
@@ -9,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vmstate::virtio::scsi::ScsiRequests;
-use vmstate::virtio::{Assumptions, DeviceKind, VirtioDevice};
+use vmstate::virtio::{Assumptions, DeviceKind, TransportKind, VirtioDevice};
 use vmstate::wire::{Reader, Writer};
 
 fn scsi_requests(selector: u8, blob: &[u8]) {
@@ -46,10 +47,17 @@ fuzz_target!(|data: &[u8]| {
         4 => DeviceKind::Serial,
         5 => DeviceKind::Balloon,
         6 => return scsi_requests(selector, blob),
+        _ if selector & 0x08 != 0 => DeviceKind::Other("virtio-mem".to_owned()),
         _ => DeviceKind::Other("virtio-gpu".to_owned()),
     };
+    let transport = match (selector >> 5) & 3 {
+        1 => TransportKind::Mmio,
+        2 => TransportKind::Ccw,
+        _ => TransportKind::Pci,
+    };
+    let assume = Assumptions::default();
     let mut reader = Reader::new(blob);
-    let Ok(device) = VirtioDevice::decode(&mut reader, kind, &Assumptions::default()) else {
+    let Ok(device) = VirtioDevice::decode_on(&mut reader, kind, transport, &assume) else {
         return;
     };
     let mut writer = Writer::new();
@@ -60,12 +68,14 @@ fuzz_target!(|data: &[u8]| {
             "decode then encode changed the bytes"
         );
     }
-    let again = VirtioDevice::decode(
+    let again = VirtioDevice::decode_on(
         &mut Reader::new(writer.as_bytes()),
         device.kind.clone(),
-        &Assumptions::default(),
+        transport,
+        &assume,
     )
     .expect("the encoding decodes");
+    assert_eq!(again.transport, device.transport);
     assert_eq!(again.device, device.device);
     assert_eq!(again.subsections, device.subsections);
     assert_eq!(again.queues, device.queues);

@@ -72,7 +72,7 @@ pub struct IterativePayload {
 }
 
 /// Reads the payload of a section of `format` up to and including its end marker.
-pub(crate) fn read(r: &mut Reader, format: IterativeFormat) -> Result<IterativePayload> {
+pub fn read(r: &mut Reader, format: IterativeFormat) -> Result<IterativePayload> {
     let start = r.offset();
     let mut tally = Tally::default();
     let summary = match format {
@@ -218,7 +218,7 @@ fn block(r: &mut Reader, tally: &mut Tally) -> Result<String> {
         if flags & DEVICE_BLOCK != 0 {
             let name = r.counted_bytes("block.device")?;
             let name = String::from_utf8_lossy(name).into_owned();
-            if !devices.contains(&name) && devices.len() < 64 {
+            if !name.is_empty() && !devices.contains(&name) && devices.len() < 64 {
                 devices.push(name);
             }
             if flags & ZERO_BLOCK != 0 {

@@ -35,7 +35,7 @@ pub use description::{
     VmsdDescription,
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
-pub use iterative::{IterativeFormat, IterativePayload};
+pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};
 pub use ram::{apply_xbzrle, inflate_page, read_page_record, RamRecord, RamRecordKind};
 pub use writer::{write, write_to};
 
