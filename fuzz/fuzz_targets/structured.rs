@@ -86,6 +86,7 @@ fn apply(section: &mut VirtioSection, op: &[u8; 12]) {
             let queues = count(value);
             let template = device.queues.first().cloned().unwrap_or(QueueState {
                 num: 0,
+                align: None,
                 desc: 0,
                 last_avail_idx: 0,
                 vector: None,

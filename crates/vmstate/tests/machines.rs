@@ -302,3 +302,49 @@ fn extended_whole_machine_corpus() {
         }
     }
 }
+
+/// Legacy drivers' rings are in the guest's byte order: the s390-ccw BIOS drives its devices
+/// through the legacy interface (revision 0), big-endian, and their rings check clean only
+/// when read so. Read little-endian, the same rings are inconsistent (the control that the
+/// byte order is what decides). SLOF on pseries negotiates VIRTIO 1: little-endian.
+#[test]
+fn legacy_rings_of_big_endian_guests_are_read_big_endian() {
+    for name in ["s390x-ccw-fw"] {
+        let data = read_stream_file(&support::fixture(&format!(
+            "machines/qemu7.2-{name}.mig.gz"
+        )));
+        let parsed = stream::read(&data).unwrap();
+        let mut found =
+            devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
+        let legacy_big: Vec<String> = found
+            .iter()
+            .filter(|s| {
+                s.device.byte_order().map(|(e, _)| e) == Some(vmstate::wire::Endian::Big)
+                    && s.device.queues.iter().any(|q| q.desc != 0)
+            })
+            .map(|s| s.idstr.clone())
+            .collect();
+        assert!(
+            !legacy_big.is_empty(),
+            "{name}: no legacy big-endian device"
+        );
+        let map = memory::map_for(&parsed, None).unwrap();
+        let ram = GuestRam::from_stream(&parsed, &data, map, &mut |_| {}).unwrap();
+        let report = check::check_stream(&found, &[], Some(&ram));
+        assert_eq!(report.finding_count(), 0, "{name}");
+        for section in &mut found {
+            section.device.machine_endian = Some(vmstate::wire::Endian::Little);
+        }
+        let wrong = check::check_stream(&found, &[], Some(&ram));
+        let flagged: Vec<&str> = wrong
+            .devices
+            .iter()
+            .filter(|d| !d.findings.is_empty())
+            .map(|d| d.section.as_str())
+            .collect();
+        assert!(
+            legacy_big.iter().any(|s| flagged.contains(&s.as_str())),
+            "{name}: read little-endian, no legacy ring was flagged ({legacy_big:?})"
+        );
+    }
+}
