@@ -343,18 +343,9 @@ const COMPRESS_72: &str = "qemu7.2-noos-pc-compress";
 fn compressed_pages_are_read_inflated_and_written_back() {
     let data = read_stream_file(&support::fixture(&format!("ram/{COMPRESS_72}.mig.gz")));
     let parsed = stream::read(&data).unwrap();
-    let compressed: Vec<_> = parsed
-        .sections()
+    let compressed: Vec<_> = stream_checks::ram_runs(&parsed)
         .into_iter()
-        .filter_map(|s| match &s.body {
-            SectionBody::Ram(ram) => Some(ram.items.iter()),
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|item| match item {
-            RamItem::Pages(run) if matches!(run.kind, RunKind::Compressed { .. }) => Some(run),
-            _ => None,
-        })
+        .filter(|run| matches!(run.kind, RunKind::Compressed { .. }))
         .collect();
     assert!(
         compressed.len() > 20,
@@ -364,7 +355,7 @@ fn compressed_pages_are_read_inflated_and_written_back() {
     assert_eq!(stream::write(&parsed, &data).unwrap(), data);
 
     // The content of a compressed page is the inflated zlib stream.
-    let run = compressed[0];
+    let run = &compressed[0];
     let record = &data[run.span.offset as usize..run.span.end() as usize];
     let header = if record[7] & 0x20 != 0 {
         8

@@ -8,8 +8,8 @@ mod support;
 
 use std::io::Write;
 
-use stream_checks::read_stream_file;
-use vmstate::stream::{self, RamItem, RunKind, SectionBody, Stream};
+use stream_checks::{ram_runs as runs, read_stream_file};
+use vmstate::stream::{self, RunKind, Stream};
 
 const FIXTURES: [&str; 3] = [
     "qemu7.2-noos-pc-alldev",
@@ -19,22 +19,6 @@ const FIXTURES: [&str; 3] = [
 
 fn fixture(name: &str) -> Vec<u8> {
     read_stream_file(&support::fixture(&format!("streams/{name}.mig.gz")))
-}
-
-fn runs(stream: &Stream) -> Vec<stream::RamRun> {
-    stream
-        .sections()
-        .into_iter()
-        .filter_map(|s| match &s.body {
-            SectionBody::Ram(ram) => Some(ram.items.iter()),
-            _ => None,
-        })
-        .flatten()
-        .filter_map(|item| match item {
-            RamItem::Pages(run) => Some(run.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -125,7 +125,7 @@ pub(crate) fn read_subsections(
 
 fn decode_field(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> Result<Field> {
     let offset = r.offset();
-    match desc.array_len {
+    let value = match desc.array_len {
         Some(count) if desc.nested.is_none() && packs_as_uints(desc) => {
             let width = usize::try_from(desc.size).unwrap_or(0);
             let count = r.check_count(count, desc.size.max(1), &desc.name)?;
@@ -134,14 +134,7 @@ fn decode_field(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> R
             for _ in 0..count {
                 values.push(be_unsigned(r.bytes(width, &desc.name)?));
             }
-            Ok(Field {
-                name: desc.name.clone(),
-                type_name: desc.type_name.clone(),
-                index: None,
-                offset,
-                size: r.offset().saturating_sub(offset),
-                value: Value::Uints(values),
-            })
+            Value::Uints(values)
         }
         Some(count) => {
             let count = r.check_count(count, desc.size.max(1), &desc.name)?;
@@ -153,17 +146,18 @@ fn decode_field(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> R
                 element.index = Some(index as u64);
                 elements.push(element);
             }
-            Ok(Field {
-                name: desc.name.clone(),
-                type_name: desc.type_name.clone(),
-                index: None,
-                offset,
-                size: r.offset().saturating_sub(offset),
-                value: Value::Array(elements),
-            })
+            Value::Array(elements)
         }
-        None => decode_element(r, desc, mode),
-    }
+        None => return decode_element(r, desc, mode),
+    };
+    Ok(Field {
+        name: desc.name.clone(),
+        type_name: desc.type_name.clone(),
+        index: None,
+        offset,
+        size: r.offset().saturating_sub(offset),
+        value,
+    })
 }
 
 fn decode_element(r: &mut Reader, desc: &FieldDescription, mode: Subsections) -> Result<Field> {

@@ -18,6 +18,23 @@ pub fn read_stream_file(path: &Path) -> Vec<u8> {
         .into_owned()
 }
 
+/// Every run of page records of a stream, in stream order.
+pub fn ram_runs(stream: &Stream) -> Vec<stream::RamRun> {
+    stream
+        .sections()
+        .into_iter()
+        .filter_map(|s| match &s.body {
+            SectionBody::Ram(ram) => Some(ram.items.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|item| match item {
+            RamItem::Pages(run) => Some(run.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Reads a gzip-compressed JSON file.
 pub fn read_json_gz(path: &Path) -> Json {
     let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
