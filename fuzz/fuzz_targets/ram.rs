@@ -40,7 +40,7 @@ fuzz_target!(|input: &[u8]| {
     let written = stream::write(&parsed, &data).expect("a stream that reads writes back");
     assert!(written == data, "written stream differs from the input");
     let _ = parsed.ram_summary();
-    let Ok(map) = memory::map_for(&parsed, None) else {
+    let Ok(map) = memory::map_for(&parsed, &[], None) else {
         return;
     };
     let Ok(ram) = memory::GuestRam::from_stream(&parsed, &data, map, &mut |_| {}) else {

@@ -14,9 +14,11 @@ use std::fmt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::devices::VirtioSection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Board;
 use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
+use crate::virtio::{DeviceState, MemRegion, MemState};
 use crate::wire::{Endian, Reader};
 
 /// One piece of a RAM block placed in the guest-physical address space.
@@ -513,14 +515,82 @@ pub fn ram_blocks(stream: &Stream) -> Vec<(String, u64)> {
 }
 
 /// The map for a stream: explicit when `explicit` is given, else derived from the board
-/// (see [`Board`]).
-pub fn map_for(stream: &Stream, explicit: Option<&str>) -> Result<RamMap> {
+/// (see [`Board`]) and, among `devices`, the memory devices that say where their memory sits
+/// (virtio-mem: its region's plugged blocks).
+pub fn map_for(
+    stream: &Stream,
+    devices: &[VirtioSection],
+    explicit: Option<&str>,
+) -> Result<RamMap> {
     let blocks = ram_blocks(stream);
     if let Some(text) = explicit {
         return RamMap::parse(text, &blocks);
     }
     let machine = stream.configuration().map(|c| c.machine.as_str());
-    derived_map(machine, &blocks)
+    let mut map = derived_map(machine, &blocks)?;
+    for section in devices {
+        let DeviceState::Mem(MemState {
+            region: Some(region),
+            ..
+        }) = &section.device.device
+        else {
+            continue;
+        };
+        // The backend's RAM block is named after the device's bus path: `<path>/<memdev>`.
+        let path = section.idstr.rsplit_once('/').map_or("", |(path, _)| path);
+        let Some((block, _)) = blocks.iter().find(|(name, size)| {
+            *size == region.region_size
+                && name
+                    .strip_prefix(path)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) else {
+            continue;
+        };
+        let plugged = plugged_runs(region);
+        if !plugged.is_empty() {
+            map.how = format!(
+                "{}; {} plugged block run(s) of {} ({block}) from {:#x}",
+                map.how,
+                plugged.len(),
+                section.idstr,
+                region.addr
+            );
+        }
+        for (offset, len) in plugged {
+            map.regions.push(MapRegion {
+                block: block.clone(),
+                block_offset: offset,
+                gpa: region.addr.saturating_add(offset),
+                len,
+            });
+        }
+    }
+    Ok(map)
+}
+
+/// The plugged blocks of a virtio-mem region as (offset, length) runs of consecutive blocks.
+fn plugged_runs(region: &MemRegion) -> Vec<(u64, u64)> {
+    let blocks = region
+        .region_size
+        .checked_div(region.block_size)
+        .unwrap_or(0);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for block in 0..blocks {
+        let word = region
+            .bitmap
+            .get(usize::try_from(block / 64).unwrap_or(usize::MAX));
+        if !word.is_some_and(|w| w & (1u64 << (block % 64)) != 0) {
+            continue;
+        }
+        let offset = block.saturating_mul(region.block_size);
+        match runs.last_mut() {
+            Some((start, len)) if start.saturating_add(*len) == offset => {
+                *len = len.saturating_add(region.block_size)
+            }
+            _ => runs.push((offset, region.block_size)),
+        }
+    }
+    runs
 }
 
 /// The map a board's machine type and RAM blocks give.
@@ -610,7 +680,7 @@ mod tests {
             include_bytes!("../../../tests/fixtures/rings/qemu7.2-blk-inflight-split.rings.mig.gz");
         let data = crate::stream::decompress_if_gzip(gz, 1 << 30).unwrap();
         let stream = crate::stream::read(&data).unwrap();
-        let map = map_for(&stream, None).unwrap();
+        let map = map_for(&stream, &[], None).unwrap();
         let ram = GuestRam::from_stream(&stream, &data, map, &mut |_| {}).unwrap();
         let size: u64 = ram.map.regions.iter().map(|r| r.len).sum();
         let page = ram.page_size;

@@ -148,7 +148,7 @@ fn check_bytes(data: &[u8], with_memory: bool) -> Report {
     if !with_memory {
         return check::check_stream(&found, &scsi, None);
     }
-    let map = memory::map_for(&stream, None).unwrap();
+    let map = memory::map_for(&stream, &[], None).unwrap();
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {}).unwrap();
     check::check_stream(&found, &scsi, Some(&ram))
 }

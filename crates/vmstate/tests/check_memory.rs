@@ -24,7 +24,7 @@ fn check_bytes(data: &[u8]) -> Report {
     let options = DecodeOptions::default();
     let found = devices::decode_virtio(&stream, &options).unwrap();
     let scsi = devices::decode_scsi_requests(&stream, &found, &options).unwrap();
-    let map = memory::map_for(&stream, None).unwrap();
+    let map = memory::map_for(&stream, &[], None).unwrap();
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {}).unwrap();
     check::check_stream(&found, &scsi, Some(&ram))
 }

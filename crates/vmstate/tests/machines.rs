@@ -45,7 +45,7 @@ fn named_transport(name: &str) -> TransportKind {
 }
 
 /// Device kinds whose own state this crate does not decode (kept as bytes with a note).
-const UNDECODED: &[&str] = &["virtio-iommu", "virtio-mem"];
+const UNDECODED: &[&str] = &["virtio-iommu"];
 
 /// Everything a stream of the set must satisfy, whatever its machine: it reads and writes
 /// back byte for byte, every virtio device decodes on the transport its name says, with its
@@ -71,7 +71,8 @@ fn check_machine_stream(name: &str, data: &[u8]) -> check::Report {
             "{what}: byte order unknown on a known machine"
         );
     }
-    let map = memory::map_for(&parsed, None).unwrap_or_else(|e| panic!("{name}: map: {e}"));
+    let map = memory::map_for(&parsed, &found.virtio, None)
+        .unwrap_or_else(|e| panic!("{name}: map: {e}"));
     let ram = GuestRam::from_stream(&parsed, data, map, &mut |_| {})
         .unwrap_or_else(|e| panic!("{name}: guest memory: {e}"));
     let report = check::check_stream(&found.virtio, &found.scsi, Some(&ram));
@@ -328,7 +329,7 @@ fn legacy_rings_of_big_endian_guests_are_read_big_endian() {
             !legacy_big.is_empty(),
             "{name}: no legacy big-endian device"
         );
-        let map = memory::map_for(&parsed, None).unwrap();
+        let map = memory::map_for(&parsed, &found, None).unwrap();
         let ram = GuestRam::from_stream(&parsed, &data, map, &mut |_| {}).unwrap();
         let report = check::check_stream(&found, &[], Some(&ram));
         assert_eq!(report.finding_count(), 0, "{name}");
@@ -347,4 +348,55 @@ fn legacy_rings_of_big_endian_guests_are_read_big_endian() {
             "{name}: read little-endian, no legacy ring was flagged ({legacy_big:?})"
         );
     }
+}
+
+/// virtio-mem says where its region sits: its plugged blocks are guest RAM at the region's
+/// address, taken from the backend's RAM block (named after the device's bus path).
+#[test]
+fn virtio_mem_plugged_blocks_are_placed_in_guest_memory() {
+    let data = read_stream_file(&support::fixture(
+        "machines/qemu7.2-q35-pci-noguest-mem.mig.gz",
+    ));
+    let parsed = stream::read(&data).unwrap();
+    let mut found = devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
+    let mem = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
+        .unwrap();
+    let DeviceState::Mem(state) = &mut mem.device.device else {
+        panic!("virtio-mem not decoded")
+    };
+    let region = state.region.as_mut().unwrap();
+    assert_eq!(
+        (region.addr, region.region_size, region.block_size),
+        (1 << 32, 128 << 20, 2 << 20)
+    );
+    // Nothing plugged (no driver): only the board's RAM.
+    let map = memory::map_for(&parsed, &found, None).unwrap();
+    assert!(map.block_offset(1 << 32).is_none());
+
+    // Blocks 1, 2 and 5 plugged: two runs of the backend's block, at the region's address.
+    let DeviceState::Mem(state) = &mut found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
+        .unwrap()
+        .device
+        .device
+    else {
+        panic!()
+    };
+    state.region.as_mut().unwrap().bitmap[0] = 0b100110;
+    let map = memory::map_for(&parsed, &found, None).unwrap();
+    let block = 2u64 << 20;
+    assert_eq!(
+        map.block_offset((1 << 32) + block + 5),
+        Some(("0000:00:01.0/vmem-mem0", block + 5))
+    );
+    assert_eq!(
+        map.block_offset((1 << 32) + 5 * block),
+        Some(("0000:00:01.0/vmem-mem0", 5 * block))
+    );
+    assert!(map.block_offset((1 << 32) + 3 * block).is_none());
+    assert!(map.block_offset(1 << 32).is_none());
+    assert!(map.how.contains("2 plugged block run(s)"), "{}", map.how);
 }

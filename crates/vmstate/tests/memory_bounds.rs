@@ -92,7 +92,7 @@ fn everything(data: &[u8]) {
         };
         let scsi = devices::decode_scsi_requests(&parsed, &found, &options).unwrap_or_default();
         let _ = check::check_stream(&found, &scsi, None);
-        if let Ok(map) = memory::map_for(&parsed, None) {
+        if let Ok(map) = memory::map_for(&parsed, &[], None) {
             if let Ok(ram) = GuestRam::from_stream(&parsed, input, map, &mut |_| {}) {
                 let _ = check::check_stream(&found, &scsi, Some(&ram));
             }

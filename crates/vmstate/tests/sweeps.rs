@@ -134,7 +134,7 @@ fn decode(data: &[u8]) -> vmstate::Result<(Stream, Vec<VirtioSection>)> {
 fn full_check(data: &[u8]) -> vmstate::Result<Report> {
     let (stream, found) = decode(data)?;
     let scsi = devices::decode_scsi_requests(&stream, &found, &DecodeOptions::default())?;
-    let map = memory::map_for(&stream, None)?;
+    let map = memory::map_for(&stream, &[], None)?;
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {})?;
     Ok(check::check_stream(&found, &scsi, Some(&ram)))
 }

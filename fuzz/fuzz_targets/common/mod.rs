@@ -77,7 +77,7 @@ pub fn decode_check(parsed: &vmstate::stream::Stream, data: &[u8]) {
     };
     let _ = check::check_devices(&found);
     let scsi = devices::decode_scsi_requests(parsed, &found, &options).unwrap_or_default();
-    let Ok(map) = memory::map_for(parsed, None) else {
+    let Ok(map) = memory::map_for(parsed, &found, None) else {
         return;
     };
     let Ok(ram) = memory::GuestRam::from_stream(parsed, data, map, &mut |_| {}) else {

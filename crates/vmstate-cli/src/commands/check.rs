@@ -57,7 +57,7 @@ pub fn run(args: CheckArgs) -> Outcome {
     let devices = args.devices.decode(&loaded.stream, &shown)?;
     let scsi = args.devices.decode_scsi(&loaded.stream, &devices, &shown)?;
 
-    let ram = guest_ram(&loaded, args.ram_map.as_deref(), &shown)?;
+    let ram = guest_ram(&loaded, &devices, args.ram_map.as_deref(), &shown)?;
     let report = check::check_stream(&devices, &scsi, ram.as_ref().ok());
     let memory = MemoryJson {
         map: ram.as_ref().ok().map(GuestRam::map),

@@ -31,7 +31,7 @@ pub enum RamPages {
 fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -> Outcome {
     let devices = args.devices.decode(&loaded.stream, shown)?;
     let scsi = args.devices.decode_scsi(&loaded.stream, &devices, shown)?;
-    let ram = guest_ram(loaded, args.ram_map.as_deref(), shown)?
+    let ram = guest_ram(loaded, &devices, args.ram_map.as_deref(), shown)?
         .map_err(|reason| Failure::unreadable(format!("{shown}: --ram=rings: {reason}")))?;
     let page_size = loaded.stream.page_size.bytes.max(1);
     let mut keep: HashSet<(String, u64)> = HashSet::new();

@@ -280,6 +280,20 @@ pub fn summary(devices: &[VirtioSection], out: &mut String) {
                     b.subsections.len()
                 );
             }
+            DeviceState::Mem(m) => {
+                let region = match &m.region {
+                    Some(r) => format!(
+                        "region {:#x}+{:#x} in blocks of {:#x}, {:#x} plugged, ",
+                        r.addr, r.region_size, r.block_size, r.size
+                    ),
+                    None => "region in the early section, ".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "    mem: {region}usable {:#x}, requested {:#x}",
+                    m.usable_region_size, m.requested_size
+                );
+            }
             DeviceState::Serial(serial) => {
                 let _ = writeln!(
                     out,

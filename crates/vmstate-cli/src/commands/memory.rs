@@ -1,5 +1,6 @@
 //! Guest memory for the commands that need it (`check`, `convert --ram=rings`).
 
+use vmstate::devices::VirtioSection;
 use vmstate::memory::{self, GuestRam};
 
 use super::dump::LoadedStream;
@@ -12,10 +13,11 @@ use crate::outcome::Failure;
 /// section that cannot be read, is a failure.
 pub fn guest_ram<'s>(
     loaded: &'s LoadedStream,
+    devices: &[VirtioSection],
     explicit_map: Option<&str>,
     shown: &str,
 ) -> Result<Result<GuestRam<'s>, String>, Failure> {
-    let map = match memory::map_for(&loaded.stream, explicit_map) {
+    let map = match memory::map_for(&loaded.stream, devices, explicit_map) {
         Ok(map) => map,
         Err(e) if explicit_map.is_some() => {
             return Err(Failure::unreadable(format!("{shown}: {e}")))

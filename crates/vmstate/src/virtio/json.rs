@@ -164,6 +164,7 @@ impl Serialize for VirtioDevice {
             DeviceState::Net(net) => s.serialize_field("net", net)?,
             DeviceState::Serial(serial) => s.serialize_field("serial", serial)?,
             DeviceState::Balloon(balloon) => s.serialize_field("balloon", balloon)?,
+            DeviceState::Mem(state) => s.serialize_field("mem", state)?,
             DeviceState::Empty => {}
             DeviceState::Opaque { bytes } => s.serialize_field("undecoded", bytes)?,
         }

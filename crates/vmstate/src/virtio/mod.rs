@@ -18,6 +18,7 @@ mod core;
 mod edit;
 mod framing;
 mod json;
+mod mem;
 mod mmio;
 pub mod net;
 mod pci;
@@ -34,6 +35,7 @@ pub use self::core::{
 };
 pub use self::edit::{parse_path, set_scsi, Step};
 pub use self::framing::{Framing, InFlight, NdescsOrder};
+pub use self::mem::{MemRegion, MemState};
 pub use self::mmio::{MmioExtraState, MmioQueue, MmioState, MmioTransport};
 pub use self::net::{MacTable, NetQueuePairs, NetState, NetSubsection, RssState};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
@@ -88,6 +90,8 @@ pub enum DeviceKind {
     Serial,
     /// `virtio-balloon`.
     Balloon,
+    /// `virtio-mem`.
+    Mem,
     /// Any other virtio device; its own state is not decoded yet.
     Other(String),
 }
@@ -102,6 +106,7 @@ impl DeviceKind {
             DeviceKind::Net => "virtio-net",
             DeviceKind::Serial => "virtio-console",
             DeviceKind::Balloon => "virtio-balloon",
+            DeviceKind::Mem => "virtio-mem",
             DeviceKind::Other(name) => name,
         }
     }
@@ -115,6 +120,7 @@ impl DeviceKind {
             "virtio-net" => DeviceKind::Net,
             "virtio-console" => DeviceKind::Serial,
             "virtio-balloon" => DeviceKind::Balloon,
+            "virtio-mem" => DeviceKind::Mem,
             other => DeviceKind::Other(other.to_owned()),
         }
     }
@@ -170,6 +176,8 @@ pub enum DeviceState {
     Serial(SerialState),
     /// virtio-balloon's device VMState.
     Balloon(BalloonState),
+    /// virtio-mem's device VMState.
+    Mem(MemState),
     /// Not decoded: the device's own state as it was (the core subsections after it are
     /// read).
     Opaque {
@@ -407,6 +415,7 @@ impl VirtioDevice {
                 serial::encode(serial, framing.unwrap_or(serial.framing), w)?
             }
             DeviceState::Balloon(balloon) => balloon::encode(balloon, w)?,
+            DeviceState::Mem(state) => mem::encode(state, w),
             DeviceState::Opaque { bytes } => w.bytes(&bytes.0),
         }
         core::encode(&self.subsections, w)
@@ -511,6 +520,7 @@ impl Common {
                 ))
             }
             DeviceKind::Net => self.decode_net(r, assume, inferred),
+            DeviceKind::Mem => self.decode_mem(r, inferred),
             DeviceKind::Serial => self.decode_serial(r, assume, inferred),
             DeviceKind::Other(name) if saves_no_own_state(name) => {
                 let subsections = core::decode(r, self.transport.kind())?;
@@ -522,6 +532,40 @@ impl Common {
                 self.decode_undecoded(r, &name, inferred)
             }
         }
+    }
+
+    /// Reads virtio-mem's state in the one shape (region here, or in an early section)
+    /// under which the field reads to its end; keeps it as bytes when neither does.
+    fn decode_mem(self, r: &mut Reader<'_>, mut inferred: Vec<Inference>) -> Result<VirtioDevice> {
+        let transport = self.transport.kind();
+        let mut fits = Vec::new();
+        for reading in [mem::MemReading::WithRegion, mem::MemReading::Early] {
+            let mut attempt = r.clone();
+            let parsed = mem::decode(&mut attempt, reading)
+                .map_err(|e| e.within("virtio"))
+                .and_then(|state| Ok((state, read_core(&mut attempt, transport)?.0)));
+            if let Ok((state, subsections)) = parsed {
+                fits.push((reading, state, subsections, attempt));
+            }
+        }
+        if fits.len() != 1 {
+            return self.decode_undecoded(r, "virtio-mem", inferred);
+        }
+        let Some((reading, state, subsections, attempt)) = fits.pop() else {
+            return self.decode_undecoded(r, "virtio-mem", inferred);
+        };
+        *r = attempt;
+        inferred.push(Inference::new(
+            "virtio.mem",
+            match reading {
+                mem::MemReading::WithRegion => "the region, plugged size and bitmap are here",
+                mem::MemReading::Early => {
+                    "the region, plugged size and bitmap travel in virtio-mem-device-early"
+                }
+            },
+            "the field reads to its end under this shape only",
+        ));
+        Ok(self.finish(DeviceState::Mem(state), subsections, inferred, Vec::new()))
     }
 
     /// Keeps the own state of a device this crate does not decode as bytes, and still reads
