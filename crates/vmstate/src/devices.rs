@@ -166,7 +166,7 @@ pub fn decode_virtio(stream: &Stream, options: &DecodeOptions) -> Result<Vec<Vir
         };
         let assume = options.for_section(&section.idstr, machine_endian);
         let device = decode_device(bytes, field.offset, kind, &section.idstr, &assume)
-            .map_err(|e| e.within(&section.idstr))?;
+            .map_err(|e| e.naming_section(&section.idstr).within(&section.idstr))?;
         found.push(VirtioSection {
             idstr: section.idstr.clone(),
             instance_id: section.instance_id,
@@ -371,7 +371,7 @@ pub fn decode_scsi_requests(
         let mut reader = Reader::at(bytes, field.offset);
         let requests =
             ScsiRequests::decode(&mut reader, Some(hba.device.offers_packed_rings()), &assume)
-                .map_err(|e| e.within(&section.idstr))?;
+                .map_err(|e| e.naming_section(&hba.idstr).within(&section.idstr))?;
         found.push(ScsiDiskSection {
             idstr: section.idstr.clone(),
             instance_id: section.instance_id,

@@ -352,6 +352,16 @@ impl Error {
         self.path = join_path(parent, &self.path);
         self
     }
+
+    /// Puts the section's idstr in the assumptions that would settle an ambiguous reading,
+    /// where they name `SECTION`, so that the message gives them exactly.
+    #[must_use]
+    pub fn naming_section(mut self, idstr: &str) -> Self {
+        if let ErrorKind::AmbiguousFraming { settle, .. } = &mut self.kind {
+            *settle = settle.replace("SECTION", idstr);
+        }
+        self
+    }
 }
 
 /// `parent.path`, or `parent` alone when `path` is empty: how every field path (of errors
@@ -390,3 +400,24 @@ impl std::error::Error for Error {}
 
 /// The result type of every fallible operation in this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ambiguous_reading_names_its_section() {
+        let err = Error::new(
+            ErrorKind::AmbiguousFraming {
+                readings: vec!["a".to_owned(), "b".to_owned()],
+                settle: "--assume SECTION:packed=on|off".to_owned(),
+            },
+            7,
+            "virtio.rq",
+        )
+        .naming_section("0000:00:01.0/virtio-blk");
+        assert!(err
+            .to_string()
+            .contains("--assume 0000:00:01.0/virtio-blk:packed=on|off"));
+    }
+}

@@ -344,10 +344,15 @@ fn serial_elem_popped_and_iov_position() {
     expect(f, Rule::SerialElemPopped, "serial.ports[0].elem_popped");
 }
 
-/// Gives the net device of the alldev stream `max` queue pairs with `curr` current, through
-/// our own writer (the corpus devices have one pair: no queue-pair fields in the stream), and
-/// decodes the result.
-fn net_with_queue_pairs(max: u16, curr: u16) -> vmstate::Result<Vec<VirtioSection>> {
+/// Gives the net device of the alldev stream `max` queue pairs with `curr` current and the
+/// queues of `saved` pairs, through our own writer (the corpus devices have one pair: no
+/// queue-pair fields in the stream), with `features` as the guest's, and decodes the result.
+fn net_with_queue_pairs(
+    max: u16,
+    curr: u16,
+    saved: u16,
+    features: Option<u64>,
+) -> vmstate::Result<Vec<VirtioSection>> {
     let data = stripped("alldev");
     let (mut model, mut found) = decode(&data);
     let net = found
@@ -362,10 +367,15 @@ fn net_with_queue_pairs(max: u16, curr: u16) -> vmstate::Result<Vec<VirtioSectio
         curr,
         tx_waiting: vec![0; usize::from(curr.saturating_sub(1))],
     });
-    for _ in 1..max {
+    for _ in 1..saved {
         let template = net.device.queues[0];
         net.device.queues.push(template);
         net.device.queues.push(template);
+    }
+    if let Some(features) = features {
+        net.device
+            .set("guest_features", &features.to_string())
+            .unwrap();
     }
     devices::store_virtio(&mut model, net, None).unwrap();
     let written = stream::write(&model, &data).unwrap();
@@ -379,9 +389,49 @@ fn net_with_queue_pairs(max: u16, curr: u16) -> vmstate::Result<Vec<VirtioSectio
     devices::decode_virtio(&again, &options)
 }
 
+/// Until the driver negotiates multiqueue (`VIRTIO_NET_F_MQ`, bit 22), QEMU keeps one queue
+/// pair and the control queue of a multiqueue device: 3 queues saved are what it writes then,
+/// not a wrong count; once negotiated, every pair's queues must be there.
+#[test]
+fn multiqueue_net_before_the_driver_enables_it_saves_one_pair() {
+    const MQ: u64 = 1 << 22;
+    let queue_count = |found: &[VirtioSection]| {
+        let report = check::check_devices(found);
+        report
+            .devices
+            .iter()
+            .find(|d| d.section.ends_with("virtio-net"))
+            .unwrap()
+            .findings
+            .iter()
+            .filter(|f| f.rule == Rule::QueueCount)
+            .count()
+    };
+    assert_eq!(
+        queue_count(&net_with_queue_pairs(4, 1, 1, None).unwrap()),
+        0
+    );
+    assert_eq!(
+        queue_count(&net_with_queue_pairs(4, 1, 4, None).unwrap()),
+        0
+    );
+    assert_eq!(
+        queue_count(&net_with_queue_pairs(4, 1, 1, Some(MQ)).unwrap()),
+        1
+    );
+    assert_eq!(
+        queue_count(&net_with_queue_pairs(4, 1, 4, Some(MQ)).unwrap()),
+        0
+    );
+    assert_eq!(
+        queue_count(&net_with_queue_pairs(4, 1, 2, None).unwrap()),
+        1
+    );
+}
+
 #[test]
 fn net_current_queue_pairs_zero_or_past_the_maximum() {
-    let found = net_with_queue_pairs(2, 0).unwrap();
+    let found = net_with_queue_pairs(2, 0, 2, None).unwrap();
     let report = check::check_devices(&found);
     let net = report
         .devices
@@ -399,7 +449,7 @@ fn net_current_queue_pairs_zero_or_past_the_maximum() {
     );
     // More current than maximum pairs is refused while decoding, as QEMU refuses it
     // (CVE-2013-4150): the count is never used to index the queues.
-    let err = net_with_queue_pairs(2, 3).unwrap_err();
+    let err = net_with_queue_pairs(2, 3, 2, None).unwrap_err();
     assert!(
         matches!(
             err.kind(),
