@@ -1,21 +1,26 @@
 #!/bin/bash
-# make-machine-corpus.sh - real QEMU 7.2 migration streams of virtio devices on machines other
-# than x86 pc/q35 (aarch64/arm/riscv64 virt over virtio-mmio and virtio-pci, s390x over
+# make-machine-corpus.sh - real QEMU 7.2 (or 10.0) migration streams of virtio devices on machines
+# other than x86 pc/q35 (aarch64/arm/riscv64 virt over virtio-mmio and virtio-pci, s390x over
 # virtio-ccw, ppc64 pseries and ppc mac99 over PCI, x86 microvm over virtio-mmio, plus one q35
 # stream for virtio-mem/-pmem), with ground truth read over QMP before each save.
 #
 # usage: ./make-machine-corpus.sh            everything, then $OUT/MANIFEST.md
 #        ./make-machine-corpus.sh NAME ...   only these scenarios (then MANIFEST.md again)
 #        ./make-machine-corpus.sh --list     scenario names
-# env:   OUT=dir     streams + metadata (default: <repo>/target/machine-corpus)
+# env:   QEMU_VERSION=7.2|10.0   which QEMU (default 7.2: Debian 12's, installed with apt;
+#                    10.0: bookworm-backports', unpacked into $WORK, see below)
+#        OUT=dir     streams + metadata (default: <repo>/target/machine-corpus, and
+#                    <repo>/target/machine-corpus-10.0 for QEMU_VERSION=10.0)
 #        WORK=dir    scratch (default: ${TMPDIR:-/tmp}/machine-corpus-work): downloaded
 #                    packages, unpacked kernels, initramfs, images, QMP sockets, logs
 #        SKIP_INSTALL=1   install nothing (no apt-get at all)
 #        JOBS=N      scenarios run in parallel (default 2)
 #        FW_SECS=N   how long the firmware-only machines run before the save (default 15)
 #        QEMU_TIMEOUT=seconds per QEMU process (default 300)
+#        MIRROR=url  Debian mirror for bookworm-backports (default: the one apt already uses)
 #
-# Scenario NAME = <machine>-<transport>-<scenario>; the stream is $OUT/qemu7.2-NAME.mig with
+# Scenario NAME = <machine>-<transport>-<scenario>; the stream is $OUT/qemu7.2-NAME.mig
+# ($OUT/qemu10.0-NAME.mig for QEMU_VERSION=10.0) with
 # NAME.truth.json (x-query-virtio* just before the save), .cmdline, .load-status (a fresh
 # QEMU with the same devices loading it with -incoming), .sections.json (section idstrs from
 # the stream's own JSON description), .serial.log, .qemu.log, .notes (devices QEMU refused).
@@ -26,19 +31,36 @@
 # (dpkg --add-architecture; apt-get download) and unpacked into $WORK, never installed.
 # Every QEMU runs under `timeout`, talks QMP over a unix socket in $WORK only, has no network
 # backend (-netdev hubport), and is killed, when it has to be, by its own pid.
+#
+# QEMU_VERSION=10.0: bookworm-backports' qemu-system-{arm,riscv,s390x,ppc,x86} (10.0 splits
+# riscv64 and s390x out of qemu-system-misc), qemu-system-common, qemu-system-data and what
+# they depend on that this system lacks or has too old (seabios, opensbi, libraries) are
+# downloaded with a private apt state ($WORK/qemu-10.0/: own sources.list and lists, nothing of
+# the system's apt configuration changes) and unpacked into $WORK/qemu-10.0/root, never
+# installed. QEMU runs from there with -L for its own data (firmware), QEMU_MODULE_DIR for its
+# own modules and LD_LIBRARY_PATH when libraries had to be unpacked; firmware it does not ship
+# (edk2, ipxe) comes from bookworm as for 7.2. A scenario that QEMU 10.0 cannot run (QEMU's own
+# error) is not fatal: it is reported, and $OUT/qemu10.0-NAME.skipped holds the message.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-OUT=${OUT:-$ROOT/target/machine-corpus}
+QEMU_VERSION=${QEMU_VERSION:-7.2}
+case $QEMU_VERSION in
+7.2)  OUT=${OUT:-$ROOT/target/machine-corpus}; RUNS=run; LOGS=logs ;;
+10.0) OUT=${OUT:-$ROOT/target/machine-corpus-$QEMU_VERSION}; RUNS=run-$QEMU_VERSION; LOGS=logs-$QEMU_VERSION ;;
+*) echo "QEMU_VERSION=$QEMU_VERSION: 7.2 (Debian 12) or 10.0 (bookworm-backports)" >&2; exit 1 ;;
+esac
+QV=qemu$QEMU_VERSION
 WORK=${WORK:-${TMPDIR:-/tmp}/machine-corpus-work}
 JOBS=${JOBS:-2}
 FW_SECS=${FW_SECS:-15}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-300}
 QMP=(python3 "$HERE/qmp.py")
-export OUT WORK JOBS FW_SECS QEMU_TIMEOUT
+export OUT WORK JOBS FW_SECS QEMU_TIMEOUT QEMU_VERSION
 mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd); WORK=$(cd "$WORK" && pwd)
+BPO=$WORK/qemu-$QEMU_VERSION
 
 log() { echo "[machine-corpus $(date +%T)] $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -62,13 +84,15 @@ GUEST_ARCHES="arm64 s390x"
 install_deps() {
     [ -n "${SKIP_INSTALL:-}" ] && return 0
     local need=() p
-    command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
-    command -v qemu-system-s390x >/dev/null || need+=(qemu-system-misc)
-    command -v qemu-system-ppc64 >/dev/null || need+=(qemu-system-ppc)
-    command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+    if [ "$QEMU_VERSION" = 7.2 ]; then
+        command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+        command -v qemu-system-s390x >/dev/null || need+=(qemu-system-misc)
+        command -v qemu-system-ppc64 >/dev/null || need+=(qemu-system-ppc)
+        command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+        [ -f /usr/share/seabios/bios-microvm.bin ] || need+=(seabios)
+    fi
     [ -f /usr/share/qemu-efi-aarch64/QEMU_EFI.fd ] || need+=(qemu-efi-aarch64)
     [ -f /usr/share/AAVMF/AAVMF32_CODE.fd ] || need+=(qemu-efi-arm)
-    [ -f /usr/share/seabios/bios-microvm.bin ] || need+=(seabios)
     command -v cpio >/dev/null || need+=(cpio)
     command -v busybox >/dev/null || need+=(busybox-static)
     local arches; arches=$(dpkg --print-foreign-architectures)
@@ -84,6 +108,184 @@ install_deps() {
         log "installing ${need[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     fi
+}
+
+# ------------------------------------------ QEMU 10.0 from bookworm-backports
+# The Debian mirror this machine's apt already uses (deb822 or one-line sources)
+system_mirror() {
+    { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+      grep -hoE '^deb +[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+    } | awk '{print $1}' | grep -m1 -i debian || true
+}
+HOSTARCH=$(dpkg --print-architecture)
+TRIPLET=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo "$(uname -m)-linux-gnu")
+# the package of each system emulator (in 10.0, riscv64 and s390x left qemu-system-misc)
+bpo_pkg() {
+    case $1 in
+    qemu-system-aarch64|qemu-system-arm) echo qemu-system-arm ;;
+    qemu-system-riscv64) echo qemu-system-riscv ;;
+    qemu-system-s390x) echo qemu-system-s390x ;;
+    qemu-system-ppc64|qemu-system-ppc) echo qemu-system-ppc ;;
+    qemu-system-x86_64) echo qemu-system-x86 ;;
+    *) die "no backports package for $1" ;;
+    esac
+}
+# private apt state: backports only, host architecture only; the system's apt is only read
+# (its dpkg status, and its lists for bookworm packages a backport needs)
+bpo_apt() {
+    local cmd=$1; shift
+    "$cmd" -o Dir::Etc::sourcelist="$BPO/sources.list" -o Dir::Etc::sourceparts=/nonexistent \
+        -o Dir::State::Lists="$BPO/lists" -o Dir::Cache::archives="$BPO/archives" \
+        -o Dir::Etc::preferences=/nonexistent -o Dir::Etc::preferencesparts="$BPO/empty.d" \
+        -o APT::Architectures::="$HOSTARCH" -o APT::Architecture="$HOSTARCH" "$@"
+}
+BPO_UPDATED=
+bpo_update() {
+    [ -n "$BPO_UPDATED" ] && return 0
+    local m=${MIRROR:-$(system_mirror)}
+    m=${m:-http://deb.debian.org/debian}
+    mkdir -p "$BPO/lists/partial" "$BPO/archives/partial" "$BPO/debs" "$BPO/empty.d"
+    echo "deb $m bookworm-backports main" > "$BPO/sources.list"
+    log "bookworm-backports ($m): apt-get update (private state in $BPO)"
+    bpo_apt apt-get update -qq || die "apt-get update of bookworm-backports failed"
+    BPO_UPDATED=1
+}
+# unpacked packages: $BPO/root/.unpacked, "name version" per line
+unpacked_version() {
+    [ -f "$BPO/root/.unpacked" ] || return 0
+    awk -v p="$1" '$1 == p {v = $2} END {print v}' "$BPO/root/.unpacked"
+}
+# bpo_get SOURCE NAME VERSION: download one package (SOURCE bpo: the private state; system:
+# bookworm through the system's own lists) and unpack it into $BPO/root
+bpo_get() {
+    local src=$1 p=$2 v=$3 f
+    rm -rf "$BPO/dl"; mkdir -p "$BPO/dl"
+    if [ "$src" = bpo ]; then
+        (cd "$BPO/dl" && bpo_apt apt-get download -q "$p=$v" 2>&1 | grep -v -e '^W: Download is performed unsandboxed' -e '^Get:' >&2 || true)
+    else
+        (cd "$BPO/dl" && apt-get download -q "$p=$v" 2>&1 | grep -v -e '^W: Download is performed unsandboxed' -e '^Get:' >&2 || true)
+    fi
+    f=$(ls "$BPO"/dl/*.deb 2>/dev/null | head -1)
+    [ -n "$f" ] || die "apt-get download $p=$v ($src) failed"
+    dpkg-deb -x "$f" "$BPO/root"
+    mv "$f" "$BPO/debs/"
+    echo "$p $v" >> "$BPO/root/.unpacked"
+    log "unpacked $p $v ($src)"
+}
+# dep_ok NAME [OP VERSION]: the system (dpkg) or $BPO/root has it
+dep_ok() {
+    local p=${1%%:*} op=${2:-} v=${3:-} have
+    have=$(unpacked_version "$p")
+    if [ -z "$have" ]; then
+        have=$(dpkg-query -W -f='${db:Status-Abbrev}|${Version}' "$p" 2>/dev/null | sed -n 's/^ii *|//p' | head -1)
+    fi
+    [ -n "$have" ] || return 1
+    [ -z "$op" ] || dpkg --compare-versions "$have" "$op" "$v"
+}
+# dep_fetch NAME [OP VERSION]: the newest version that fits, from backports, else bookworm
+dep_fetch() {
+    local p=${1%%:*} op=${2:-} v=${3:-} src c
+    for src in bpo system; do
+        local lst
+        if [ "$src" = bpo ]; then lst=$(bpo_apt apt-cache madison "$p" 2>/dev/null | awk -F'|' '{gsub(/ /,"",$2); print $2}')
+        else lst=$(apt-cache madison "$p" 2>/dev/null | awk -F'|' '{gsub(/ /,"",$2); print $2}'); fi
+        for c in $lst; do
+            if [ -z "$op" ] || dpkg --compare-versions "$c" "$op" "$v"; then
+                bpo_get "$src" "$p" "$c"; return 0
+            fi
+        done
+    done
+    return 1
+}
+# bpo_deps: every Depends/Pre-Depends of the unpacked packages that neither the system nor
+# $BPO/root satisfies is fetched (newest fitting version; backports first), until none is left
+bpo_deps() {
+    local round f line alt ok p op v
+    for round in 1 2 3 4 5 6 7 8; do
+        local missing=()
+        for f in "$BPO"/debs/*.deb; do
+            while IFS= read -r line; do
+                [ -n "$line" ] || continue
+                ok=0
+                IFS='|' read -ra alts <<< "$line"
+                for alt in "${alts[@]}"; do
+                    read -r p op v <<< "$(echo "$alt" | sed -E 's/^ *([^ (]+) *(\(([<>=]+) *([^)]+)\))?.*/\1 \3 \4/')"
+                    if dep_ok "$p" "$op" "$v"; then ok=1; break; fi
+                done
+                [ $ok = 1 ] || missing+=("${alts[0]}")
+            done < <(dpkg-deb -f "$f" Depends Pre-Depends | sed 's/^[A-Za-z-]*: //' | tr ',' '\n' | sed 's/^ *//')
+        done
+        [ ${#missing[@]} -gt 0 ] || return 0
+        local seen=" " m
+        for m in "${missing[@]}"; do
+            read -r p op v <<< "$(echo "$m" | sed -E 's/^ *([^ (]+) *(\(([<>=]+) *([^)]+)\))?.*/\1 \3 \4/')"
+            case $seen in *" $p "*) continue ;; esac
+            seen="$seen$p "
+            dep_ok "$p" "$op" "$v" && continue
+            log "this system lacks $m"
+            bpo_update
+            dep_fetch "$p" "$op" "$v" || die "cannot satisfy $m from bookworm-backports or bookworm (apt-get update?)"
+        done
+    done
+    die "dependencies of the backports QEMU do not settle"
+}
+# fetch_bpo_qemu BIN...: the emulators these scenarios run, unpacked into $BPO/root
+fetch_bpo_qemu() {
+    local want=(qemu-system-common qemu-system-data) b p v need=()
+    for b in "$@"; do want+=("$(bpo_pkg "$b")"); done
+    mkdir -p "$BPO/root" "$BPO/debs"
+    for p in $(printf '%s\n' "${want[@]}" | sort -u); do
+        [ -n "$(unpacked_version "$p")" ] || need+=("$p")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        bpo_update
+        v=$(bpo_apt apt-cache madison qemu-system-common | awk -F'|' '/backports/{gsub(/ /,"",$2); print $2; exit}')
+        case $v in
+        1:"$QEMU_VERSION".*) ;;
+        "") die "bookworm-backports has no qemu-system-common" ;;
+        *) die "bookworm-backports has QEMU $v, not $QEMU_VERSION" ;;
+        esac
+        local have; have=$(unpacked_version qemu-system-common)
+        if [ -n "$have" ] && [ "$have" != "$v" ]; then
+            log "backports moved from QEMU $have to $v: unpacking afresh"
+            rm -rf "$BPO/root" "$BPO/debs"; mkdir -p "$BPO/root" "$BPO/debs"
+            need=($(printf '%s\n' "${want[@]}" | sort -u))
+        fi
+        for p in "${need[@]}"; do bpo_get bpo "$p" "$v"; done
+    fi
+    bpo_deps
+}
+# bpo_setup: QDATA (-L data dirs) and QENV (env of every QEMU) for the unpacked QEMU
+QDATA=(); QENV=()
+bpo_setup() {
+    [ "$QEMU_VERSION" = 7.2 ] && return 0
+    local R=$BPO/root d libs=
+    # its own data first; QEMU then still looks in its built-in /usr/share/qemu etc.
+    # (bookworm's files) for what these lack (ipxe ROMs)
+    for d in "$R/usr/share/qemu" "$R/usr/share/seabios" "$R/usr/lib/ipxe/qemu"; do
+        [ -d "$d" ] && QDATA+=(-L "$d")
+    done
+    for d in "$R/lib/$TRIPLET" "$R/usr/lib/$TRIPLET"; do
+        ls "$d"/lib*.so* >/dev/null 2>&1 && libs=${libs:+$libs:}$d
+    done
+    QENV=(env QEMU_MODULE_DIR="$R/usr/lib/$TRIPLET/qemu")
+    [ -n "$libs" ] && QENV+=(LD_LIBRARY_PATH="$libs")
+    return 0
+}
+# check_bpo_qemu BIN...: every library resolves (ldd) and each says it is QEMU_VERSION
+check_bpo_qemu() {
+    local b f bad= ver
+    for b in "$@"; do
+        f=$BPO/root/usr/bin/$b
+        [ -x "$f" ] || die "$f missing (SKIP_INSTALL=1 with nothing unpacked?)"
+        bad=$(for x in "$f" "$BPO/root/usr/lib/$TRIPLET"/qemu/*.so; do
+                  [ -f "$x" ] && "${QENV[@]}" ldd "$x" | sed -n "s|^\s*\(\S*\) => not found|$(basename "$x"): \1|p"
+              done | sort -u | tr '\n' ' ')
+        [ -z "$bad" ] || die "$b: libraries not found: $bad"
+        ver=$("${QENV[@]}" LD_BIND_NOW=1 "$f" --version | head -1)
+        case $ver in "QEMU emulator version $QEMU_VERSION".*) ;; *) die "$f: '$ver' is not QEMU $QEMU_VERSION" ;; esac
+    done
+    log "$("${QENV[@]}" "$BPO/root/usr/bin/$1" --version | head -1) from $BPO/root (${QENV[*]:1})"
 }
 
 # ------------------------------------------- guest kernels, busybox, initramfs
@@ -157,12 +359,15 @@ EOF
 }
 
 # ----------------------------------------------------------------- QEMU helpers
+# qemu_bin NAME: the binary run as NAME (7.2: the system's; 10.0: the unpacked one)
+qemu_bin() { if [ "$QEMU_VERSION" = 7.2 ]; then echo "$1"; else echo "$BPO/root/usr/bin/$1"; fi; }
 # start_qemu DIR BIN ARGS... : QEMU in the background under timeout, QMP on DIR/qmp.sock
 start_qemu() {
-    local d=$1 bin=$2; shift 2
+    local d=$1 bin; bin=$(qemu_bin "$2"); shift 2
+    set -- "${QDATA[@]}" "$@"
     mkdir -p "$d"; rm -f "$d/qmp.sock"
-    python3 -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "$bin" "$@" > "$d/cmdline"
-    (cd "$d" && exec timeout "$QEMU_TIMEOUT" "$bin" "$@" \
+    python3 -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "${QENV[@]}" "$bin" "$@" > "$d/cmdline"
+    (cd "$d" && exec "${QENV[@]}" timeout "$QEMU_TIMEOUT" "$bin" "$@" \
         -qmp "unix:$d/qmp.sock,server=on,wait=off" > "$d/qemu.log" 2>&1) &
     QPID=$!
     echo "$QPID" > "$d/pid"
@@ -270,6 +475,22 @@ extra_devices() {  # BIN SUFFIX
 }
 
 # ------------------------------------------------------------------ scenarios
+# bin_of NAME: the system emulator of a scenario
+bin_of() {
+    case ${1%%-*} in
+    aarch64virt) echo qemu-system-aarch64 ;;
+    armvirt)     echo qemu-system-arm ;;
+    riscv64virt) echo qemu-system-riscv64 ;;
+    s390x)       echo qemu-system-s390x ;;
+    pseries)     echo qemu-system-ppc64 ;;
+    mac99)       echo qemu-system-ppc ;;
+    microvm|q35) echo qemu-system-x86_64 ;;
+    *) die "unknown machine in $1" ;;
+    esac
+}
+# SeaBIOS of the QEMU in use (10.0 wants bookworm-backports' 1.16.3)
+SEABIOS=/usr/share/seabios
+[ "$QEMU_VERSION" = 7.2 ] || [ ! -d "$BPO/root/usr/share/seabios" ] || SEABIOS=$BPO/root/usr/share/seabios
 # define NAME: sets BIN, MACH (machine args), DEV (source devices), DST (destination devices,
 # empty = same), KIND (noguest|fw|idle|inflight), GUEST (arm64|s390x), APPEND
 define() {
@@ -278,16 +499,16 @@ define() {
     MACHINE=$m TRANSPORT=$t SCEN=$s
     DEV=(); DST=(); GUEST=; APPEND=; FWS=$FW_SECS
     local sfx=$t; [ "$t" = mmio ] && sfx=device
+    BIN=$(bin_of "$n")
     case $m in
-    aarch64virt) BIN=qemu-system-aarch64; MACH=(-M virt -cpu cortex-a57 -m 64) ;;
-    armvirt)     BIN=qemu-system-arm; MACH=(-M virt -cpu cortex-a15 -m 64) ;;
-    riscv64virt) BIN=qemu-system-riscv64; MACH=(-M virt -m 64) ;;
-    s390x)       BIN=qemu-system-s390x; MACH=(-M s390-ccw-virtio -m 64) ;;
-    pseries)     BIN=qemu-system-ppc64; MACH=(-M pseries -m 256) ;;
-    mac99)       BIN=qemu-system-ppc; MACH=(-M mac99 -m 64) ;;
-    microvm)     BIN=qemu-system-x86_64; MACH=(-M microvm -m 64) ;;
-    q35)         BIN=qemu-system-x86_64; MACH=(-M q35 -m 64) ;;
-    *) die "unknown machine in $n" ;;
+    aarch64virt) MACH=(-M virt -cpu cortex-a57 -m 64) ;;
+    armvirt)     MACH=(-M virt -cpu cortex-a15 -m 64) ;;
+    riscv64virt) MACH=(-M virt -m 64) ;;
+    s390x)       MACH=(-M s390-ccw-virtio -m 64) ;;
+    pseries)     MACH=(-M pseries -m 256) ;;
+    mac99)       MACH=(-M mac99 -m 64) ;;
+    microvm)     MACH=(-M microvm -m 64) ;;
+    q35)         MACH=(-M q35 -m 64) ;;
     esac
     MACH+=(-accel tcg -smp 1 -nodefaults -display none)
     # *-modern: virtio-mmio transports in virtio 1.0 mode (QEMU 7.2's default is legacy,
@@ -326,7 +547,7 @@ define() {
                        -bios /usr/share/AAVMF/AAVMF32_CODE.fd) ;;
         # Debian's default microvm firmware is qboot (bios-microvm.bin -> qboot.rom), which
         # never touches virtio; SeaBIOS' microvm build drives virtio-mmio block devices
-        microvm) MACH+=(-bios /usr/share/seabios/bios-microvm.bin) ;;
+        microvm) MACH+=(-bios "$SEABIOS/bios-microvm.bin") ;;
         # SLOF takes ~20 s under TCG to probe every virtio device
         pseries) FWS=30 ;;
         esac
@@ -408,12 +629,24 @@ print(" ".join(d["path"] for d in t.get("devices", []) if d.get("status", {}).ge
     echo "$st"
 }
 
+# scenario_fail MSG: 7.2, fatal; other versions: the scenario is skipped, MSG (QEMU's own
+# words) in $OUT/$STREAM.skipped instead of the stream, and the run goes on
+scenario_fail() {
+    [ "$QEMU_VERSION" = 7.2 ] && die "$*"
+    local f
+    for f in "$OUT/$STREAM".*; do [ -e "$f" ] && rm -f "$f"; done
+    echo "$*" > "$OUT/$STREAM.skipped"
+    log "SKIPPED $NAME: QEMU $QEMU_VERSION cannot run it: $*"
+    exit 0
+}
+
 # run_one NAME: record one stream
 run_one() {
     local NAME=$1
-    local STREAM=qemu7.2-$NAME
-    RUN=$WORK/run/$NAME
+    STREAM=$QV-$NAME
+    RUN=$WORK/$RUNS/$NAME
     rm -rf "$RUN"; mkdir -p "$RUN/img"
+    rm -f "$OUT/$STREAM.skipped"
     IMG=$RUN/img NOTES=$RUN/notes
     : > "$NOTES"
     local t0=$SECONDS
@@ -429,19 +662,19 @@ run_one() {
         rm -rf "$src"; rm -f "$f"
         local extra=(); [ "$KIND" = noguest ] && extra=(-S)
         start_qemu "$src" "$BIN" "${MACH[@]}" "${extra[@]}" "${serial[@]}" "${DEV[@]}" ||
-            { stop_qemu; die "$NAME: QEMU did not start: $(qemu_errors "$src")"; }
+            { stop_qemu; scenario_fail "$NAME: QEMU did not start: $(qemu_errors "$src")"; }
         case $KIND in
         noguest) ;;
         fw) qmp "$src" "sleep:$FWS" '{"execute":"stop"}' status > "$src/qmp-run.log" ;;
         idle) qmp "$src" "wait-serial:$src/serial.log:CORPUS: READY,${BOOT_WAIT:-300}" sleep:3 \
                   '{"execute":"stop"}' status > "$src/qmp-run.log" ||
-                  { qmp "$src" quit >/dev/null 2>&1 || true; stop_qemu; die "$NAME: guest did not get READY: $(tail -3 "$src/serial.log" | tr '\n' ' ')"; } ;;
+                  { qmp "$src" quit >/dev/null 2>&1 || true; stop_qemu; scenario_fail "$NAME: guest did not get READY: $(tail -3 "$src/serial.log" | tr '\n' ' ') $(qemu_errors "$src")"; } ;;
         inflight) qmp "$src" "wait-serial:$src/serial.log:CORPUS: READY,${BOOT_WAIT:-300}" \
                   "wait-status:io-error,120" '{"execute":"stop"}' status > "$src/qmp-run.log" ||
-                  { qmp "$src" quit >/dev/null 2>&1 || true; stop_qemu; die "$NAME: no io-error stop: $(tail -3 "$src/serial.log" | tr '\n' ' ')"; } ;;
+                  { qmp "$src" quit >/dev/null 2>&1 || true; stop_qemu; scenario_fail "$NAME: no io-error stop: $(tail -3 "$src/serial.log" | tr '\n' ' ') $(qemu_errors "$src")"; } ;;
         esac
         qmp "$src" "truth:$RUN/$STREAM.truth.json" "migrate:exec:cat > $f,180" quit > "$src/qmp-save.log" 2>&1 ||
-            { stop_qemu; die "$NAME: save failed: $(tail -2 "$src/qmp-save.log" | tr '\n' ' ') $(qemu_errors "$src")"; }
+            { stop_qemu; scenario_fail "$NAME: save failed: $(tail -2 "$src/qmp-save.log" | tr '\n' ' ') $(qemu_errors "$src")"; }
         stop_qemu
         [ "$KIND" = inflight ] || break
         local n
@@ -473,25 +706,33 @@ run_group() {  # LABEL NAME...
     local label=$1; shift
     [ $# -gt 0 ] || return 0
     local t0=$SECONDS
-    mkdir -p "$WORK/logs"
+    mkdir -p "$WORK/$LOGS"
     log "== $label: $*"
     local rc=0
     printf '%s\n' "$@" | xargs -P "$JOBS" -I{} sh -c \
-        'SKIP_INSTALL=1 "$0" --one "$1" > "$2/logs/$1.log" 2>&1; r=$?; tail -1 "$2/logs/$1.log" >&2; exit $r' \
-        "$0" {} "$WORK" || rc=1
+        'SKIP_INSTALL=1 "$0" --one "$1" > "$2/$1.log" 2>&1; r=$?; tail -1 "$2/$1.log" >&2; exit $r' \
+        "$0" {} "$WORK/$LOGS" || rc=1
     log "== $label: $(( SECONDS - t0 )) s"
     return $rc
 }
 
 # ------------------------------------------------------------------ main
 if [ "${1:-}" = --list ]; then printf '%s\n' $ALL; exit 0; fi
-if [ "${1:-}" = --one ]; then run_one "$2"; exit 0; fi
+if [ "${1:-}" = --one ]; then bpo_setup; run_one "$2"; exit 0; fi
 T0=$SECONDS
 [ $# -gt 0 ] || set -- $ALL
 for n in "$@"; do
     printf '%s\n' $ALL | grep -qx "$n" || die "unknown scenario $n (see --list)"
 done
 install_deps
+if [ "$QEMU_VERSION" != 7.2 ]; then
+    bins=$(for n in "$@"; do bin_of "$n"; done | sort -u)
+    # shellcheck disable=SC2086
+    [ -n "${SKIP_INSTALL:-}" ] || fetch_bpo_qemu $bins
+    bpo_setup
+    # shellcheck disable=SC2086
+    check_bpo_qemu $bins
+fi
 log "install: $((SECONDS - T0)) s"
 ng=(); fw=(); bt=(); arches=
 for n in "$@"; do
@@ -513,5 +754,10 @@ if [ ${#bt[@]} -gt 0 ]; then
 fi
 python3 "$HERE/manifest.py" "$OUT" > "$OUT/MANIFEST.md"
 log "MANIFEST: $OUT/MANIFEST.md ($(ls "$OUT"/*.mig | wc -l) streams)"
+if [ "$QEMU_VERSION" != 7.2 ]; then
+    for n in "$@"; do
+        [ -f "$OUT/$QV-$n.skipped" ] && log "skipped (QEMU $QEMU_VERSION could not run it): $(cat "$OUT/$QV-$n.skipped")"
+    done
+fi
 log "total: $((SECONDS - T0)) s"
 [ $FAILED = 0 ] || { log "some scenarios failed: see $WORK/logs/"; exit 1; }

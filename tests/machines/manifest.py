@@ -5,7 +5,7 @@ usage: manifest.py OUT > OUT/MANIFEST.md
 
 Reads what make-machine-corpus.sh left beside each stream: NAME.info, .truth.json,
 .sections.json (the stream's own JSON description: section idstrs), .cmdline,
-.load-status, .notes.  A device's vmstate section is matched to its QOM path through
+.load-status, .notes; and NAME.skipped for a scenario the QEMU could not run (its message).  A device's vmstate section is matched to its QOM path through
 `info qtree` (saved in the truth): the qdev id gives the transport's address (PCI
 slot.function, virtio-mmio base address, CCW dev_id), which is how QEMU builds the
 section idstr ("0000:00:02.0/virtio-blk", "virtio-mmio@000000000a003e00/virtio-blk",
@@ -92,8 +92,14 @@ def device_rows(truth, sections):
 def main():
     out = sys.argv[1]
     names = sorted(os.path.basename(f)[:-4] for f in glob.glob(os.path.join(out, "*.mig")))
-    print("# Machine corpus: QEMU 7.2 migration streams beyond x86 pc/q35\n")
-    print("Made by `tests/machines/make-machine-corpus.sh` with Debian 12's QEMU; ground truth "
+    skipped = sorted(glob.glob(os.path.join(out, "*.skipped")))
+    # the QEMU version is the files' prefix (qemu7.2-..., qemu10.0-...)
+    vers = sorted({m.group(1) for m in (re.match(r"qemu([0-9.]+)-", os.path.basename(f))
+                                        for f in names + skipped) if m}) or ["7.2"]
+    origin = "Debian 12's QEMU" if vers == ["7.2"] else "QEMU %s (%s)" % (
+        "/".join(vers), "bookworm-backports" if "7.2" not in vers else "Debian 12, bookworm-backports")
+    print("# Machine corpus: QEMU %s migration streams beyond x86 pc/q35\n" % "/".join(vers))
+    print("Made by `tests/machines/make-machine-corpus.sh` with " + origin + "; ground truth "
           "(`x-query-virtio*` over QMP) read just before each save, in `NAME.truth.json`. "
           "In-flight counts are the `inuse` of each queue (queue index: count). "
           "Load = a fresh QEMU with the same devices (plain disk for the in-flight ones) "
@@ -140,6 +146,11 @@ def main():
         d.append("\nsections in stream order: " + ", ".join(
             "`%s`%s" % (s["idstr"], "" if not s.get("instance_id") else "#%d" % s["instance_id"]) for s in secs))
         details.append("\n".join(d) + "\n")
+    if skipped:
+        print("\nNot made (the QEMU could not run them; its message):\n")
+        for f in skipped:
+            print("- `%s`: %s" % (os.path.basename(f)[:-len(".skipped")],
+                                  open(f).read().strip().replace("|", "/")))
     print("\n" + "\n".join(details))
 
 

@@ -260,10 +260,23 @@ def stream_sections(path):
     (QEMU_VM_VMDESCRIPTION: u8 0x06, be32 length, JSON)."""
     with open(path, "rb") as f:
         data = f.read()
-    i = data.rfind(b'{"page_size"')
+    # the JSON is the stream's last record: 0x06, its length, then the JSON up to the end.
+    # It opens with "page_size" (7.2) or with the configuration section's description
+    # ({"configuration": ..., "page_size": ...}, QEMU 10.0)
+    i, ln = -1, None
+    end = len(data)
+    while True:
+        end = data.rfind(b'{"', max(0, len(data) - (64 << 20)), end)
+        if end < 5:
+            break
+        if data[end - 5] == 6 and int.from_bytes(data[end - 4:end], "big") == len(data) - end:
+            i, ln = end, len(data) - end
+            break
     if i < 0:
-        return {"error": "no vmdesc JSON found"}
-    ln = int.from_bytes(data[i - 4:i], "big") if i >= 5 and data[i - 5] == 6 else None
+        i = data.rfind(b'{"page_size"')
+        if i < 0:
+            return {"error": "no vmdesc JSON found"}
+        ln = int.from_bytes(data[i - 4:i], "big") if i >= 5 and data[i - 5] == 6 else None
     text = data[i:i + ln] if ln else data[i:]
     desc, _ = json.JSONDecoder().raw_decode(text.decode("utf-8", "replace"))
     secs = [{"idstr": d["name"], "instance_id": d.get("instance_id"),

@@ -279,8 +279,9 @@ fn transports_are_what_the_bytes_say() {
     }
 }
 
-/// The whole set, as `tests/machines/make-machine-corpus.sh` writes it, with all of guest
-/// memory: every stream checks clean and the in-flight ones equal their ground truth.
+/// The whole set, as `tests/machines/make-machine-corpus.sh` writes it for QEMU 7.2 and
+/// 10.0, with all of guest memory: every stream checks clean and the in-flight ones equal
+/// their ground truth.
 #[test]
 fn extended_whole_machine_corpus() {
     if !support::extended_tier() {
@@ -290,35 +291,42 @@ fn extended_whole_machine_corpus() {
         );
         return;
     }
-    let dir = std::env::var_os("MACHINE_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| support::repo_root().join("target/machine-corpus"));
-    assert!(
-        dir.is_dir(),
-        "extended tier: {} is missing: run tests/machines/make-machine-corpus.sh (.ci/run does)",
-        dir.display()
-    );
-    let streams = support::corpus_streams(&dir);
-    assert!(
-        streams.len() >= 35,
-        "{} streams in {}",
-        streams.len(),
-        dir.display()
-    );
-    for (name, path) in streams {
-        let data = read_stream_file(&path);
-        let truth_path = path.with_file_name(format!("{name}.truth.json"));
-        if name.contains("-inflight") {
-            let compact = std::process::Command::new("python3")
-                .arg(support::repo_root().join("tests/machines/inflight-truth.py"))
-                .arg(&truth_path)
-                .output()
-                .unwrap();
-            assert!(compact.status.success(), "{name}: {compact:?}");
-            let truth: Json = serde_json::from_slice(&compact.stdout).unwrap();
-            compare_in_flight(&name, &data, &truth);
-        } else {
-            check_machine_stream(&name, &data);
+    let dirs: Vec<PathBuf> = match std::env::var_os("MACHINE_CORPUS") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => ["target/machine-corpus", "target/machine-corpus-10.0"]
+            .iter()
+            .map(|d| support::repo_root().join(d))
+            .collect(),
+    };
+    for dir in dirs {
+        assert!(
+            dir.is_dir(),
+            "extended tier: {} is missing: run tests/machines/make-machine-corpus.sh \
+             (with QEMU_VERSION=10.0 for the 10.0 set; .ci/run does both)",
+            dir.display()
+        );
+        let streams = support::corpus_streams(&dir);
+        assert!(
+            streams.len() >= 35,
+            "{} streams in {}",
+            streams.len(),
+            dir.display()
+        );
+        for (name, path) in streams {
+            let data = read_stream_file(&path);
+            let truth_path = path.with_file_name(format!("{name}.truth.json"));
+            if name.contains("-inflight") {
+                let compact = std::process::Command::new("python3")
+                    .arg(support::repo_root().join("tests/machines/inflight-truth.py"))
+                    .arg(&truth_path)
+                    .output()
+                    .unwrap();
+                assert!(compact.status.success(), "{name}: {compact:?}");
+                let truth: Json = serde_json::from_slice(&compact.stdout).unwrap();
+                compare_in_flight(&name, &data, &truth);
+            } else {
+                check_machine_stream(&name, &data);
+            }
         }
     }
 }
