@@ -47,7 +47,11 @@ fn dump_json(path: &str) -> serde_json::Value {
 /// Returns (stream size, stripped size).
 fn check_strip(path: &Path) -> (u64, u64) {
     let shown = path.to_str().unwrap();
-    let out = tmp("stripped.mig");
+    // Named after the input: the fixture and corpus tests strip at the same time.
+    let out = tmp(&format!(
+        "{}.stripped.mig",
+        path.file_name().unwrap().to_string_lossy()
+    ));
     let output = vmstate(
         &["convert", "--strip-ram", shown, out.to_str().unwrap()],
         None,
