@@ -8,8 +8,10 @@ use std::sync::OnceLock;
 #[path = "../../../crates/vmstate/tests/support/mod.rs"]
 mod support;
 
-/// The `rings` fixtures, by name: every device with requests in flight, and its ring pages.
-const RINGS: [(&str, &[u8]); 5] = [
+/// The `rings` fixtures, by name: every device with requests in flight, and its ring pages;
+/// then streams of other machines (virtio-mmio on aarch64, virtio-ccw on s390x) with
+/// virtio-blk requests in flight.
+const RINGS: [(&str, &[u8]); 7] = [
     (
         "blk-inflight-split",
         include_bytes!("../../../tests/fixtures/rings/qemu7.2-blk-inflight-split.rings.mig.gz"),
@@ -29,6 +31,14 @@ const RINGS: [(&str, &[u8]); 5] = [
     (
         "serial-throttled",
         include_bytes!("../../../tests/fixtures/rings/qemu7.2-serial-throttled.rings.mig.gz"),
+    ),
+    (
+        "aarch64virt-mmio-inflight",
+        include_bytes!("../../../tests/fixtures/machines/qemu7.2-aarch64virt-mmio-inflight.mig.gz"),
+    ),
+    (
+        "s390x-ccw-inflight",
+        include_bytes!("../../../tests/fixtures/machines/qemu7.2-s390x-ccw-inflight.mig.gz"),
     ),
 ];
 
