@@ -580,16 +580,23 @@ impl Common {
         let transport = self.transport.kind();
         let rest = r.rest();
         let start = r.offset();
-        let split = (0..=rest.len()).find(|&at| {
-            let tail = rest.get(at..).unwrap_or(&[]);
-            let opens_core = tail.first() == Some(&schema::SUBSECTION_MARKER)
-                && tail.get(2..9) == Some(b"virtio/".as_slice());
-            if !(opens_core || tail.is_empty()) {
-                return false;
-            }
-            let mut attempt = Reader::at(tail, start.saturating_add(at as u64));
-            core::decode(&mut attempt, transport).is_ok() && attempt.is_empty()
-        });
+        // Each try reads at most the ten core subsections; a bounded number of tries keeps
+        // hostile bytes full of subsection headers from costing a try at every offset.
+        const MAX_TRIES: usize = 64;
+        let opens_core = |at: &usize| {
+            let tail = rest.get(*at..).unwrap_or(&[]);
+            tail.is_empty()
+                || (tail.first() == Some(&schema::SUBSECTION_MARKER)
+                    && tail.get(2..9) == Some(b"virtio/".as_slice()))
+        };
+        let split = (0..=rest.len())
+            .filter(opens_core)
+            .take(MAX_TRIES)
+            .find(|&at| {
+                let tail = rest.get(at..).unwrap_or(&[]);
+                let mut attempt = Reader::at(tail, start.saturating_add(at as u64));
+                core::decode(&mut attempt, transport).is_ok() && attempt.is_empty()
+            });
         let at = split.unwrap_or(rest.len());
         let bytes = HexBytes(rest.get(..at).unwrap_or(rest).to_vec());
         r.skip(at, "virtio.device")?;
