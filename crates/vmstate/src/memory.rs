@@ -529,15 +529,25 @@ pub fn map_for(
     let machine = stream.configuration().map(|c| c.machine.as_str());
     let mut map = derived_map(machine, &blocks)?;
     for section in devices {
-        let DeviceState::Mem(MemState {
-            region: Some(region),
-            ..
-        }) = &section.device.device
-        else {
+        let DeviceState::Mem(MemState { region, .. }) = &section.device.device else {
             continue;
         };
         // The backend's RAM block is named after the device's bus path: `<path>/<memdev>`.
         let path = section.idstr.rsplit_once('/').map_or("", |(path, _)| path);
+        // QEMU 10.0 sends the region in a section of its own, before RAM.
+        let early = || {
+            let idstr = format!("{path}/virtio-mem-device-early");
+            stream.sections().into_iter().find_map(|s| match &s.body {
+                SectionBody::Device(state) if s.idstr == idstr => {
+                    MemRegion::from_early_section(state)
+                }
+                _ => None,
+            })
+        };
+        let Some(region) = region.clone().or_else(early) else {
+            continue;
+        };
+        let region = &region;
         let Some((block, _)) = blocks.iter().find(|(name, size)| {
             *size == region.region_size
                 && name

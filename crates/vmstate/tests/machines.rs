@@ -427,3 +427,53 @@ fn virtio_mem_plugged_blocks_are_placed_in_guest_memory() {
     assert!(map.block_offset(1 << 32).is_none());
     assert!(map.how.contains("2 plugged block run(s)"), "{}", map.how);
 }
+
+/// QEMU 10.0 (machine types after 7.2) sends virtio-mem's region and plug bitmap in a
+/// section of its own before RAM; the map takes them from there.
+#[test]
+fn virtio_mem_of_qemu_10_places_its_blocks_from_the_early_section() {
+    let data = read_stream_file(&support::fixture(
+        "machines/qemu10.0-q35-pci-noguest-mem.mig.gz",
+    ));
+    let mut parsed = stream::read(&data).unwrap();
+    let found = devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
+    let mem = found
+        .iter()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
+        .unwrap();
+    let DeviceState::Mem(state) = &mem.device.device else {
+        panic!("virtio-mem not decoded")
+    };
+    assert!(state.region.is_none(), "10.0 sends the region early");
+    let map = memory::map_for(&parsed, &found, None).unwrap();
+    assert!(map.block_offset(1 << 32).is_none(), "nothing plugged");
+
+    // Plug block 1 in the early section's bitmap.
+    let early = parsed
+        .records
+        .iter_mut()
+        .find_map(|r| match r {
+            stream::Record::Section(s) if s.idstr.ends_with("/virtio-mem-device-early") => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    let stream::SectionBody::Device(state) = &mut early.body else {
+        panic!("early section not decoded")
+    };
+    let bitmap = state
+        .fields
+        .iter_mut()
+        .find(|f| f.name == "bitmap")
+        .unwrap();
+    let stream::Value::Raw(bytes) = &mut bitmap.value else {
+        panic!("bitmap not raw")
+    };
+    bytes[7] = 0b10;
+    let map = memory::map_for(&parsed, &found, None).unwrap();
+    let block = 2u64 << 20;
+    assert_eq!(
+        map.block_offset((1 << 32) + block),
+        Some(("0000:00:01.0/vmem-mem0", block))
+    );
+    assert!(map.block_offset(1 << 32).is_none());
+}

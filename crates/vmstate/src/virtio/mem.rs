@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 use crate::error::{ErrorKind, Result};
+use crate::stream::{StructValue, Value};
 use crate::wire::{Endian, Reader, Writer};
 
 /// virtio-mem's own state.
@@ -127,5 +128,42 @@ pub fn encode(state: &MemState, w: &mut Writer) {
             w.u64(Endian::Big, state.usable_region_size);
             w.u64(Endian::Big, state.requested_size);
         }
+    }
+}
+
+impl MemRegion {
+    /// The region as QEMU 10.0 sends it in the device's early section
+    /// (`<bus path>/virtio-mem-device-early`, sent before RAM): its `tmp` struct (addr,
+    /// region_size, block_size, node), the plugged `size` and the `bitmap`, as the stream's
+    /// description decodes them. `None` when the section does not have that shape.
+    pub fn from_early_section(state: &StructValue) -> Option<MemRegion> {
+        let raw = |name: &str| match &state.field(name)?.value {
+            Value::Raw(bytes) => Some(bytes.as_slice()),
+            _ => None,
+        };
+        let mut tmp = Reader::new(raw("tmp")?);
+        let addr = tmp.u64(Endian::Big, "addr").ok()?;
+        let region_size = tmp.u64(Endian::Big, "region_size").ok()?;
+        let block_size = tmp.u64(Endian::Big, "block_size").ok()?;
+        let node = tmp.u32(Endian::Big, "node").ok()?;
+        let size = match &state.field("size")?.value {
+            Value::Unsigned(size) => *size,
+            _ => return None,
+        };
+        let bitmap = raw("bitmap")?
+            .chunks(8)
+            .map(|word| {
+                word.iter()
+                    .fold(0u64, |acc, &b| acc.wrapping_shl(8) | u64::from(b))
+            })
+            .collect();
+        Some(MemRegion {
+            addr,
+            region_size,
+            block_size: Some(block_size).filter(|b| b.is_power_of_two())?,
+            node,
+            size,
+            bitmap,
+        })
     }
 }
