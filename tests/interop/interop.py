@@ -100,28 +100,78 @@ class I386Qemu:
 
     @staticmethod
     def fetch(cache, root):
-        if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
-            raise SetupError("fetching the i386 QEMU needs apt-get and dpkg-deb")
-        log("fetching Debian's qemu-system-x86:i386 and its libraries into %s" % cache)
-        for d in ("lists/partial", "archives/partial", "cache"):
-            os.makedirs(os.path.join(cache, d), exist_ok=True)
-        status = os.path.join(cache, "status")
-        open(status, "w").close()  # nothing installed: download every dependency
-        o = ["-o", "APT::Architecture=i386", "-o", "APT::Architectures::=i386",
-             "-o", "Dir::State::Lists=" + os.path.join(cache, "lists"), "-o", "Dir::State::status=" + status,
-             "-o", "Dir::Cache=" + os.path.join(cache, "cache"),
-             "-o", "Dir::Cache::archives=" + os.path.join(cache, "archives")]
-        # an index that fails (a mirror mid-sync) is not fatal as long as the download works
-        subprocess.run(["apt-get"] + o + ["update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        r = subprocess.run(["apt-get"] + o + ["install", "--download-only", "-y", "--no-install-recommends",
-                                              "qemu-system-x86"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        fetch_debs(cache, root, "i386")
+
+
+def fetch_debs(cache, root, arch):
+    """Downloads Debian's qemu-system-x86:`arch` and every library it needs with a private apt
+    state in `cache` (nothing installed: the status file is empty) and unpacks them in `root`."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise SetupError("fetching the %s QEMU needs apt-get and dpkg-deb" % arch)
+    log("fetching Debian's qemu-system-x86:%s and its libraries into %s" % (arch, cache))
+    for d in ("lists/partial", "archives/partial", "cache"):
+        os.makedirs(os.path.join(cache, d), exist_ok=True)
+    status = os.path.join(cache, "status")
+    open(status, "w").close()  # nothing installed: download every dependency
+    o = ["-o", "APT::Architecture=" + arch, "-o", "APT::Architectures::=" + arch,
+         "-o", "Dir::State::Lists=" + os.path.join(cache, "lists"), "-o", "Dir::State::status=" + status,
+         "-o", "Dir::Cache=" + os.path.join(cache, "cache"),
+         "-o", "Dir::Cache::archives=" + os.path.join(cache, "archives")]
+    # an index that fails (a mirror mid-sync) is not fatal as long as the download works
+    subprocess.run(["apt-get"] + o + ["update"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(["apt-get"] + o + ["install", "--download-only", "-y", "--no-install-recommends",
+                                          "qemu-system-x86"],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0:
+        raise SetupError("cannot download qemu-system-x86:%s:\n%s" % (arch, r.stdout.decode(errors="replace")[-3000:]))
+    archives = os.path.join(cache, "archives")
+    for deb in sorted(os.listdir(archives)):
+        if deb.endswith(".deb"):
+            subprocess.run(["dpkg-deb", "-x", os.path.join(archives, deb), root], check=True)
+
+
+QEMU_USER = "qemu-s390x-static"
+
+
+def ensure_qemu_user():
+    if shutil.which(QEMU_USER):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise SetupError("%s is missing and cannot be installed here (needs root and apt-get): "
+                         "install Debian's qemu-user-static" % QEMU_USER)
+    log("installing qemu-user-static with apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "qemu-user-static"]
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if r.returncode != 0 or not shutil.which(QEMU_USER):
+        raise SetupError("%s failed:\n%s" % (" ".join(cmd), r.stdout.decode(errors="replace")[-3000:]))
+
+
+class S390xQemu:
+    """Debian's big-endian qemu-system-x86 (s390x build, same release) and its s390x
+    libraries, unpacked into `cache` (private apt state, as for I386Qemu) and run under
+    user-mode emulation: qemu-s390x-static -L ROOT ROOT/usr/bin/qemu-system-x86_64. The x86
+    guest then runs under TCG inside an emulated s390x process: everything is far slower
+    (`slow` scales the source's timeouts)."""
+
+    slow = 4
+
+    def __init__(self, cache):
+        root = os.path.join(cache, "root")
+        exe = os.path.join(root, "usr/bin", QEMU)
+        if not os.path.exists(exe):
+            fetch_debs(cache, root, "s390x")
+        libs = ":".join(os.path.join(root, d) for d in ("lib/s390x-linux-gnu", "usr/lib/s390x-linux-gnu"))
+        self.command = [shutil.which(QEMU_USER), "-L", root, "-E", "LD_LIBRARY_PATH=" + libs,
+                        "-E", "QEMU_MODULE_DIR=" + os.path.join(root, "usr/lib/s390x-linux-gnu/qemu"), exe]
+        for d in ("usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"):
+            self.command += ["-L", os.path.join(root, d)]
+        self.env = None
+        r = subprocess.run(self.command + ["--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         if r.returncode != 0:
-            raise SetupError("cannot download qemu-system-x86:i386:\n%s" % r.stdout.decode(errors="replace")[-3000:])
-        archives = os.path.join(cache, "archives")
-        for deb in sorted(os.listdir(archives)):
-            if deb.endswith(".deb"):
-                subprocess.run(["dpkg-deb", "-x", os.path.join(archives, deb), root], check=True)
+            raise SetupError("the s390x QEMU in %s does not run under %s:\n%s"
+                             % (root, QEMU_USER, r.stdout.decode(errors="replace")))
+        self.version = r.stdout.decode().splitlines()[0] + " (s390x build, under %s)" % QEMU_USER
 
 
 def newc(entries):
@@ -174,7 +224,7 @@ class QMP:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.1)
-        self.s.settimeout(120)
+        self.s.settimeout(120 * max(1, timeout // 30))
         self.buf = b""
         self.events = []
         self._recv()  # greeting
@@ -219,7 +269,8 @@ class Qemu:
         if len(sock) > 100:
             raise SetupError("work folder path too long for a unix socket: %s" % sock)
         prefix, env = (host.command, host.env) if host else ([QEMU], None)
-        cmd = ["timeout", str(QEMU_TIMEOUT)] + prefix + args + [
+        self.slow = getattr(host, "slow", 1)
+        cmd = ["timeout", str(QEMU_TIMEOUT * self.slow)] + prefix + args + [
             "-serial", "file:" + self.serial, "-qmp", "unix:%s,server=on,wait=off" % sock]
         with open(os.path.join(folder, "cmdline"), "w") as f:
             f.write(" ".join(shlex.quote(a) for a in cmd) + "\n")
@@ -228,7 +279,7 @@ class Qemu:
             self.proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env)
         try:
-            self.qmp = QMP(sock, self.proc)
+            self.qmp = QMP(sock, self.proc, 30 * self.slow)
         except (EOFError, OSError):
             self.qmp = None  # QEMU exited (or closed the socket) right away: see qemu.log
 
@@ -297,6 +348,7 @@ class Qemu:
 
     def migrate(self, uri, timeout=180):
         self.qmp.cmd("migrate", uri=uri)
+        timeout *= self.slow
         deadline = time.time() + timeout
         while True:
             m = self.qmp.cmd("query-migrate")
@@ -355,10 +407,10 @@ class Suite:
             ] + self.blk_device(src["props"])
             q = Qemu(d, args, self.hosts.get(src.get("host")))
             try:
-                if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150) is None:
+                if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150 * q.slow) is None:
                     raise SetupError("guest did not boot to READY (%s):\n%s\n%s"
                                      % (d, q.serial_text()[-2000:], q.log_text()[-2000:]))
-                q.wait_status({"io-error"}, 120)
+                q.wait_status({"io-error"}, 120 * q.slow)
                 queues = q.queues()
             except BaseException:
                 q.stop()
@@ -373,17 +425,23 @@ class Suite:
     def record_source(self, name, src):
         """Runs a source and migrates it to a file: (stream path, facts)."""
         folder = os.path.join(self.work, "source-" + name)
+        t0 = time.time()
         q, facts = self.source(folder, src)
         stream = os.path.join(folder, "stream.mig")
         try:
             q.migrate("exec:cat > %s" % shlex.quote(stream))
         finally:
             q.stop()
+        facts["source_seconds"] = round(time.time() - t0, 1)
         facts["stream_bytes"] = os.path.getsize(stream)
         facts["qemu"] = self.hosts[src["host"]].version if src.get("host") else "x86-64 build"
         # what vmstate makes of the stream: device line and in-flight summary
         facts["vmstate_dump"] = [l.strip() for l in self.vm("dump", stream).splitlines()
                                  if "request(s) in flight" in l]
+        # the element layout `vmstate dump --json` detects (no layout flags), per virtio device
+        dump = json.loads(self.vm("dump", "--json", stream))
+        facts["vmstate_layouts"] = [d.get("virtio", {}).get("framing", {}).get("layout")
+                                    for d in dump.get("virtio_devices", [])]
         log("source %s: %s request(s) in flight per queue, %d bytes" % (name, facts["held_per_queue"], facts["stream_bytes"]))
         return stream, facts
 
@@ -494,6 +552,7 @@ SOURCES = {
     "mq2": {"smp": 2, "props": ",num-queues=2", "min_queues": 2},
     "packed": {"smp": 1, "props": ",packed=on"},
     "i386host": {"smp": 1, "props": "", "host": "i386"},  # written by the i386 QEMU build
+    "s390xhost": {"smp": 1, "props": "", "host": "s390x"},  # the s390x build, under qemu-user
 }
 
 # name, source, what, how the stream is made from the source's (vmstate argument lists;
@@ -501,9 +560,9 @@ SOURCES = {
 # message QEMU must exit with (REFUSED), and which file ("{out}", or one made by a last
 # conversion back) must equal the stream QEMU wrote byte for byte.
 #
-# The i386 and lp64-be streams here are CONVERTED by vmstate from the x86-64 stream (the
-# elements rewritten as a 32-bit i386 host and a 64-bit big-endian s390x host lay them out),
-# not written by 32-bit or big-endian QEMU builds.
+# The split-*-i386/lp64be streams are CONVERTED by vmstate from the x86-64 stream (the
+# elements rewritten as a 32-bit i386 host and a 64-bit big-endian s390x host lay them out);
+# the i386host-* and s390xhost-* streams are written by Debian's i386 and s390x QEMU builds.
 SCENARIOS = [
     ("split-unchanged", "split", "the stream QEMU wrote, unchanged (control)",
      [], COMPLETES, None, None),
@@ -562,6 +621,17 @@ SCENARIOS = [
      "(and back to i386: equals what i386 QEMU wrote)",
      [["convert", "--from-layout", "auto", "--to-layout", "stable", "{in}", "{out}"],
       ["convert", "--to-layout", "i386", "{out}", "{out}.back"]], COMPLETES, None, "{out}.back"),
+    # Written by Debian's big-endian QEMU (qemu-system-x86:s390x, the same release) under
+    # user-mode emulation (qemu-s390x-static): genuine lp64-be elements.
+    ("s390xhost-unconverted", "s390xhost",
+     "written by big-endian s390x QEMU (genuine 49,168-byte lp64-be elements), loaded as is",
+     [], REFUSED, "qemu_get_virtqueue_element: Assertion `ARRAY_SIZE(data.in_addr) >= data.in_num' failed",
+     None),
+    ("s390xhost-to-stable", "s390xhost",
+     "written by big-endian s390x QEMU, then convert --from-layout auto --to-layout stable "
+     "(and back to lp64-be: equals what s390x QEMU wrote)",
+     [["convert", "--from-layout", "auto", "--to-layout", "stable", "{in}", "{out}"],
+      ["convert", "--to-layout", "lp64-be", "{out}", "{out}.back"]], COMPLETES, None, "{out}.back"),
     ("packed-unchanged", "packed", "packed=on: the stream QEMU wrote, unchanged",
      [], REFUSED, "virtio: unexpected memory split", None),
     ("packed-ndescs-after", "packed", "packed=on: convert --packed-ndescs-after",
@@ -664,6 +734,10 @@ def main():
                     "(default: in the work folder); reused when already there")
     ap.add_argument("--no-i386-host", action="store_true",
                     help="do not fetch the i386 QEMU build nor run the streams it writes (says so)")
+    ap.add_argument("--s390x-cache", help="where Debian's s390x QEMU is fetched and unpacked "
+                    "(default: in the work folder); reused when already there")
+    ap.add_argument("--no-s390x-host", action="store_true",
+                    help="do not fetch the s390x QEMU build nor run the streams it writes (says so)")
     ap.add_argument("scenarios", nargs="*", help="only these (default: all)")
     a = ap.parse_args()
     t0 = time.time()
@@ -686,6 +760,13 @@ def main():
         elif any(s[1] == "i386host" for s in wanted):
             hosts["i386"] = I386Qemu(os.path.abspath(a.i386_cache or os.path.join(work, "qemu-i386")))
             log(hosts["i386"].version)
+        if a.no_s390x_host:
+            log("NOTE: --no-s390x-host: the streams written by big-endian s390x QEMU are NOT tested")
+            wanted = [s for s in wanted if s[1] != "s390xhost"]
+        elif any(s[1] == "s390xhost" for s in wanted):
+            ensure_qemu_user()
+            hosts["s390x"] = S390xQemu(os.path.abspath(a.s390x_cache or os.path.join(work, "qemu-s390x")))
+            log(hosts["s390x"].version)
         suite = Suite(os.path.abspath(a.vmstate), kernel, initrd, work, hosts)
         needed = sorted({s[1] for s in wanted})
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
@@ -701,6 +782,8 @@ def main():
             r["source_held"] = facts["held_per_queue"]
             r["source_dump"] = facts.get("vmstate_dump", [])
             r["source_qemu"] = facts.get("qemu", "x86-64 build")
+            r["source_layouts"] = facts.get("vmstate_layouts", [])
+            r["source_seconds"] = facts.get("source_seconds")
             r["held"] = "+".join(str(n) for n in facts["held_per_queue"])
     except SetupError as e:
         log("SETUP FAILED: %s" % e)
