@@ -53,8 +53,15 @@ class SetupError(Exception):
     """QEMU or the guest cannot be prepared: the suite fails with this reason."""
 
 
-def log(msg):
-    print("[interop] %s" % msg, file=sys.stderr, flush=True)
+def make_log(name, clock=False):
+    """A log function: "[name] msg" (with the time of day when `clock`) on stderr."""
+    def log(msg):
+        stamp = " " + time.strftime("%H:%M:%S") if clock else ""
+        print("[%s%s] %s" % (name, stamp, msg), file=sys.stderr, flush=True)
+    return log
+
+
+log = make_log("interop")
 
 
 # ------------------------------------------------------------------ preparation
@@ -257,19 +264,23 @@ class QMP:
         self.s.close()
 
 
-class Qemu:
-    """One QEMU process in its own folder: qemu.log (stdout+stderr), serial.log, qmp.sock."""
+class QemuProcess:
+    """One QEMU process in its own folder: qemu.log (stdout+stderr), serial.log, qmp.sock.
+    `prefix` runs QEMU (its binary, or a loader and its arguments), `name` is the name QEMU
+    prefixes its own messages with, `slow` scales the timeouts. Also used by machines.py."""
 
-    def __init__(self, folder, args, host=None):
+    log = staticmethod(log)  # where "QEMU did not quit" goes
+
+    def __init__(self, folder, prefix, args, env=None, slow=1, name=QEMU):
         os.makedirs(folder, exist_ok=True)
         self.dir = folder
+        self.bin = name
         self.serial = os.path.join(folder, "serial.log")
         self.logfile = os.path.join(folder, "qemu.log")
         sock = os.path.join(folder, "qmp.sock")
         if len(sock) > 100:
             raise SetupError("work folder path too long for a unix socket: %s" % sock)
-        prefix, env = (host.command, host.env) if host else ([QEMU], None)
-        self.slow = getattr(host, "slow", 1)
+        self.slow = slow
         cmd = ["timeout", str(QEMU_TIMEOUT * self.slow)] + prefix + args + [
             "-serial", "file:" + self.serial, "-qmp", "unix:%s,server=on,wait=off" % sock]
         with open(os.path.join(folder, "cmdline"), "w") as f:
@@ -286,6 +297,10 @@ class Qemu:
     def log_text(self):
         with open(self.logfile, errors="replace") as f:
             return f.read()
+
+    def errors(self):
+        """QEMU's own messages: the lines it prefixes with its name."""
+        return "\n".join(l for l in self.log_text().splitlines() if l.startswith(self.bin + ":"))
 
     def serial_text(self):
         try:
@@ -317,16 +332,37 @@ class Qemu:
                 raise TimeoutError("runstate still %s after %ss (waiting for %s)" % (st, timeout, "|".join(wanted)))
             time.sleep(0.2)
 
-    def queues(self):
+    def queues(self, path=BLK):
         """virtio-blk queue status: (last-avail-idx, used-idx, inuse) per queue."""
         out = []
         for i in range(16):
             try:
-                q = self.qmp.cmd("x-query-virtio-queue-status", path=BLK, queue=i)
+                q = self.qmp.cmd("x-query-virtio-queue-status", path=path, queue=i)
             except RuntimeError:
                 break
             out.append({k: q[k] for k in ("last-avail-idx", "used-idx", "inuse")})
         return out
+
+    def load_and_resume(self, r, load_timeout, guest_timeout, texts, t0=None):
+        """For a QEMU started with -incoming: waits for the stream to load (r["runstate"],
+        r["loaded"]; QEMU exiting during the load leaves r["loaded"] as it was, False), then
+        sends `cont` and waits for the first of `texts` on the guest's console
+        (r["guest_result"]), with the queues before and after. `t0`: when QEMU was started
+        (for r["load_seconds"])."""
+        try:
+            if self.qmp is not None:
+                r["runstate"] = self.wait_status({"paused", "io-error", "running", "postmigrate"}, load_timeout)
+                r["loaded"] = True
+        except (EOFError, OSError):
+            pass  # QEMU exited during the load
+        if r["loaded"]:
+            if t0 is not None:
+                r["load_seconds"] = round(time.time() - t0, 1)
+            r["queues_loaded"] = self.queues()
+            self.qmp.cmd("cont")
+            r["guest_result"] = self.wait_serial(texts, guest_timeout)
+            r["runstate_after"] = self.qmp.cmd("query-status")["status"]
+            r["queues_after"] = self.queues()
 
     def stop(self):
         if self.qmp is not None:
@@ -338,7 +374,7 @@ class Qemu:
         try:
             return self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            log("%s: QEMU did not quit, terminating pid %d" % (self.dir, self.proc.pid))
+            self.log("%s: QEMU did not quit, terminating pid %d" % (self.dir, self.proc.pid))
             self.proc.terminate()
             try:
                 return self.proc.wait(10)
@@ -361,13 +397,46 @@ class Qemu:
             time.sleep(0.2)
 
 
-class Suite:
-    def __init__(self, vmstate, kernel, initrd, work, hosts):
-        self.hosts = hosts  # other QEMU builds for sources, by name
+class Qemu(QemuProcess):
+    def __init__(self, folder, args, host=None):
+        prefix, env = (host.command, host.env) if host else ([QEMU], None)
+        super().__init__(folder, prefix, args, env, getattr(host, "slow", 1))
+
+
+def vmstate_check(vmstate, stream):
+    """`vmstate check --json` of a stream: (the finished process, its findings)."""
+    p = subprocess.run([vmstate, "check", "--json", stream], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    findings = []
+    try:
+        report = json.loads(p.stdout.decode(errors="replace"))
+        for device in report.get("devices", []):
+            findings += device.get("findings", [])
+    except ValueError:
+        pass
+    return p, findings
+
+
+class Vmstate:
+    """Runs the vmstate binary in the suite's work folder. Also used by machines.py."""
+
+    def __init__(self, vmstate, work):
         self.vmstate = vmstate
+        self.work = work
+
+    def vm(self, *args):
+        cmd = [self.vmstate] + list(args)
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            raise RuntimeError("%s: exit %d: %s" % (" ".join(cmd), p.returncode, p.stderr.decode(errors="replace")))
+        return p.stdout.decode(errors="replace")
+
+
+class Suite(Vmstate):
+    def __init__(self, vmstate, kernel, initrd, work, hosts):
+        super().__init__(vmstate, work)
+        self.hosts = hosts  # other QEMU builds for sources, by name
         self.kernel = kernel
         self.initrd = initrd
-        self.work = work
 
     def base_args(self, smp):
         return ["-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "128", "-smp", str(smp),
@@ -459,19 +528,7 @@ class Suite:
         r = {"loaded": False}
         q = Qemu(folder, args)
         try:
-            try:
-                if q.qmp is not None:
-                    r["runstate"] = q.wait_status({"paused", "io-error", "running", "postmigrate"}, 90)
-                    r["loaded"] = True
-            except (EOFError, OSError):
-                pass  # QEMU exited during the load
-            if r["loaded"]:
-                r["queues_loaded"] = q.queues()
-                q.qmp.cmd("cont")
-                seen = q.wait_serial([DONE, FAILED], STUCK_WAIT if expect == STUCK else 180)
-                r["guest_result"] = seen
-                r["runstate_after"] = q.qmp.cmd("query-status")["status"]
-                r["queues_after"] = q.queues()
+            q.load_and_resume(r, 90, STUCK_WAIT if expect == STUCK else 180, [DONE, FAILED])
         finally:
             code = q.stop()
         r["qemu_exit"] = code
@@ -485,42 +542,50 @@ class Suite:
 
     def check(self, stream):
         """`vmstate check --json` of a stream: its exit code and the rules it found."""
-        p = subprocess.run([self.vmstate, "check", "--json", stream],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        rules = []
-        try:
-            report = json.loads(p.stdout.decode(errors="replace"))
-            for device in report.get("devices", []):
-                rules += [f["rule"] for f in device.get("findings", [])]
-        except ValueError:
-            pass
-        return {"exit": p.returncode, "rules": rules}
+        p, findings = vmstate_check(self.vmstate, stream)
+        return {"exit": p.returncode, "rules": [f["rule"] for f in findings]}
 
-    def vm(self, *args):
-        cmd = [self.vmstate] + list(args)
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if p.returncode != 0:
-            raise RuntimeError("%s: exit %d: %s" % (" ".join(cmd), p.returncode, p.stderr.decode(errors="replace")))
-        return p.stdout.decode(errors="replace")
+
+def pattern(tag, wid, size):
+    """Writer `wid`'s pattern as the guest writes it: every 512-byte sector is
+    "TAG W<id> sector <n>", padded."""
+    return b"".join(("%s W%d sector %d" % (tag, wid, i)).ljust(511).encode() + b"\n"
+                    for i in range(size // 512))
+
+
+def read_patterns(img, writers, tag):
+    """Each of `writers`' (id, size, offset) patterns, read back from a disk image: W<id> -> bool."""
+    out = {}
+    with open(img, "rb") as f:
+        for wid, size, off in writers:
+            f.seek(off)
+            out["W%d" % wid] = f.read(size) == pattern(tag, wid, size)
+    return out
 
 
 def verify_image(img, smp):
     """Each writer's pattern, read back from the destination's disk image."""
-    out = {}
-    with open(img, "rb") as f:
-        for wid, size, off in WRITERS:
-            if wid == 1 and smp < 2:
-                continue
-            want = b"".join(("interop W%d sector %d" % (wid, i)).ljust(511).encode() + b"\n"
-                            for i in range(size // 512))
-            f.seek(off)
-            out["W%d" % wid] = f.read(size) == want
-    return out
+    return read_patterns(img, [w for w in WRITERS if w[0] != 1 or smp >= 2], "interop")
+
+
+def refused(r, expect_error):
+    """QEMU exited during the load with `expect_error` among its messages."""
+    return not r["loaded"] and r["qemu_exit"] not in (0, None) and expect_error in r["qemu_error"]
+
+
+def completed(r, writers, prefix, done):
+    """Loaded, resumed, and every one of `writers` ended, read back in the guest and is on disk."""
+    serial_ok = all("%s %s done" % (prefix, w) in r["serial"] and "%s %s verified" % (prefix, w) in r["serial"]
+                    for w in writers)
+    return (r["loaded"] and r.get("runstate") in ("io-error", "paused")
+            and r.get("guest_result") == done and serial_ok
+            and all(r["image"].values()) and r["runstate_after"] == "running"
+            and all(q["inuse"] == 0 for q in r["queues_after"]) and r["qemu_error"] == "")
 
 
 def judge(r, src, expect, expect_error):
     if expect == REFUSED:
-        return not r["loaded"] and r["qemu_exit"] not in (0, None) and expect_error in r["qemu_error"]
+        return refused(r, expect_error)
     writers = ["W%d" % w for w, _, _ in WRITERS if w != 1 or src["smp"] >= 2]
     if expect == CORRUPT:
         # W0's element reads its data from the wrong guest page: the write "succeeds"
@@ -531,12 +596,7 @@ def judge(r, src, expect, expect_error):
         # the big writes were in flight at the save: without their elements they never end
         return (r["loaded"] and r.get("guest_result") is None and "INTEROP: W0 done" not in r["serial"]
                 and r["runstate_after"] == "running" and not r["image"]["W0"])
-    serial_ok = all("INTEROP: %s done" % w in r["serial"] and "INTEROP: %s verified" % w in r["serial"]
-                    for w in writers)
-    return (r["loaded"] and r.get("runstate") in ("io-error", "paused")
-            and r.get("guest_result") == DONE and serial_ok
-            and all(r["image"].values()) and r["runstate_after"] == "running"
-            and all(q["inuse"] == 0 for q in r["queues_after"]) and r["qemu_error"] == "")
+    return completed(r, writers, "INTEROP:", DONE)
 
 
 # ------------------------------------------------------------------ scenarios
@@ -698,27 +758,64 @@ def run_pipe(suite):
     return r
 
 
+def row_cells(r, done, failed, completes="yes"):
+    """A result's cells in the results table (both suites'): QEMU loads?, does the guest
+    complete (`completes` when it says `done`; the writes read back wrong after `failed`)?,
+    expected (and whether it was met), and what QEMU said."""
+    if r["loaded"]:
+        loads = "yes (%s)" % r.get("runstate")
+        if r.get("guest_result") == done:
+            guest = completes
+        elif r.get("guest_result") == failed:
+            bad = [l.split()[1] for l in r["serial"].splitlines() if l.endswith(" MISMATCH")]
+            guest = "writes end, but %s wrong on disk" % ", ".join(bad)
+        else:
+            guest = "no (never ends)"
+    else:
+        code = r.get("qemu_exit")
+        loads = "no (%s)" % ("SIGABRT" if code == -6 else "exit %s" % code)
+        guest = "-"
+    said = (r.get("qemu_error") or "").replace("\n", " / ").replace("|", "\\|") or "-"
+    expected = r["expect"] + ("" if r["ok"] else ": **NOT MET**")
+    return loads, guest, expected, said
+
+
 def table(results):
     lines = ["| scenario | in flight at save | QEMU loads? | guest completes after `cont`? "
              "| expected | QEMU says |", "|---|---|---|---|---|---|"]
     for r in results:
-        if r["loaded"]:
-            loads = "yes (%s)" % r["runstate"]
-            if r.get("guest_result") == DONE:
-                done = "yes"
-            elif r.get("guest_result") == FAILED:
-                bad = [l.split()[1] for l in r["serial"].splitlines() if l.endswith(" MISMATCH")]
-                done = "writes end, but %s wrong on disk" % ", ".join(bad)
-            else:
-                done = "no (never ends)"
-        else:
-            code = r["qemu_exit"]
-            loads = "no (%s)" % ("SIGABRT" if code == -6 else "exit %s" % code)
-            done = "-"
-        said = r["qemu_error"].replace("\n", " / ").replace("|", "\\|") or "-"
-        expected = r["expect"] + ("" if r["ok"] else ": **NOT MET**")
+        loads, done, expected, said = row_cells(r, DONE, FAILED)
         lines.append("| %s | %s | %s | %s | %s | %s |" % (r["name"], r["held"], loads, done, expected, said))
     return "\n".join(lines)
+
+
+def add_run_args(ap):
+    """--results, --jobs and --keep: the options both suites (this one, machines.py) take."""
+    ap.add_argument("--results", help="write the results as JSON here")
+    ap.add_argument("--jobs", type=int, default=2, help="QEMU runs at a time (default 2)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+
+
+def failure(e, work, log=log):
+    """The exit code for `e`, raised while the suite ran: 2 for a SetupError (with its reason),
+    3 for anything else (a scenario broke down: say where, keep the work folder)."""
+    if isinstance(e, SetupError):
+        log("SETUP FAILED: %s" % e)
+        return 2
+    traceback.print_exc()
+    log("the suite broke down (work folder kept: %s)" % work)
+    return 3
+
+
+def verdict(bad, work, a, log=log):
+    """The exit code once the results are out: 1 when scenarios in `bad` did not meet their
+    expectation (the work folder kept), else 0 (a temporary work folder removed unless --keep)."""
+    if bad:
+        log("UNEXPECTED: %s (work folder kept: %s)" % (", ".join(bad), work))
+        return 1
+    if not a.keep and not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def main():
@@ -727,9 +824,7 @@ def main():
     ap.add_argument("--assets", default=os.path.join(HERE, "../../../shared/corpus/assets"),
                     help="folder with bzImage and initramfs-tiny.cpio.gz (default: ../shared/corpus/assets)")
     ap.add_argument("--work", help="scratch folder (default: a new temporary folder, removed unless --keep)")
-    ap.add_argument("--results", help="write the results as JSON here")
-    ap.add_argument("--jobs", type=int, default=2, help="QEMU runs at a time (default 2)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    add_run_args(ap)
     ap.add_argument("--i386-cache", help="where Debian's i386 QEMU is fetched and unpacked "
                     "(default: in the work folder); reused when already there")
     ap.add_argument("--no-i386-host", action="store_true",
@@ -785,13 +880,8 @@ def main():
             r["source_layouts"] = facts.get("vmstate_layouts", [])
             r["source_seconds"] = facts.get("source_seconds")
             r["held"] = "+".join(str(n) for n in facts["held_per_queue"])
-    except SetupError as e:
-        log("SETUP FAILED: %s" % e)
-        return 2
-    except Exception:  # a scenario broke down: say where, keep the work folder
-        traceback.print_exc()
-        log("the suite broke down (work folder kept: %s)" % work)
-        return 3
+    except Exception as e:
+        return failure(e, work)
     seconds = round(time.time() - t0, 1)
     print(version)
     print(table(results))
@@ -800,12 +890,7 @@ def main():
         with open(a.results, "w") as f:
             json.dump({"qemu": version, "seconds": seconds, "results": results}, f, indent=1)
     bad = [r["name"] for r in results if not r["ok"]]
-    if bad:
-        log("UNEXPECTED: %s (work folder kept: %s)" % (", ".join(bad), work))
-        return 1
-    if not a.keep and not a.work:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return verdict(bad, work, a)
 
 
 if __name__ == "__main__":

@@ -39,18 +39,18 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import interop  # noqa: E402  (the x86 suite: QMP, the QEMU process, newc, patterns)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../.."))
 CORPUS_SCRIPT = os.path.join(ROOT, "tests/machines/make-machine-corpus.sh")
-QEMU_TIMEOUT = 300  # seconds, per QEMU process
 CORPUS_TIMEOUT = 900  # seconds, for the corpus script's run
 PREFIX = "MACHINES:"
 READY = PREFIX + " READY"
@@ -176,12 +176,9 @@ EDIT_OUTCOME = {
 }
 
 
-class SetupError(Exception):
-    """QEMU, the guest or the corpus script cannot be prepared: the suite fails with this."""
-
-
-def log(msg):
-    print("[machines %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+# QEMU, the guest or the corpus script cannot be prepared: the suite fails with this.
+SetupError = interop.SetupError
+log = interop.make_log("machines", clock=True)
 
 
 # ------------------------------------------------------------------ preparation
@@ -215,19 +212,6 @@ def run_corpus(names, out, work, skip_install, qemu_version):
                 raise SetupError("QEMU %s cannot run %s: %s" % (qemu_version, n, f.read().strip()))
     log("corpus: %.0f s" % (time.time() - t0))
     return round(time.time() - t0, 1)
-
-
-def newc(entries):
-    """A cpio archive (newc format) of (name, mode, bytes) regular files."""
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], start=1):
-        namez = name.encode() + b"\0"
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(namez), 0]
-        out += b"070701" + "".join("%08X" % f for f in fields).encode() + namez
-        out += b"\0" * (-len(out) % 4)
-        out += data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
 
 
 def parse_cmdline(path):
@@ -276,7 +260,7 @@ class Machine:
         self.initrd = os.path.join(work, "initrd-%s.gz" % key)
         with open(base, "rb") as f, open(self.initrd, "wb") as out:
             out.write(f.read())
-            out.write(gzip.compress(newc([("init", 0o100755, GUEST_INIT.encode())]), mtime=0))
+            out.write(gzip.compress(interop.newc([("init", 0o100755, GUEST_INIT.encode())]), mtime=0))
         self.kernel = self.arg_after(self.src_args, "-kernel")
 
     @staticmethod
@@ -322,188 +306,35 @@ class Machine:
 
 # ------------------------------------------------------------------ QEMU and QMP
 
-class QMP:
-    def __init__(self, path, proc, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                self.s.close()
-                if proc.poll() is not None:
-                    raise EOFError("QEMU exited before its QMP socket answered")
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.s.settimeout(120)
-        self.buf = b""
-        self._recv()  # greeting
-        self.cmd("qmp_capabilities")
+class Qemu(interop.QemuProcess):
+    """One QEMU process of `machine` in its own folder (interop.py's, with the machine's
+    binary and environment)."""
 
-    def _recv(self):
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError("QMP socket closed (QEMU exited)")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def cmd(self, name, **args):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.s.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            r = self._recv()
-            if "event" in r:
-                continue
-            if "error" in r:
-                raise RuntimeError("QMP %s: %s" % (name, r["error"].get("desc", r["error"])))
-            return r["return"]
-
-    def close(self):
-        self.s.close()
-
-
-class Qemu:
-    """One QEMU process in its own folder: qemu.log (stdout+stderr), serial.log, qmp.sock."""
+    log = staticmethod(log)
 
     def __init__(self, machine, folder, args):
-        os.makedirs(folder, exist_ok=True)
-        self.dir = folder
-        self.bin = os.path.basename(machine.bin)
-        self.serial = os.path.join(folder, "serial.log")
-        self.logfile = os.path.join(folder, "qemu.log")
-        sock = os.path.join(folder, "qmp.sock")
-        if len(sock) > 100:
-            raise SetupError("work folder path too long for a unix socket: %s" % sock)
-        cmd = ["timeout", str(QEMU_TIMEOUT), machine.bin] + args + [
-            "-serial", "file:" + self.serial, "-qmp", "unix:%s,server=on,wait=off" % sock]
-        with open(os.path.join(folder, "cmdline"), "w") as f:
-            f.write(" ".join(shlex.quote(a) for a in cmd) + "\n")
-        with open(self.logfile, "wb") as out:
-            # `timeout` is the process we hold; it forwards SIGTERM to its QEMU child.
-            self.proc = subprocess.Popen(cmd, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=dict(os.environ, **machine.env))
-        try:
-            self.qmp = QMP(sock, self.proc)
-        except (EOFError, OSError):
-            self.qmp = None  # QEMU exited (or closed the socket) right away: see qemu.log
+        super().__init__(folder, [machine.bin], args, dict(os.environ, **machine.env),
+                         name=os.path.basename(machine.bin))
 
-    def log_text(self):
-        with open(self.logfile, errors="replace") as f:
-            return f.read()
-
-    def errors(self):
-        """QEMU's own messages: the lines it prefixes with its name."""
-        return "\n".join(l for l in self.log_text().splitlines() if l.startswith(self.bin + ":"))
-
-    def serial_text(self):
-        try:
-            with open(self.serial, errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def wait_serial(self, texts, timeout):
-        """The first of `texts` on the serial console (None on timeout or when QEMU exits)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            s = self.serial_text()
-            for t in texts:
-                if t in s:
-                    return t
-            if self.proc.poll() is not None:
-                return None
-            time.sleep(0.3)
-        return None
-
-    def wait_status(self, wanted, timeout):
-        deadline = time.time() + timeout
-        while True:
-            st = self.qmp.cmd("query-status")["status"]
-            if st in wanted:
-                return st
-            if time.time() > deadline:
-                raise TimeoutError("runstate still %s after %ss (waiting for %s)" % (st, timeout, "|".join(wanted)))
-            time.sleep(0.2)
-
-    def blk_queues(self):
+    def queues(self):
         """The virtio-blk device's queues: last-avail-idx, used-idx, inuse."""
         paths = [d["path"] for d in self.qmp.cmd("x-query-virtio") if d["name"] == "virtio-blk"]
         if len(paths) != 1:
             raise RuntimeError("%d virtio-blk devices, want 1" % len(paths))
-        out = []
-        for i in range(16):
-            try:
-                q = self.qmp.cmd("x-query-virtio-queue-status", path=paths[0], queue=i)
-            except RuntimeError:
-                break
-            out.append({k: q[k] for k in ("last-avail-idx", "used-idx", "inuse")})
-        return out
-
-    def migrate(self, uri, timeout=180):
-        self.qmp.cmd("migrate", uri=uri)
-        deadline = time.time() + timeout
-        while True:
-            m = self.qmp.cmd("query-migrate")
-            if m.get("status") in ("completed", "failed", "cancelled"):
-                if m["status"] != "completed":
-                    raise RuntimeError("migrate to %s: %s %s" % (uri, m["status"], m.get("error-desc", "")))
-                return m
-            if time.time() > deadline:
-                raise TimeoutError("migrate to %s did not finish in %ss" % (uri, timeout))
-            time.sleep(0.2)
-
-    def stop(self):
-        if self.qmp is not None:
-            try:
-                self.qmp.cmd("quit")
-            except (EOFError, OSError, RuntimeError):
-                pass
-            self.qmp.close()
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            log("%s: QEMU did not quit, terminating pid %d" % (self.dir, self.proc.pid))
-            self.proc.terminate()
-            try:
-                return self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
+        return super().queues(paths[0])
 
 
 # ------------------------------------------------------------------ the suite
 
-class Suite:
+class Suite(interop.Vmstate):
     def __init__(self, vmstate, work, keep):
-        self.vmstate = vmstate
-        self.work = work
+        super().__init__(vmstate, work)
         self.keep = keep  # keep the streams of scenarios that met their expectation
-
-    def vm(self, *args):
-        cmd = [self.vmstate] + list(args)
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if p.returncode != 0:
-            raise RuntimeError("%s: exit %d: %s" % (" ".join(cmd), p.returncode, p.stderr.decode(errors="replace")))
-        return p.stdout.decode(errors="replace")
 
     def check(self, stream):
         """`vmstate check --json`: exit code, the rules found, and the findings' text."""
-        p = subprocess.run([self.vmstate, "check", "--json", stream], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        rules, findings = [], []
-        try:
-            report = json.loads(p.stdout.decode(errors="replace"))
-            for device in report.get("devices", []):
-                for f in device.get("findings", []):
-                    rules.append(f.get("rule"))
-                    findings.append(f)
-        except ValueError:
-            pass
+        p, findings = interop.vmstate_check(self.vmstate, stream)
+        rules = [f.get("rule") for f in findings]
         return {"exit": p.returncode, "rules": rules, "findings": findings[:4],
                 "stderr": p.stderr.decode(errors="replace")[-1000:]}
 
@@ -523,7 +354,7 @@ class Suite:
                                      % (machine.key, d, q.serial_text()[-2000:], q.log_text()[-2000:]))
                 boot = round(time.time() - t0, 1)
                 q.wait_status({"io-error"}, 120)
-                queues = q.blk_queues()
+                queues = q.queues()
                 held = [x["inuse"] for x in queues]
                 if sum(held) >= MIN_HELD:
                     stream = os.path.join(folder, "stream.mig")
@@ -550,19 +381,7 @@ class Suite:
         t0 = time.time()
         q = Qemu(machine, folder, args)
         try:
-            try:
-                if q.qmp is not None:
-                    r["runstate"] = q.wait_status({"paused", "io-error", "running", "postmigrate"}, 120)
-                    r["loaded"] = True
-            except (EOFError, OSError):
-                pass  # QEMU exited during the load
-            if r["loaded"]:
-                r["load_seconds"] = round(time.time() - t0, 1)
-                r["queues_loaded"] = q.blk_queues()
-                q.qmp.cmd("cont")
-                r["guest_result"] = q.wait_serial([DONE, FAILED], 180)
-                r["runstate_after"] = q.qmp.cmd("query-status")["status"]
-                r["queues_after"] = q.blk_queues()
+            q.load_and_resume(r, 120, 180, [DONE, FAILED], t0)
         except (EOFError, OSError) as e:
             r["broke"] = "QEMU went away after the load: %s" % e
         finally:
@@ -649,21 +468,14 @@ def corpus_held(truth):
 
 def verify_image(img):
     """Each writer's pattern, read back from the destination's disk image."""
-    out = {}
     if img is None:
         return {"W%d" % w: False for w, _, _ in WRITERS}
-    with open(img, "rb") as f:
-        for wid, size, off in WRITERS:
-            want = b"".join(("machines W%d sector %d" % (wid, i)).ljust(511).encode() + b"\n"
-                            for i in range(size // 512))
-            f.seek(off)
-            out["W%d" % wid] = f.read(size) == want
-    return out
+    return interop.read_patterns(img, WRITERS, "machines")
 
 
 def judge(r, expect, expect_error):
     if expect == REFUSED:
-        return not r["loaded"] and r["qemu_exit"] not in (0, None) and expect_error in r["qemu_error"]
+        return interop.refused(r, expect_error)
     writers = ["W%d" % w for w, _, _ in WRITERS]
     if not r["loaded"] or "broke" in r:
         return False
@@ -675,34 +487,17 @@ def judge(r, expect, expect_error):
                 and all(ok for w, ok in r["image"].items() if w != "W0")
                 and all("%s %s verified" % (PREFIX, w) in r["serial"] for w in writers if w != "W0")
                 and r["qemu_error"] == "")
-    serial_ok = all("%s %s done" % (PREFIX, w) in r["serial"] and "%s %s verified" % (PREFIX, w) in r["serial"]
-                    for w in writers)
-    return (r.get("runstate") in ("io-error", "paused") and r.get("guest_result") == DONE and serial_ok
-            and all(r["image"].values()) and r["runstate_after"] == "running"
-            and all(q["inuse"] == 0 for q in r["queues_after"]) and r["qemu_error"] == "")
+    return interop.completed(r, writers, PREFIX, DONE)
 
 
 def table(results):
     lines = ["| machine / transport | scenario | held at save | QEMU loads? | guest completes the writes? "
              "| expected | QEMU's message |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        if r["loaded"]:
-            loads = "yes (%s)" % r.get("runstate")
-            if r["name"] == "corpus-recorded":
-                done = "yes (W0 done; zeros, not verified)" if r["guest_result"] else "no"
-            elif r.get("guest_result") == DONE:
-                done = "yes, %d writes read back, pattern on disk" % len(WRITERS)
-            elif r.get("guest_result") == FAILED:
-                bad = [l.split()[1] for l in r["serial"].splitlines() if l.endswith(" MISMATCH")]
-                done = "writes end, but %s wrong on disk" % ", ".join(bad)
-            else:
-                done = "no (never ends)"
-        else:
-            code = r.get("qemu_exit")
-            loads = "no (%s)" % ("SIGABRT" if code == -6 else "exit %s" % code)
-            done = "-"
-        said = (r.get("qemu_error") or "").replace("\n", " / ").replace("|", "\\|") or "-"
-        expected = r["expect"] + ("" if r["ok"] else ": **NOT MET**")
+        loads, done, expected, said = interop.row_cells(
+            r, DONE, FAILED, "yes, %d writes read back, pattern on disk" % len(WRITERS))
+        if r["loaded"] and r["name"] == "corpus-recorded":
+            done = "yes (W0 done; zeros, not verified)" if r["guest_result"] else "no"
         lines.append("| %s | %s | %s | %s | %s | %s | %s |"
                      % (r["label"], r["name"], r["held"], loads, done, expected, said))
     return "\n".join(lines)
@@ -714,9 +509,7 @@ def main():
     ap.add_argument("--work", help="scratch folder (default: a new temporary folder, removed unless --keep)")
     ap.add_argument("--corpus-work", help="the corpus script's WORK (downloaded kernels, initramfs; "
                     "reused when already there; default: in the work folder)")
-    ap.add_argument("--results", help="write the results as JSON here")
-    ap.add_argument("--jobs", type=int, default=2, help="QEMU runs at a time (default 2)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    interop.add_run_args(ap)
     ap.add_argument("--skip-install", action="store_true", help="the corpus script installs nothing (SKIP_INSTALL=1)")
     ap.add_argument("--qemu-version", default="7.2", choices=("7.2", "10.0"),
                     help="the corpus script's QEMU_VERSION: 7.2 (Debian 12's, default) or 10.0 "
@@ -760,13 +553,8 @@ def main():
         for m in machines:
             results.append(suite.corpus_row(m))
             results += sorted((r for r in done if r["machine"] == m.key), key=lambda r: order[r["name"]])
-    except SetupError as e:
-        log("SETUP FAILED: %s" % e)
-        return 2
-    except Exception:  # a scenario broke down: say where, keep the work folder
-        traceback.print_exc()
-        log("the suite broke down (work folder kept: %s)" % work)
-        return 3
+    except Exception as e:
+        return interop.failure(e, work, log)
     seconds = round(time.time() - t0, 1)
     versions = sorted({m.version for m in machines})
     print("; ".join(versions))
@@ -778,12 +566,7 @@ def main():
             json.dump({"qemu": versions, "seconds": seconds, "timings": timings, "sources": sources,
                        "results": results}, f, indent=1)
     bad = ["%s/%s" % (r["machine"], r["name"]) for r in results if not r["ok"]]
-    if bad:
-        log("UNEXPECTED: %s (work folder kept: %s)" % (", ".join(bad), work))
-        return 1
-    if not a.keep and not a.work:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return interop.verdict(bad, work, a, log)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@
 //!
 //! Run it alone: `CI=true cargo test -p vmstate-cli --test interop_machines -- --nocapture`.
 
+mod interop;
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use serde_json::Value;
+
+use interop::{assert_completes, assert_corrupt, held, rules, text};
 
 /// What QEMU and the guest must do with each scenario's stream.
 #[derive(Clone, Copy)]
@@ -65,20 +66,12 @@ const SCENARIOS: &[(&str, Expect)] = &[
 /// The guest's writes: one 4 MiB write (16 requests held in flight), then three small ones.
 const WRITERS: &[&str] = &["W0", "W7", "W8", "W9"];
 
-fn text<'a>(r: &'a Value, key: &str) -> &'a str {
-    r[key].as_str().unwrap_or("")
-}
-
 fn check(r: &Value, bin: &str, expect: Expect) {
     let name = format!("{}/{}", text(r, "machine"), text(r, "name"));
-    let serial = text(r, "serial");
     let error = text(r, "qemu_error");
     let loaded = r["loaded"].as_bool() == Some(true);
     if !matches!(expect, Expect::CorpusLoads) {
-        let held: u64 = r["source_held"]
-            .as_array()
-            .map(|q| q.iter().filter_map(Value::as_u64).sum())
-            .unwrap_or(0);
+        let held = held(r);
         assert!(
             held >= 4,
             "{name}: only {held} request(s) were in flight at the save"
@@ -95,40 +88,12 @@ fn check(r: &Value, bin: &str, expect: Expect) {
             );
         }
         Expect::Completes => {
-            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
-            assert_eq!(text(r, "runstate"), "io-error", "{name}: loaded runstate");
-            assert_eq!(error, "", "{name}: QEMU reported errors");
-            for w in WRITERS {
-                assert!(
-                    serial.contains(&format!("MACHINES: {w} done\n")),
-                    "{name}: the guest did not finish write {w}; serial:\n{serial}"
-                );
-                assert!(
-                    serial.contains(&format!("MACHINES: {w} verified\n")),
-                    "{name}: write {w} did not read back in the guest; serial:\n{serial}"
-                );
-                assert_eq!(
-                    r["image"][w].as_bool(),
-                    Some(true),
-                    "{name}: write {w}'s pattern is not on the destination's disk"
-                );
-            }
-            assert!(
-                serial.contains("MACHINES: ALL WRITES DONE"),
-                "{name}: no final marker; serial:\n{serial}"
-            );
+            assert_completes(r, &name, "MACHINES:", WRITERS);
             assert_eq!(text(r, "runstate_after"), "running", "{name}");
-            let queues = r["queues_after"].as_array().cloned().unwrap_or_default();
             assert!(
-                !queues.is_empty(),
+                r["queues_after"].as_array().is_some_and(|q| !q.is_empty()),
                 "{name}: no queue status after the writes"
             );
-            for q in &queues {
-                assert_eq!(
-                    q["inuse"], 0,
-                    "{name}: requests still in use after the writes"
-                );
-            }
         }
         Expect::Refused(message) => {
             assert!(!loaded, "{name}: QEMU loaded a stream it must refuse");
@@ -140,18 +105,7 @@ fn check(r: &Value, bin: &str, expect: Expect) {
             );
         }
         Expect::Corrupt => {
-            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
-            assert_eq!(error, "", "{name}: QEMU reported errors");
-            assert!(
-                serial.contains("MACHINES: W0 done\n")
-                    && serial.contains("MACHINES: W0 MISMATCH\n"),
-                "{name}: expected W0 to end with wrong data; serial:\n{serial}"
-            );
-            assert_eq!(
-                r["image"]["W0"].as_bool(),
-                Some(false),
-                "{name}: W0 on disk"
-            );
+            assert_corrupt(r, &name, "MACHINES:");
             for w in &WRITERS[1..] {
                 assert_eq!(r["image"][w].as_bool(), Some(true), "{name}: {w} on disk");
             }
@@ -172,10 +126,7 @@ fn check(r: &Value, bin: &str, expect: Expect) {
     }
     // `vmstate check` of the same stream, before QEMU sees it: the edited element is a
     // finding, everything else is clean.
-    let rules: Vec<&str> = r["check"]["rules"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let rules = rules(&r["check"]);
     let edited = text(r, "name").starts_with("edit-");
     assert_eq!(
         r["check"]["exit"],
@@ -211,36 +162,17 @@ fn qemu_on_aarch64_and_s390x_loads_vmstate_streams_and_the_guest_completes_every
     }
     let root = support::repo_root();
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let work = tmp.join("interop_machines");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let results = work.join("results.json");
-
-    let started = Instant::now();
-    let run = Command::new("python3")
-        .arg(root.join("tests/interop/machines.py"))
-        .arg("--vmstate")
-        .arg(env!("CARGO_BIN_EXE_vmstate"))
-        .arg("--work")
-        .arg(&work)
-        .arg("--corpus-work")
-        .arg(tmp.join("interop-machines-corpus-work"))
-        .arg("--results")
-        .arg(&results)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (the interop suite needs it): {e}"));
-    let seconds = started.elapsed().as_secs();
-    let table = String::from_utf8_lossy(&run.stdout);
-    println!("{table}");
-    match run.status.code() {
-        Some(0) | Some(1) => {}
-        Some(2) => panic!("machines interop suite: QEMU, the guests or the corpus script could not be prepared (reason above)"),
-        other => panic!("machines interop suite crashed ({other:?}); output:\n{table}"),
-    }
-
-    let json: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
-    let ran = json["results"].as_array().unwrap();
+    let run = interop::run_suite(
+        &root.join("tests/interop/machines.py"),
+        &tmp.join("interop_machines"),
+        &[
+            "--corpus-work".as_ref(),
+            tmp.join("interop-machines-corpus-work").as_os_str(),
+        ],
+        "machines interop suite",
+        "QEMU, the guests or the corpus script",
+    );
+    let ran = &run.results;
     for (machine, bin) in MACHINES {
         for (name, expect) in SCENARIOS {
             let r = ran
@@ -255,10 +187,5 @@ fn qemu_on_aarch64_and_s390x_loads_vmstate_streams_and_the_guest_completes_every
         MACHINES.len() * SCENARIOS.len(),
         "scenarios this test does not know"
     );
-    assert_eq!(run.status.code(), Some(0), "machines interop suite verdict");
-    assert!(
-        seconds < 600,
-        "the machines interop suite took {seconds} s (budget: 10 minutes)"
-    );
-    let _ = std::fs::remove_dir_all(&work);
+    run.finish();
 }

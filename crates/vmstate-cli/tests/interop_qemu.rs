@@ -14,14 +14,15 @@
 //!
 //! Run it alone: `CI=true cargo test -p vmstate-cli --test interop_qemu -- --nocapture`.
 
+mod interop;
 #[path = "../../vmstate/tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use serde_json::Value;
+
+use interop::{assert_completes, assert_corrupt, held, rules, text};
 
 /// What QEMU and the guest must do with each scenario's stream.
 enum Expect {
@@ -95,10 +96,6 @@ const BYTE_IDENTICAL: &[&str] = &[
     "s390xhost-to-stable",
 ];
 
-fn text<'a>(r: &'a Value, key: &str) -> &'a str {
-    r[key].as_str().unwrap_or("")
-}
-
 /// The guest's writers: one 4 MiB write per vCPU (W0, W1), then W7, W8, W9.
 fn writers(r: &Value) -> Vec<&'static str> {
     if text(r, "source") == "mq2" {
@@ -113,45 +110,13 @@ fn check(r: &Value, expect: &Expect) {
     let serial = text(r, "serial");
     let error = text(r, "qemu_error");
     let loaded = r["loaded"].as_bool() == Some(true);
-    let held: u64 = r["source_held"]
-        .as_array()
-        .map(|q| q.iter().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
+    let held = held(r);
     assert!(
         held >= 2,
         "{name}: only {held} request(s) were in flight at the save"
     );
     match expect {
-        Expect::Completes => {
-            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
-            assert_eq!(text(r, "runstate"), "io-error", "{name}: loaded runstate");
-            assert_eq!(error, "", "{name}: QEMU reported errors");
-            for w in writers(r) {
-                assert!(
-                    serial.contains(&format!("INTEROP: {w} done\n")),
-                    "{name}: the guest did not finish write {w}; serial:\n{serial}"
-                );
-                assert!(
-                    serial.contains(&format!("INTEROP: {w} verified\n")),
-                    "{name}: write {w} did not read back; serial:\n{serial}"
-                );
-                assert_eq!(
-                    r["image"][w].as_bool(),
-                    Some(true),
-                    "{name}: write {w} is not on the destination's disk"
-                );
-            }
-            assert!(
-                serial.contains("INTEROP: ALL WRITES DONE"),
-                "{name}: no final marker; serial:\n{serial}"
-            );
-            for q in r["queues_after"].as_array().into_iter().flatten() {
-                assert_eq!(
-                    q["inuse"], 0,
-                    "{name}: requests still in use after the writes"
-                );
-            }
-        }
+        Expect::Completes => assert_completes(r, name, "INTEROP:", &writers(r)),
         Expect::Refused(message) => {
             assert!(!loaded, "{name}: QEMU loaded a stream it must refuse");
             assert!(
@@ -159,19 +124,7 @@ fn check(r: &Value, expect: &Expect) {
                 "{name}: QEMU said {error:?}, expected {message:?}"
             );
         }
-        Expect::Corrupt => {
-            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
-            assert_eq!(error, "", "{name}: QEMU reported errors");
-            assert!(
-                serial.contains("INTEROP: W0 done\n") && serial.contains("INTEROP: W0 MISMATCH\n"),
-                "{name}: expected W0 to end with wrong data; serial:\n{serial}"
-            );
-            assert_eq!(
-                r["image"]["W0"].as_bool(),
-                Some(false),
-                "{name}: W0 on disk"
-            );
-        }
+        Expect::Corrupt => assert_corrupt(r, name, "INTEROP:"),
         Expect::Stuck => {
             assert!(loaded, "{name}: QEMU did not load the stream: {error}");
             assert!(
@@ -215,10 +168,7 @@ fn check(r: &Value, expect: &Expect) {
     // What `vmstate check` says of the same stream, before QEMU sees it: defects that QEMU
     // loads without a word (a wrong element address inside RAM) or dies on are findings.
     if let Some(check) = r.get("check") {
-        let rules: Vec<&str> = check["rules"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let rules = rules(check);
         let (exit, rule) = match name {
             "split-edit-addr-outside-ram" | "split-edit-addr-inside-ram" => {
                 (1, Some("segment-mismatch"))
@@ -250,40 +200,22 @@ fn qemu_loads_converted_streams_and_the_guest_completes_every_in_flight_write() 
         return;
     };
     let root = support::repo_root();
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop_qemu");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
-    let results = work.join("results.json");
-
-    let started = Instant::now();
-    let run = Command::new("python3")
-        .arg(root.join("tests/interop/interop.py"))
-        .arg("--vmstate")
-        .arg(env!("CARGO_BIN_EXE_vmstate"))
-        .arg("--assets")
-        .arg(shared.join("corpus/assets"))
-        .arg("--work")
-        .arg(&work)
-        .arg("--results")
-        .arg(&results)
-        .arg("--i386-cache")
-        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-qemu-i386"))
-        .arg("--s390x-cache")
-        .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-qemu-s390x"))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 (the interop suite needs it): {e}"));
-    let seconds = started.elapsed().as_secs();
-    let table = String::from_utf8_lossy(&run.stdout);
-    println!("{table}");
-    match run.status.code() {
-        Some(0) | Some(1) => {}
-        Some(2) => panic!("interop suite: QEMU or the guest could not be prepared (reason above)"),
-        other => panic!("interop suite crashed ({other:?}); output:\n{table}"),
-    }
-
-    let json: Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
-    let ran = json["results"].as_array().unwrap();
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let run = interop::run_suite(
+        &root.join("tests/interop/interop.py"),
+        &tmp.join("interop_qemu"),
+        &[
+            "--assets".as_ref(),
+            shared.join("corpus/assets").as_os_str(),
+            "--i386-cache".as_ref(),
+            tmp.join("interop-qemu-i386").as_os_str(),
+            "--s390x-cache".as_ref(),
+            tmp.join("interop-qemu-s390x").as_os_str(),
+        ],
+        "interop suite",
+        "QEMU or the guest",
+    );
+    let ran = &run.results;
     for (name, expect) in SCENARIOS {
         let r = ran
             .iter()
@@ -296,10 +228,5 @@ fn qemu_loads_converted_streams_and_the_guest_completes_every_in_flight_write() 
         SCENARIOS.len(),
         "scenarios this test does not know"
     );
-    assert_eq!(run.status.code(), Some(0), "interop suite verdict");
-    assert!(
-        seconds < 600,
-        "the interop suite took {seconds} s (budget: 10 minutes)"
-    );
-    let _ = std::fs::remove_dir_all(&work);
+    run.finish();
 }
