@@ -229,7 +229,7 @@ fn decode_device(
                     return Err(Error::new(
                         ErrorKind::AmbiguousFraming {
                             readings: fits.iter().map(|(_, t)| t.name().to_owned()).collect(),
-                            settle: format!("--assume {idstr}:transport=pci|mmio|ccw"),
+                            settle: "--assume SECTION:transport=pci|mmio|ccw".to_owned(),
                         },
                         offset,
                         "transport",

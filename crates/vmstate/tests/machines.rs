@@ -377,6 +377,18 @@ fn legacy_rings_of_big_endian_guests_are_read_big_endian() {
     }
 }
 
+/// The state of the stream's one virtio-mem device.
+fn mem_state(found: &mut [devices::VirtioSection]) -> &mut vmstate::virtio::MemState {
+    let mem = found
+        .iter_mut()
+        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
+        .unwrap();
+    let DeviceState::Mem(state) = &mut mem.device.device else {
+        panic!("virtio-mem not decoded")
+    };
+    state
+}
+
 /// virtio-mem says where its region sits: its plugged blocks are guest RAM at the region's
 /// address, taken from the backend's RAM block (named after the device's bus path).
 #[test]
@@ -386,14 +398,7 @@ fn virtio_mem_plugged_blocks_are_placed_in_guest_memory() {
     ));
     let parsed = stream::read(&data).unwrap();
     let mut found = devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
-    let mem = found
-        .iter_mut()
-        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
-        .unwrap();
-    let DeviceState::Mem(state) = &mut mem.device.device else {
-        panic!("virtio-mem not decoded")
-    };
-    let region = state.region.as_mut().unwrap();
+    let region = mem_state(&mut found).region.as_mut().unwrap();
     assert_eq!(
         (region.addr, region.region_size, region.block_size),
         (1 << 32, 128 << 20, 2 << 20)
@@ -403,16 +408,7 @@ fn virtio_mem_plugged_blocks_are_placed_in_guest_memory() {
     assert!(map.block_offset(1 << 32).is_none());
 
     // Blocks 1, 2 and 5 plugged: two runs of the backend's block, at the region's address.
-    let DeviceState::Mem(state) = &mut found
-        .iter_mut()
-        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
-        .unwrap()
-        .device
-        .device
-    else {
-        panic!()
-    };
-    state.region.as_mut().unwrap().bitmap[0] = 0b100110;
+    mem_state(&mut found).region.as_mut().unwrap().bitmap[0] = 0b100110;
     let map = memory::map_for(&parsed, &found, None).unwrap();
     let block = 2u64 << 20;
     assert_eq!(
@@ -436,15 +432,11 @@ fn virtio_mem_of_qemu_10_places_its_blocks_from_the_early_section() {
         "machines/qemu10.0-q35-pci-noguest-mem.mig.gz",
     ));
     let mut parsed = stream::read(&data).unwrap();
-    let found = devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
-    let mem = found
-        .iter()
-        .find(|s| s.device.kind.vmsd_name() == "virtio-mem")
-        .unwrap();
-    let DeviceState::Mem(state) = &mem.device.device else {
-        panic!("virtio-mem not decoded")
-    };
-    assert!(state.region.is_none(), "10.0 sends the region early");
+    let mut found = devices::decode_virtio(&parsed, &devices::DecodeOptions::default()).unwrap();
+    assert!(
+        mem_state(&mut found).region.is_none(),
+        "10.0 sends the region early"
+    );
     let map = memory::map_for(&parsed, &found, None).unwrap();
     assert!(map.block_offset(1 << 32).is_none(), "nothing plugged");
 

@@ -12,9 +12,11 @@ use std::collections::HashMap;
 use super::{DeviceReport, Finding, Rule, SavedElement};
 use crate::element::Segment;
 use crate::memory::{GuestRam, ReadError};
+use crate::virtio::{CoreState, PackedQueueState, VirtioDevice};
 use crate::wire::Endian;
 
-/// Guest memory as one device's rings lie in it: read in the device's byte order.
+/// Guest memory as one device's rings lie in it: its integers read in the device's byte
+/// order, everything else as in [`GuestRam`].
 pub(super) struct RingMemory<'a, 's> {
     ram: &'a GuestRam<'s>,
     endian: Endian,
@@ -24,6 +26,18 @@ impl<'a, 's> RingMemory<'a, 's> {
     pub(super) fn new(ram: &'a GuestRam<'s>, endian: Endian) -> Self {
         RingMemory { ram, endian }
     }
+
+    fn read_u16(&self, gpa: u64) -> Result<u16, ReadError> {
+        self.ram.read_u16(gpa, self.endian)
+    }
+
+    fn read_u32(&self, gpa: u64) -> Result<u32, ReadError> {
+        self.ram.read_u32(gpa, self.endian)
+    }
+
+    fn read_u64(&self, gpa: u64) -> Result<u64, ReadError> {
+        self.ram.read_u64(gpa, self.endian)
+    }
 }
 
 impl<'s> std::ops::Deref for RingMemory<'_, 's> {
@@ -32,7 +46,6 @@ impl<'s> std::ops::Deref for RingMemory<'_, 's> {
         self.ram
     }
 }
-use crate::virtio::{CoreState, PackedQueueState, VirtioDevice};
 
 /// Descriptor flag: the chain continues at `next`.
 const DESC_F_NEXT: u16 = 1;
@@ -73,16 +86,16 @@ fn read_descriptor(
     at: u64,
     packed: bool,
 ) -> Result<Descriptor, ReadError> {
-    let word_12 = ram.read_u16(at.saturating_add(12), ram.endian)?;
-    let word_14 = ram.read_u16(at.saturating_add(14), ram.endian)?;
+    let word_12 = ram.read_u16(at.saturating_add(12))?;
+    let word_14 = ram.read_u16(at.saturating_add(14))?;
     let (flags, next_or_id) = if packed {
         (word_14, word_12)
     } else {
         (word_12, word_14)
     };
     Ok(Descriptor {
-        addr: ram.read_u64(at, ram.endian)?,
-        len: ram.read_u32(at.saturating_add(8), ram.endian)?,
+        addr: ram.read_u64(at)?,
+        len: ram.read_u32(at.saturating_add(8))?,
         flags,
         next_or_id,
     })
@@ -435,8 +448,8 @@ fn check_split_queue(
 ) {
     let path = |field: &str| format!("queues[{index}].{field}");
     let (avail_idx, used_idx) = match (
-        ram.read_u16(avail.saturating_add(2), ram.endian),
-        ram.read_u16(used.saturating_add(2), ram.endian),
+        ram.read_u16(avail.saturating_add(2)),
+        ram.read_u16(used.saturating_add(2)),
     ) {
         (Ok(a), Ok(u)) => (a, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -486,7 +499,6 @@ fn check_split_queue(
             avail
                 .saturating_add(4)
                 .saturating_add(position.saturating_mul(2)),
-            ram.endian,
         ) {
             Ok(head) => window.push(u64::from(head)),
             Err(e) => {

@@ -111,6 +111,28 @@ impl DeviceKind {
         }
     }
 
+    /// True for devices whose `virtio` field holds nothing of their own between the queues
+    /// and the core subsections (QEMU's sections of these names have neither a legacy save
+    /// function nor a device VMState): virtio-scsi and -rng, virtio-gpu (its resources travel
+    /// in a field of their own after `virtio`), virtio-input, virtio-9p, vhost-vsock,
+    /// vhost-user-blk, vhost-user-fs, vhost-scsi.
+    pub fn saves_no_own_state(&self) -> bool {
+        match self {
+            DeviceKind::Scsi | DeviceKind::Rng => true,
+            DeviceKind::Other(name) => matches!(
+                name.as_str(),
+                "virtio-gpu"
+                    | "virtio-input"
+                    | "virtio-9p"
+                    | "virtio-vhost_vsock"
+                    | "vhost-user-blk"
+                    | "vhost-user-fs"
+                    | "virtio-vhost_scsi"
+            ),
+            _ => false,
+        }
+    }
+
     /// The device a section's VMState name (`virtio-blk`, ...) stands for.
     pub fn from_vmsd_name(name: &str) -> Self {
         match name {
@@ -502,11 +524,6 @@ impl Common {
         inferred: Vec<Inference>,
     ) -> Result<VirtioDevice> {
         match &self.kind {
-            DeviceKind::Scsi | DeviceKind::Rng => {
-                let subsections = core::decode(r, self.transport.kind())?;
-                r.expect_end("virtio")?;
-                Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
-            }
             DeviceKind::Blk => self.decode_blk(r, assume, inferred),
             DeviceKind::Balloon => {
                 let balloon = balloon::decode(r).map_err(|e| e.within("virtio"))?;
@@ -522,14 +539,14 @@ impl Common {
             DeviceKind::Net => self.decode_net(r, assume, inferred),
             DeviceKind::Mem => self.decode_mem(r, inferred),
             DeviceKind::Serial => self.decode_serial(r, assume, inferred),
-            DeviceKind::Other(name) if saves_no_own_state(name) => {
+            DeviceKind::Other(name) if !self.kind.saves_no_own_state() => {
+                let name = name.clone();
+                self.decode_undecoded(r, &name, inferred)
+            }
+            DeviceKind::Scsi | DeviceKind::Rng | DeviceKind::Other(_) => {
                 let subsections = core::decode(r, self.transport.kind())?;
                 r.expect_end("virtio")?;
                 Ok(self.finish(DeviceState::Empty, subsections, inferred, Vec::new()))
-            }
-            DeviceKind::Other(name) => {
-                let name = name.clone();
-                self.decode_undecoded(r, &name, inferred)
             }
         }
     }
@@ -805,23 +822,6 @@ impl Common {
             settled.parsed.notes,
         ))
     }
-}
-
-/// Devices whose `virtio` field holds nothing of their own between the queues and the core
-/// subsections (QEMU's sections of these names have neither a legacy save function nor a
-/// device VMState): virtio-gpu (its resources travel in a field of their own after `virtio`),
-/// virtio-input, virtio-9p, vhost-vsock, vhost-user-blk, vhost-user-fs, vhost-scsi.
-fn saves_no_own_state(vmsd: &str) -> bool {
-    matches!(
-        vmsd,
-        "virtio-gpu"
-            | "virtio-input"
-            | "virtio-9p"
-            | "virtio-vhost_vsock"
-            | "vhost-user-blk"
-            | "vhost-user-fs"
-            | "virtio-vhost_scsi"
-    )
 }
 
 /// How the presence of `ndescs` is settled inside a `virtio` field.
