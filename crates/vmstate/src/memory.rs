@@ -462,30 +462,21 @@ impl<'s> GuestRam<'s> {
     pub fn read_u16(&self, gpa: u64, endian: Endian) -> std::result::Result<u16, ReadError> {
         let mut b = [0u8; 2];
         self.read(gpa, &mut b)?;
-        Ok(match endian {
-            Endian::Little => u16::from_le_bytes(b),
-            Endian::Big => u16::from_be_bytes(b),
-        })
+        Ok(endian.u16(b))
     }
 
     /// Reads a u32 in byte order `endian`.
     pub fn read_u32(&self, gpa: u64, endian: Endian) -> std::result::Result<u32, ReadError> {
         let mut b = [0u8; 4];
         self.read(gpa, &mut b)?;
-        Ok(match endian {
-            Endian::Little => u32::from_le_bytes(b),
-            Endian::Big => u32::from_be_bytes(b),
-        })
+        Ok(endian.u32(b))
     }
 
     /// Reads a u64 in byte order `endian`.
     pub fn read_u64(&self, gpa: u64, endian: Endian) -> std::result::Result<u64, ReadError> {
         let mut b = [0u8; 8];
         self.read(gpa, &mut b)?;
-        Ok(match endian {
-            Endian::Little => u64::from_le_bytes(b),
-            Endian::Big => u64::from_be_bytes(b),
-        })
+        Ok(endian.u64(b))
     }
 }
 

@@ -7,9 +7,10 @@
 //! finding with the section, the field path (as in `dump --json`) and the values involved.
 
 mod fields;
+mod requests;
+mod rings;
 
 use fields::check_fields;
-mod rings;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -102,6 +103,33 @@ pub enum Rule {
     /// A packed queue's `last_avail_idx` differs between the queue fields and
     /// `virtio/packed_virtqueues`, which both hold the same value.
     PackedIndicesDisagree,
+    /// Two in-flight requests of one device have device-writable buffers that overlap.
+    WritableOverlap,
+    /// A virtio-blk request's device-readable buffers are shorter than its header.
+    BlkHeaderShort,
+    /// A virtio-blk request header has a type no virtio specification defines.
+    BlkRequestType,
+    /// A virtio-blk request has no usable buffer for its status byte.
+    BlkStatusBuffer,
+    /// A virtio-blk read or write moves a length that is not a multiple of 512.
+    BlkDataLength,
+    /// A virtio-blk read or write ends past the capacity in the saved config space.
+    BlkSectorRange,
+    /// A SCSI request's buffers are shorter than virtio-scsi's request and response, or
+    /// carry data both ways.
+    ScsiRequestLayout,
+    /// A saved SCSI request's command moves data the other way than its buffers.
+    ScsiDirection,
+    /// A saved SCSI request's LUN disagrees with its disk or with the guest's LUN field.
+    ScsiLun,
+    /// A saved SCSI request's tag differs from the tag in the guest's request header.
+    ScsiTag,
+    /// A saved SCSI command block differs from the one in the guest's request header.
+    ScsiCdb,
+    /// scsi-disk's saved position is not within the blocks of the request's command.
+    ScsiDiskPosition,
+    /// A throttled virtio-serial port's element is not from the port's transmit queue.
+    SerialElementQueue,
 }
 
 impl Rule {
@@ -144,6 +172,19 @@ impl Rule {
             Rule::ScsiQueueNumber => "scsi-queue-number",
             Rule::PackedIndexOutOfRange => "packed-index-out-of-range",
             Rule::PackedIndicesDisagree => "packed-indices-disagree",
+            Rule::WritableOverlap => "writable-overlap",
+            Rule::BlkHeaderShort => "blk-header-short",
+            Rule::BlkRequestType => "blk-request-type",
+            Rule::BlkStatusBuffer => "blk-status-buffer",
+            Rule::BlkDataLength => "blk-data-length",
+            Rule::BlkSectorRange => "blk-sector-range",
+            Rule::ScsiRequestLayout => "scsi-request-layout",
+            Rule::ScsiDirection => "scsi-direction",
+            Rule::ScsiLun => "scsi-lun",
+            Rule::ScsiTag => "scsi-tag",
+            Rule::ScsiCdb => "scsi-cdb",
+            Rule::ScsiDiskPosition => "scsi-disk-position",
+            Rule::SerialElementQueue => "serial-element-queue",
         }
     }
 }
@@ -306,22 +347,39 @@ pub fn check_stream(
                 let mut report = check_fields(section, &saved, scsi);
                 match ram {
                     Some(ram) => match section.device.byte_order() {
-                        Some((endian, _)) => rings::check_memory(
-                            &section.device,
-                            &shared_descriptor_tables(devices, position),
-                            &saved,
-                            &rings::RingMemory::new(ram, endian),
-                            &mut report,
-                        ),
-                        None => report.not_checked.push(
-                            "rings and in-flight elements: the byte order of this legacy \
-                             device's rings is unknown (the machine type names no known board)"
-                                .to_owned(),
-                        ),
+                        Some((endian, _)) => {
+                            let memory = rings::RingMemory::new(ram, endian);
+                            let outstanding = rings::check_memory(
+                                &section.device,
+                                &shared_descriptor_tables(devices, position),
+                                &saved,
+                                &memory,
+                                &mut report,
+                            );
+                            requests::check_requests(
+                                section,
+                                &saved,
+                                scsi,
+                                Some((&memory, &outstanding)),
+                                &mut report,
+                            );
+                        }
+                        None => {
+                            report.not_checked.push(
+                                "rings and in-flight elements: the byte order of this legacy \
+                                 device's rings is unknown (the machine type names no known \
+                                 board)"
+                                    .to_owned(),
+                            );
+                            requests::check_requests(section, &saved, scsi, None, &mut report);
+                        }
                     },
-                    None => report
-                        .not_checked
-                        .push("rings and in-flight elements: no guest memory".to_owned()),
+                    None => {
+                        report
+                            .not_checked
+                            .push("rings and in-flight elements: no guest memory".to_owned());
+                        requests::check_requests(section, &saved, scsi, None, &mut report);
+                    }
                 }
                 report
             })
@@ -351,9 +409,10 @@ fn shared_descriptor_tables(devices: &[VirtioSection], position: usize) -> HashM
     shared
 }
 
-/// The guest-physical ranges a check of `section` reads: every set-up queue's ring areas and
-/// the indirect tables of its in-flight elements (not their data buffers). A stream that
-/// keeps the pages of these ranges can still be checked without carrying the guest's data.
+/// The guest-physical ranges a check of `section` reads: every set-up queue's ring areas,
+/// the indirect tables of its in-flight elements and their request headers (not their data
+/// buffers). A stream that keeps the pages of these ranges can still be checked without
+/// carrying the guest's data.
 pub fn ring_ranges(
     section: &VirtioSection,
     scsi: &[ScsiDiskSection],
@@ -362,9 +421,12 @@ pub fn ring_ranges(
     let Some((endian, _)) = section.device.byte_order() else {
         return Vec::new();
     };
-    rings::ring_ranges(
+    let saved = saved_elements(section, scsi);
+    let mut ranges = rings::ring_ranges(
         &section.device,
-        &saved_elements(section, scsi),
+        &saved,
         &rings::RingMemory::new(ram, endian),
-    )
+    );
+    ranges.extend(requests::header_ranges(section, &saved));
+    ranges
 }

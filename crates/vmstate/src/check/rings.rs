@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::requests::Outstanding;
 use super::{DeviceReport, Finding, Rule, SavedElement};
 use crate::element::Segment;
 use crate::memory::{GuestRam, ReadError};
@@ -25,6 +26,11 @@ pub(super) struct RingMemory<'a, 's> {
 impl<'a, 's> RingMemory<'a, 's> {
     pub(super) fn new(ram: &'a GuestRam<'s>, endian: Endian) -> Self {
         RingMemory { ram, endian }
+    }
+
+    /// The device's byte order.
+    pub(super) fn endian(&self) -> Endian {
+        self.endian
     }
 
     fn read_u16(&self, gpa: u64) -> Result<u16, ReadError> {
@@ -285,14 +291,16 @@ fn compare(saved: &SavedElement<'_>, chain: &Chain, findings: &mut Vec<Finding>)
     }
 }
 
-/// Checks every queue of one device against guest memory, adding to `report`.
+/// Checks every queue of one device against guest memory, adding to `report`; returns what
+/// each queue whose rings could be read has outstanding.
 pub(super) fn check_memory(
     d: &VirtioDevice,
     shared: &HashMap<usize, String>,
     saved: &Option<Vec<SavedElement<'_>>>,
     ram: &RingMemory<'_, '_>,
     report: &mut DeviceReport,
-) {
+) -> Outstanding {
+    let mut outstanding = Outstanding::new();
     let packed_state: Option<&Vec<PackedQueueState>> = d
         .subsections
         .iter()
@@ -372,7 +380,7 @@ pub(super) fn check_memory(
         if !rings_ok {
             continue;
         }
-        match packed_state.and_then(|p| p.get(index)) {
+        let heads = match packed_state.and_then(|p| p.get(index)) {
             Some(state) => check_packed_queue(
                 d,
                 ram,
@@ -393,8 +401,12 @@ pub(super) fn check_memory(
                 saved.is_some(),
                 report,
             ),
+        };
+        if let Some(heads) = heads {
+            outstanding.insert(index, heads);
         }
     }
+    outstanding
 }
 
 /// The in-use count against the elements the device saved for the queue.
@@ -445,7 +457,7 @@ fn check_split_queue(
     elements: &[&SavedElement<'_>],
     device_saves: bool,
     report: &mut DeviceReport,
-) {
+) -> Option<Vec<u64>> {
     let path = |field: &str| format!("queues[{index}].{field}");
     let (avail_idx, used_idx) = match (
         ram.read_u16(avail.saturating_add(2)),
@@ -456,7 +468,7 @@ fn check_split_queue(
             report.not_checked.push(format!(
                 "queue {index}: ring indices not checked: the rings are {e}"
             ));
-            return;
+            return None;
         }
     };
     let heads = u64::from(avail_idx.wrapping_sub(last_avail_idx));
@@ -480,7 +492,7 @@ fn check_split_queue(
                  than the ring's {num} (QEMU refuses to load this)"
             ),
         ));
-        return;
+        return None;
     }
     check_in_use(d, index, inuse, elements, device_saves, report);
     report.checked.push(format!(
@@ -505,7 +517,7 @@ fn check_split_queue(
                 report
                     .not_checked
                     .push(format!("queue {index}: avail ring entries are {e}"));
-                return;
+                return None;
             }
         }
     }
@@ -542,6 +554,7 @@ fn check_split_queue(
             elements.len()
         ));
     }
+    Some(window)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -555,7 +568,7 @@ fn check_packed_queue(
     elements: &[&SavedElement<'_>],
     device_saves: bool,
     report: &mut DeviceReport,
-) {
+) -> Option<Vec<u64>> {
     check_in_use(
         d,
         index,
@@ -590,7 +603,7 @@ fn check_packed_queue(
                 report
                     .not_checked
                     .push(format!("queue {index}: packed descriptor {slot} is {e}"));
-                return;
+                return None;
             }
         };
         descs_in_chain = descs_in_chain.saturating_add(1);
@@ -601,11 +614,11 @@ fn check_packed_queue(
                     report
                         .findings
                         .push(Finding::new(rule, format!("queues[{index}]"), message));
-                    return;
+                    return None;
                 }
                 Err(WalkError::Unknown(why)) => {
                     report.not_checked.push(format!("queue {index}: {why}"));
-                    return;
+                    return None;
                 }
             }
         } else {
@@ -650,6 +663,7 @@ fn check_packed_queue(
         state.inuse,
         elements.len()
     ));
+    Some(chains.iter().map(|(id, _, _)| u64::from(*id)).collect())
 }
 
 /// The guest-physical ranges a check of `d` reads: every set-up queue's ring areas and the

@@ -420,6 +420,11 @@ pub fn set_scsi(state: &mut ScsiRequests, path: &str, value: &str) -> Result<()>
         }
         ["tag"] => put(&mut request.tag, value, path),
         ["lun"] => put(&mut request.lun, value, path),
+        // Only the position: the data scsi-disk saved is sized by the count.
+        ["disk", "sector"] => match &mut request.disk {
+            Some(part) => put(&mut part.sector, value, path),
+            None => Err(bad_path(path, "the request carries no scsi-disk part")),
+        },
         ["queue_number"] => {
             put(&mut request.queue_number, value, path)?;
             request.element.queue = request.queue_number.checked_add(2);

@@ -39,7 +39,7 @@ pub use self::mem::{MemRegion, MemState};
 pub use self::mmio::{MmioExtraState, MmioQueue, MmioState, MmioTransport};
 pub use self::net::{MacTable, NetQueuePairs, NetState, NetSubsection, RssState};
 pub use self::pci::{MsixState, PciShape, PciTransport, NO_VECTOR};
-pub use self::serial::{PoppedElement, SerialPort, SerialState};
+pub use self::serial::{queue_role, transmit_queue, PoppedElement, SerialPort, SerialState};
 pub use self::transport::{QueueExtras, Transport, TransportExtra, TransportKind};
 
 use serde::Serialize;

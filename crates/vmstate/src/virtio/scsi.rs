@@ -109,6 +109,48 @@ const DMA: &[u8] = &[
     0x08, 0x28, 0xa8, 0x88, 0x0a, 0x2a, 0xaa, 0x8a, 0x2f, 0xaf, 0x8f, 0x2e, 0xae, 0x8e,
 ];
 
+/// A read or write command block: where it starts and how many logical blocks it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCommand {
+    /// First logical block.
+    pub lba: u64,
+    /// Logical blocks moved (a 6-byte command's 0 stands for 256).
+    pub blocks: u64,
+    /// Data moves to the device (a write) rather than from it (a read).
+    pub to_device: bool,
+}
+
+impl BlockCommand {
+    /// The READ or WRITE (or WRITE AND VERIFY) command of `cdb`, in any of its 6, 10, 12 and
+    /// 16-byte forms; `None` for every other command.
+    pub fn parse(cdb: &[u8]) -> Option<BlockCommand> {
+        let be = |range: std::ops::Range<usize>| {
+            cdb.get(range)
+                .map(|b| b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+        };
+        let opcode = *cdb.first()?;
+        let (lba, blocks) = match opcode {
+            0x08 | 0x0a => {
+                let lba = be(1..4)? & 0x1f_ffff;
+                let blocks = match be(4..5)? {
+                    0 => 256,
+                    n => n,
+                };
+                (lba, blocks)
+            }
+            0x28 | 0x2a | 0x2e => (be(2..6)?, be(7..9)?),
+            0xa8 | 0xaa | 0xae => (be(2..6)?, be(6..10)?),
+            0x88 | 0x8a | 0x8e => (be(2..10)?, be(10..14)?),
+            _ => return None,
+        };
+        Some(BlockCommand {
+            lba,
+            blocks,
+            to_device: direction(opcode) == Direction::ToDevice,
+        })
+    }
+}
+
 fn direction(opcode: u8) -> Direction {
     if TO_DEVICE.contains(&opcode) {
         Direction::ToDevice

@@ -120,6 +120,21 @@ pub fn transmit_queue(id: u32) -> Option<u32> {
     }
 }
 
+/// What queue `index` of a virtio-serial device serves, in words (the numbering of
+/// [`transmit_queue`]).
+pub fn queue_role(index: u32) -> String {
+    let way = if index % 2 == 0 {
+        "receive"
+    } else {
+        "transmit"
+    };
+    match index / 2 {
+        0 => format!("port 0's {way} queue"),
+        1 => format!("the control {way} queue"),
+        n => format!("port {}'s {way} queue", n.saturating_sub(1)),
+    }
+}
+
 /// The ports map lengths to try, first the one the config snapshot states, from the bytes
 /// at the start of the device's part (`cols`, `rows`, `max_nr_ports`).
 pub fn map_word_options(rest: &[u8]) -> Vec<u32> {

@@ -21,3 +21,29 @@ pub enum Endian {
     /// Most significant byte first (network order, QEMU's `qemu_put_be*`).
     Big,
 }
+
+impl Endian {
+    /// The 16-bit value of `bytes` in this byte order.
+    pub fn u16(self, bytes: [u8; 2]) -> u16 {
+        match self {
+            Endian::Little => u16::from_le_bytes(bytes),
+            Endian::Big => u16::from_be_bytes(bytes),
+        }
+    }
+
+    /// The 32-bit value of `bytes` in this byte order.
+    pub fn u32(self, bytes: [u8; 4]) -> u32 {
+        match self {
+            Endian::Little => u32::from_le_bytes(bytes),
+            Endian::Big => u32::from_be_bytes(bytes),
+        }
+    }
+
+    /// The 64-bit value of `bytes` in this byte order.
+    pub fn u64(self, bytes: [u8; 8]) -> u64 {
+        match self {
+            Endian::Little => u64::from_le_bytes(bytes),
+            Endian::Big => u64::from_be_bytes(bytes),
+        }
+    }
+}

@@ -127,29 +127,17 @@ impl<'a> Reader<'a> {
 
     /// Reads a 16-bit unsigned integer.
     pub fn u16(&mut self, endian: Endian, field: &str) -> Result<u16> {
-        let b = self.array(field)?;
-        Ok(match endian {
-            Endian::Little => u16::from_le_bytes(b),
-            Endian::Big => u16::from_be_bytes(b),
-        })
+        Ok(endian.u16(self.array(field)?))
     }
 
     /// Reads a 32-bit unsigned integer.
     pub fn u32(&mut self, endian: Endian, field: &str) -> Result<u32> {
-        let b = self.array(field)?;
-        Ok(match endian {
-            Endian::Little => u32::from_le_bytes(b),
-            Endian::Big => u32::from_be_bytes(b),
-        })
+        Ok(endian.u32(self.array(field)?))
     }
 
     /// Reads a 64-bit unsigned integer.
     pub fn u64(&mut self, endian: Endian, field: &str) -> Result<u64> {
-        let b = self.array(field)?;
-        Ok(match endian {
-            Endian::Little => u64::from_le_bytes(b),
-            Endian::Big => u64::from_be_bytes(b),
-        })
+        Ok(endian.u64(self.array(field)?))
     }
 
     /// Reads a 16-bit signed integer.
