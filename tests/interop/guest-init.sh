@@ -2,8 +2,9 @@
 # /init of the interop suite's guest (packed into an initramfs overlay by interop.py, on top
 # of the corpus' busybox initramfs).
 #
-# Writes a known pattern to /dev/vda with O_DIRECT, once per writer, and says so on the
-# serial console. The source QEMU fails every write (blkdebug, werror=stop), so the VM stops
+# Writes a known pattern to the disk (/dev/vda, or the disk `interop.disk=NAME` on the kernel
+# command line names: sda for a virtio-scsi disk) with O_DIRECT, once per writer, and says so
+# on the serial console. The source QEMU fails every write (blkdebug, werror=stop), so the VM stops
 # with the first requests in flight and they travel in the migration stream; the destination
 # has a plain disk, and after `cont` the guest prints one line per completed write, reads
 # each one back, and ends with "INTEROP: ALL WRITES DONE".
@@ -16,9 +17,15 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-dev=/dev/vda
-echo 256 > /sys/block/vda/queue/max_sectors_kb
-echo none > /sys/block/vda/queue/scheduler 2>/dev/null
+disk=vda
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in interop.disk=*) disk=${arg#interop.disk=} ;; esac
+done
+dev=/dev/$disk
+# SCSI disks appear once the host adapter's scan is done.
+for i in $(seq 100); do [ -b $dev ] && break; sleep 0.1; done
+echo 256 > /sys/block/$disk/queue/max_sectors_kb
+echo none > /sys/block/$disk/queue/scheduler 2>/dev/null
 ncpu=$(nproc)
 big="0:4194304:0"
 [ "$ncpu" -ge 2 ] && big="$big 1:4194304:4194304"

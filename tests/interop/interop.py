@@ -5,8 +5,9 @@ usage: interop.py --vmstate PATH [--assets DIR] [--work DIR] [--results FILE]
                   [--jobs N] [--keep] [SCENARIO ...]
 
 A tiny Linux guest (the corpus' kernel and busybox initramfs, with this folder's
-guest-init.sh as /init) writes a known pattern to a virtio-blk disk whose writes all fail on
-the source QEMU (blkdebug, werror=stop): the VM stops with requests in flight. The source
+guest-init.sh as /init) writes a known pattern to a virtio-blk disk (or a scsi-hd on
+virtio-scsi) whose writes all fail on the source QEMU (blkdebug, werror=stop): the VM stops
+with requests in flight. The source
 migrates to a file; vmstate transforms the file; a fresh QEMU with the same devices and a
 plain disk loads the result (-incoming), is resumed with `cont`, and the guest must finish
 every write and say so on its serial console ("INTEROP: ALL WRITES DONE"); the host then
@@ -41,6 +42,7 @@ QEMU = "qemu-system-x86_64"
 QEMU_TIMEOUT = 300  # seconds, per QEMU process
 DISK_SIZE = 16 << 20
 BLK = "/machine/peripheral/vblk0/virtio-backend"
+SCSI = "/machine/peripheral/vscsi0/virtio-backend"
 DONE = "INTEROP: ALL WRITES DONE"
 FAILED = "INTEROP: WRITES FAILED"
 
@@ -398,9 +400,13 @@ class QemuProcess:
 
 
 class Qemu(QemuProcess):
-    def __init__(self, folder, args, host=None):
+    def __init__(self, folder, args, host=None, backend=BLK):
         prefix, env = (host.command, host.env) if host else ([QEMU], None)
+        self.backend = backend  # the virtio device whose queues are watched
         super().__init__(folder, prefix, args, env, getattr(host, "slow", 1))
+
+    def queues(self):
+        return super().queues(self.backend)
 
 
 def vmstate_check(vmstate, stream):
@@ -438,10 +444,11 @@ class Suite(Vmstate):
         self.kernel = kernel
         self.initrd = initrd
 
-    def base_args(self, smp):
-        return ["-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "128", "-smp", str(smp),
+    def base_args(self, src):
+        disk = " interop.disk=sda" if src.get("scsi") else ""
+        return ["-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", "128", "-smp", str(src["smp"]),
                 "-display", "none", "-no-reboot", "-kernel", self.kernel, "-initrd", self.initrd,
-                "-append", "console=ttyS0 panic=-1 loglevel=4 nokaslr init_on_free=1"]
+                "-append", "console=ttyS0 panic=-1 loglevel=4 nokaslr init_on_free=1" + disk]
 
     @staticmethod
     def disk(folder):
@@ -451,8 +458,12 @@ class Suite(Vmstate):
         return path
 
     @staticmethod
-    def blk_device(props):
-        return ["-device", "virtio-blk-pci,drive=bd0,id=vblk0,werror=stop,rerror=stop" + props]
+    def disk_device(src):
+        """The guest's disk on node bd0: virtio-blk, or a scsi-hd on virtio-scsi."""
+        if src.get("scsi"):
+            return ["-device", "virtio-scsi-pci,id=vscsi0" + src["props"],
+                    "-device", "scsi-hd,drive=bd0,bus=vscsi0.0,id=sd0,werror=stop,rerror=stop"]
+        return ["-device", "virtio-blk-pci,drive=bd0,id=vblk0,werror=stop,rerror=stop" + src["props"]]
 
     def source(self, folder, src):
         """A source QEMU stopped on the injected write error with requests in flight: at
@@ -466,15 +477,15 @@ class Suite(Vmstate):
             # write for about a second (the guest's read just before fills its bucket), so the
             # device has taken all the requests kicked with it off the ring when the error
             # stops the VM: all of them are in flight, run after run.
-            args = self.base_args(src["smp"]) + [
+            args = self.base_args(src) + [
                 "-blockdev", "driver=file,filename=%s,node-name=bf0" % img,
                 "-blockdev", "driver=blkdebug,image=bf0,node-name=bdbg,inject-error.0.event=write_aio,"
                              "inject-error.0.iotype=write,inject-error.0.errno=5",
                 "-blockdev", "driver=raw,file=bdbg,node-name=raw0",
                 "-object", "throttle-group,id=tg0,x-iops-total=1",
                 "-blockdev", "driver=throttle,throttle-group=tg0,file=raw0,node-name=bd0",
-            ] + self.blk_device(src["props"])
-            q = Qemu(d, args, self.hosts.get(src.get("host")))
+            ] + self.disk_device(src)
+            q = Qemu(d, args, self.hosts.get(src.get("host")), SCSI if src.get("scsi") else BLK)
             try:
                 if q.qmp is None or q.wait_serial(["INTEROP: READY"], 150 * q.slow) is None:
                     raise SetupError("guest did not boot to READY (%s):\n%s\n%s"
@@ -521,12 +532,12 @@ class Suite(Vmstate):
         guest never finishes (STUCK: requests were lost)."""
         os.makedirs(folder, exist_ok=True)
         img = self.disk(folder)
-        args = self.base_args(src["smp"]) + [
+        args = self.base_args(src) + [
             "-blockdev", "driver=file,filename=%s,node-name=bf0" % img,
-            "-blockdev", "driver=raw,file=bf0,node-name=bd0"] + self.blk_device(src["props"]) + [
+            "-blockdev", "driver=raw,file=bf0,node-name=bd0"] + self.disk_device(src) + [
             "-incoming", incoming]
         r = {"loaded": False}
-        q = Qemu(folder, args)
+        q = Qemu(folder, args, backend=SCSI if src.get("scsi") else BLK)
         try:
             q.load_and_resume(r, 90, STUCK_WAIT if expect == STUCK else 180, [DONE, FAILED])
         finally:
@@ -592,6 +603,12 @@ def judge(r, src, expect, expect_error):
         return (r["loaded"] and r.get("guest_result") == FAILED and "INTEROP: W0 done" in r["serial"]
                 and "INTEROP: W0 MISMATCH" in r["serial"] and not r["image"]["W0"]
                 and all(ok for w, ok in r["image"].items() if w != "W0") and r["qemu_error"] == "")
+    if expect == FAILS:
+        # the device ends W0 with an I/O error; the guest goes on, and so does QEMU
+        return (r["loaded"] and r.get("guest_result") == FAILED and "INTEROP: W0 FAILED" in r["serial"]
+                and "INTEROP: W0 done" not in r["serial"] and not r["image"]["W0"]
+                and all(ok for w, ok in r["image"].items() if w != "W0")
+                and r["runstate_after"] == "running" and r["qemu_error"] == "")
     if expect == STUCK:
         # the big writes were in flight at the save: without their elements they never end
         return (r["loaded"] and r.get("guest_result") is None and "INTEROP: W0 done" not in r["serial"]
@@ -605,6 +622,7 @@ COMPLETES = "completes"  # QEMU loads the stream, and after `cont` the guest fin
 REFUSED = "refused"      # QEMU exits during the load with the expected message
 STUCK = "stuck"          # QEMU loads it, but the guest never finishes (requests lost)
 CORRUPT = "corrupt"      # QEMU loads it without a word and writes the wrong bytes to disk
+FAILS = "fails"          # QEMU loads it, and after `cont` the device fails W0 (I/O error)
 STUCK_WAIT = 20          # seconds a STUCK guest is watched (every write ends in ~3 s otherwise)
 
 SOURCES = {
@@ -613,7 +631,88 @@ SOURCES = {
     "packed": {"smp": 1, "props": ",packed=on"},
     "i386host": {"smp": 1, "props": "", "host": "i386"},  # written by the i386 QEMU build
     "s390xhost": {"smp": 1, "props": "", "host": "s390x"},  # the s390x build, under qemu-user
+    "scsi": {"smp": 1, "props": "", "scsi": True},  # scsi-hd on virtio-scsi: requests in scsi-disk
 }
+
+
+def ram_page_offset(data, dump, gpa, page=4096):
+    """Offset in a raw stream (`data`, its `vmstate dump --json` in `dump`) of the byte at
+    guest-physical `gpa` of pc.ram (mapped at 0 below 2 GiB on q35), in the last PAGE
+    record that carries its page."""
+    found = None
+    for rec in dump["records"]:
+        body = rec.get("body") or {}
+        if body.get("type") != "ram":
+            continue
+        for item in body["items"]:
+            if item.get("item") != "pages" or item["block"] != "pc.ram":
+                continue
+            at, end = item["span"]["offset"], item["span"]["offset"] + item["span"]["len"]
+            while at < end:
+                word = int.from_bytes(data[at:at + 8], "big")
+                at += 8
+                flags, addr = word & 0xfff, word & ~0xfff
+                if not flags & 0x20:  # the block's name, unless CONTINUE
+                    at += 1 + data[at]
+                if flags & 0x08:  # PAGE
+                    if addr == gpa & ~(page - 1):
+                        found = at + (gpa & (page - 1))
+                    at += page
+                elif flags & 0x02:  # ZERO: one fill byte
+                    at += 1
+                else:
+                    raise RuntimeError("page record flags %#x at %d" % (flags, at - 8))
+    if found is None:
+        raise RuntimeError("no PAGE record for %#x" % gpa)
+    return found
+
+
+class GuestPoke:
+    """A scenario step that edits guest memory, not device state: writes `value` (`size`
+    bytes, little-endian) at `offset` into the request header of virtio device 0's request
+    `request` (its first device-readable buffer), in the page the stream carries."""
+
+    def __init__(self, request, offset, value, size):
+        self.request, self.offset, self.value, self.size = request, offset, value, size
+
+    def describe(self):
+        return "guest memory: requests[%d] header + %d = %#x (%d bytes)" % (
+            self.request, self.offset, self.value, self.size)
+
+    def __call__(self, suite, inp, out):
+        dump = json.loads(suite.vm("dump", "--json", inp))
+        header = dump["virtio_devices"][0]["virtio"]["requests"][self.request]["out"][0]["addr"]
+        with open(inp, "rb") as f:
+            data = bytearray(f.read())
+        at = ram_page_offset(data, dump, header + self.offset)
+        data[at:at + self.size] = self.value.to_bytes(self.size, "little")
+        with open(out, "wb") as f:
+            f.write(data)
+
+
+class ScsiCdbEdit:
+    """A scenario step that rewrites the saved command block of the first SCSI disk's
+    request 0 with `change` (bytes -> bytes), through `vmstate edit`."""
+
+    def __init__(self, change, what):
+        self.change, self.what = change, what
+
+    def describe(self):
+        return "vmstate edit --set 'scsi_requests[0].requests[0].cdb=...' (%s)" % self.what
+
+    def __call__(self, suite, inp, out):
+        dump = json.loads(suite.vm("dump", "--json", inp))
+        cdb = bytes.fromhex(dump["scsi_requests"][0]["requests"][0]["cdb"])
+        suite.vm("edit", inp, out, "--set", "scsi_requests[0].requests[0].cdb=" + self.change(cdb).hex())
+
+
+def with_lba(cdb, lba):
+    """A READ/WRITE(10) command block with its LBA replaced."""
+    return cdb[:2] + lba.to_bytes(4, "big") + cdb[6:]
+
+
+# Sector 24576 (12 MiB into the 16 MiB disk) is past every writer's data.
+FAR_SECTOR = 24576
 
 # name, source, what, how the stream is made from the source's (vmstate argument lists;
 # "{in}" is the source's stream, "{out}" the result), what QEMU and the guest must do, the
@@ -696,6 +795,27 @@ SCENARIOS = [
      [], REFUSED, "virtio: unexpected memory split", None),
     ("packed-ndescs-after", "packed", "packed=on: convert --packed-ndescs-after",
      [["convert", "--packed-ndescs-after", "{in}", "{out}"]], COMPLETES, None, None),
+    # What a device saved about a request against the request: `vmstate check` finds each
+    # (the Rust test asserts its rules); these rows record what QEMU does with them.
+    ("split-edit-sector-past-end", "split",
+     "guest memory edit: requests[0]'s header sector = 32760, so its 512 sectors end past the "
+     "16 MiB disk",
+     [GuestPoke(0, 8, (DISK_SIZE >> 9) - 8, 8)], FAILS, None, None),
+    ("scsi-unchanged", "scsi", "virtio-scsi: the stream QEMU wrote, unchanged (control)",
+     [], COMPLETES, None, None),
+    ("scsi-reencode", "scsi", "virtio-scsi: convert --reencode",
+     [["convert", "--reencode", "{in}", "{out}"]], COMPLETES, None, None),
+    ("scsi-edit-cdb-lba", "scsi",
+     "vmstate edit: the saved WRITE(10) of scsi_requests[0].requests[0] moved to LBA 24576",
+     [ScsiCdbEdit(lambda cdb: with_lba(cdb, FAR_SECTOR), "LBA 24576")], COMPLETES, None, None),
+    ("scsi-edit-cdb-read", "scsi",
+     "vmstate edit: the saved command of scsi_requests[0].requests[0] turned into a READ(10)",
+     [ScsiCdbEdit(lambda cdb: b"\x28" + cdb[1:], "READ(10)")],
+     REFUSED, "virtio_scsi_load_request: Assertion `req->sreq->cmd.mode == req->mode' failed", None),
+    ("scsi-edit-disk-sector", "scsi",
+     "vmstate edit: scsi-disk's saved position of scsi_requests[0].requests[0] = sector 24576",
+     [["edit", "{in}", "{out}", "--set", "scsi_requests[0].requests[0].disk.sector=%d" % FAR_SECTOR]],
+     CORRUPT, None, None),
 ]
 PIPE = ("split-live-pipe", "split",
         "live migration through filters: exec:vmstate convert --to-layout i386 - - "
@@ -711,6 +831,10 @@ def run_scenario(suite, streams, scn):
     out = os.path.join(folder, "stream.mig") if steps else src_stream
     commands = []
     for step in steps:
+        if callable(step):
+            commands.append(step.describe())
+            step(suite, src_stream, out)
+            continue
         args = [a.replace("{in}", src_stream).replace("{out}", out) for a in step]
         commands.append("vmstate " + " ".join(shlex.quote(a.replace(folder + "/", "").replace(suite.work + "/", ""))
                                               for a in args))
@@ -767,8 +891,11 @@ def row_cells(r, done, failed, completes="yes"):
         if r.get("guest_result") == done:
             guest = completes
         elif r.get("guest_result") == failed:
-            bad = [l.split()[1] for l in r["serial"].splitlines() if l.endswith(" MISMATCH")]
-            guest = "writes end, but %s wrong on disk" % ", ".join(bad)
+            lines = r["serial"].splitlines()
+            errors = [l.split()[1] for l in lines if " FAILED: " in l]
+            bad = [w for w in (l.split()[1] for l in lines if l.endswith(" MISMATCH")) if w not in errors]
+            guest = "; ".join(["%s ends with an I/O error in the guest" % ", ".join(errors)] * bool(errors)
+                              + ["writes end, but %s wrong on disk" % ", ".join(bad)] * bool(bad))
         else:
             guest = "no (never ends)"
     else:

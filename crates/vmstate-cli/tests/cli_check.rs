@@ -99,6 +99,53 @@ fn a_stream_with_its_rings_checks_every_element() {
 }
 
 #[test]
+fn a_scsi_command_block_the_guest_did_not_write_is_a_finding() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let edited = dir.join("scsi-cdb.mig");
+    let out = vmstate(&[
+        "edit",
+        &rings("scsi-inflight"),
+        edited.to_str().unwrap(),
+        "--set",
+        "scsi_requests[0].requests[1].cdb=2a000000020000010000000000000000",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = vmstate(&["check", edited.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "finding: scsi_requests[0].requests[1].cdb: saved command block \
+             2a000000020000010000, the guest's header at 0x236dbf8 has 2a000000020000020000: \
+             QEMU rebuilds the request from the saved one [scsi-cdb]"
+        ),
+        "{text}"
+    );
+    // Half the blocks: scsi-disk's saved position (512 sectors to go) no longer fits.
+    assert!(text.contains("[scsi-disk-position]"), "{text}");
+    // Without guest memory the saved fields are still compared with each other.
+    let out = vmstate(&[
+        "edit",
+        &stripped("scsi-inflight"),
+        edited.to_str().unwrap(),
+        "--set",
+        "scsi_requests[0].requests[1].cdb=28000000020000020000000000000000",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let out = vmstate(&["check", edited.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "the saved command 0x28 reads data, but the element's buffers carry data to the device"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("[scsi-cdb]"), "{text}");
+}
+
+#[test]
 fn ram_rings_keeps_what_check_reads() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check");
     std::fs::create_dir_all(&dir).unwrap();

@@ -34,6 +34,9 @@ enum Expect {
     Stuck,
     /// QEMU loads it without a word, and W0 ends with the wrong bytes on disk.
     Corrupt,
+    /// QEMU loads it, and after `cont` the device fails W0 with an I/O error; the other
+    /// writes complete.
+    Fails,
 }
 
 const SCENARIOS: &[(&str, Expect)] = &[
@@ -83,6 +86,18 @@ const SCENARIOS: &[(&str, Expect)] = &[
     ),
     ("packed-ndescs-after", Expect::Completes),
     ("split-live-pipe", Expect::Completes),
+    // What a device saved about a request against the request (`check` finds each).
+    ("split-edit-sector-past-end", Expect::Fails),
+    ("scsi-unchanged", Expect::Completes),
+    ("scsi-reencode", Expect::Completes),
+    ("scsi-edit-cdb-lba", Expect::Completes),
+    (
+        "scsi-edit-cdb-read",
+        Expect::Refused(
+            "virtio_scsi_load_request: Assertion `req->sreq->cmd.mode == req->mode' failed",
+        ),
+    ),
+    ("scsi-edit-disk-sector", Expect::Corrupt),
 ];
 
 /// Streams converted to a legacy layout and back must equal what QEMU wrote.
@@ -125,6 +140,20 @@ fn check(r: &Value, expect: &Expect) {
             );
         }
         Expect::Corrupt => assert_corrupt(r, name, "INTEROP:"),
+        Expect::Fails => {
+            assert!(loaded, "{name}: QEMU did not load the stream: {error}");
+            assert_eq!(error, "", "{name}: QEMU reported errors");
+            assert!(
+                serial.contains("INTEROP: W0 FAILED") && !serial.contains("INTEROP: W0 done"),
+                "{name}: expected W0 to fail with an I/O error; serial:\n{serial}"
+            );
+            for w in writers(r).into_iter().filter(|w| *w != "W0") {
+                assert!(
+                    serial.contains(&format!("INTEROP: {w} verified\n")),
+                    "{name}: write {w} did not complete; serial:\n{serial}"
+                );
+            }
+        }
         Expect::Stuck => {
             assert!(loaded, "{name}: QEMU did not load the stream: {error}");
             assert!(
@@ -174,6 +203,10 @@ fn check(r: &Value, expect: &Expect) {
                 (1, Some("segment-mismatch"))
             }
             "split-requests-dropped" => (1, Some("elements-vs-in-use")),
+            "split-edit-sector-past-end" => (1, Some("blk-sector-range")),
+            "scsi-edit-cdb-lba" => (1, Some("scsi-cdb")),
+            "scsi-edit-cdb-read" => (1, Some("scsi-direction")),
+            "scsi-edit-disk-sector" => (1, Some("scsi-disk-position")),
             _ => (0, None),
         };
         assert_eq!(

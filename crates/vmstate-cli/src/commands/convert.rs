@@ -23,7 +23,7 @@ pub enum RamPages {
     All,
     /// No page: the block list and device state only.
     None,
-    /// The pages that hold rings and indirect tables.
+    /// The pages that hold rings, indirect tables and request headers.
     Rings,
 }
 
@@ -78,8 +78,8 @@ pub struct ConvertArgs {
     #[arg(long)]
     strip_ram: bool,
     /// Which guest pages to keep: `all` (default), `none` (as --strip-ram) or `rings`: only the
-    /// pages that hold virtqueue rings and the indirect tables of in-flight requests, so the
-    /// stream can be shared without the guest's data and still be checked.
+    /// pages that hold virtqueue rings and the indirect tables and headers of in-flight
+    /// requests, so the stream can be shared without the guest's data and still be checked.
     #[arg(long, value_name = "WHICH", conflicts_with = "strip_ram")]
     ram: Option<RamPages>,
     /// With --ram=rings: where RAM blocks sit in guest-physical memory, for machines other

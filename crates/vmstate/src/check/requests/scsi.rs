@@ -313,8 +313,8 @@ fn check_header(
                 Rule::ScsiCdb,
                 format!("{path}.cdb"),
                 format!(
-                    "saved command block {}, the guest's header at {at:#x} has {}: QEMU runs \
-                     the saved one",
+                    "saved command block {}, the guest's header at {at:#x} has {}: QEMU \
+                     rebuilds the request from the saved one",
                     crate::hex::hex(saved),
                     crate::hex::hex(guest)
                 ),
