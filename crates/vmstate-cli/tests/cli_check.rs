@@ -27,21 +27,24 @@ fn a_real_stream_checks_clean() {
     assert!(text.contains("checked: 8 in-flight element(s)"), "{text}");
 }
 
-#[test]
-fn a_broken_stream_exits_1_with_the_finding() {
+/// `vmstate edit INPUT OUT --set SET` into this test binary's folder, as `name`: OUT.
+fn edited(input: &str, name: &str, set: &str) -> String {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check");
     std::fs::create_dir_all(&dir).unwrap();
-    let broken = dir.join("dup.mig");
-    let out = vmstate(&[
-        "edit",
-        &stripped("blk-inflight-split"),
-        broken.to_str().unwrap(),
-        "--set",
-        "virtio_devices[0].virtio.requests[2].index=7",
-    ]);
-    assert_eq!(out.status.code(), Some(0));
+    let out_path = dir.join(name).to_string_lossy().into_owned();
+    let out = vmstate(&["edit", input, &out_path, "--set", set]);
+    assert_eq!(out.status.code(), Some(0), "{set}");
+    out_path
+}
 
-    let out = vmstate(&["check", broken.to_str().unwrap()]);
+#[test]
+fn a_broken_stream_exits_1_with_the_finding() {
+    let broken = edited(
+        &stripped("blk-inflight-split"),
+        "dup.mig",
+        "virtio_devices[0].virtio.requests[2].index=7",
+    );
+    let out = vmstate(&["check", &broken]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -56,7 +59,7 @@ fn a_broken_stream_exits_1_with_the_finding() {
         "{stderr}"
     );
 
-    let out = vmstate(&["check", "--json", broken.to_str().unwrap()]);
+    let out = vmstate(&["check", "--json", &broken]);
     assert_eq!(out.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let finding = &json["devices"][0]["findings"][0];
@@ -100,18 +103,12 @@ fn a_stream_with_its_rings_checks_every_element() {
 
 #[test]
 fn a_scsi_command_block_the_guest_did_not_write_is_a_finding() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_check");
-    std::fs::create_dir_all(&dir).unwrap();
-    let edited = dir.join("scsi-cdb.mig");
-    let out = vmstate(&[
-        "edit",
+    let cdb = edited(
         &rings("scsi-inflight"),
-        edited.to_str().unwrap(),
-        "--set",
+        "scsi-cdb.mig",
         "scsi_requests[0].requests[1].cdb=2a000000020000010000000000000000",
-    ]);
-    assert_eq!(out.status.code(), Some(0));
-    let out = vmstate(&["check", edited.to_str().unwrap()]);
+    );
+    let out = vmstate(&["check", &cdb]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -125,15 +122,12 @@ fn a_scsi_command_block_the_guest_did_not_write_is_a_finding() {
     // Half the blocks: scsi-disk's saved position (512 sectors to go) no longer fits.
     assert!(text.contains("[scsi-disk-position]"), "{text}");
     // Without guest memory the saved fields are still compared with each other.
-    let out = vmstate(&[
-        "edit",
+    let read = edited(
         &stripped("scsi-inflight"),
-        edited.to_str().unwrap(),
-        "--set",
+        "scsi-read.mig",
         "scsi_requests[0].requests[1].cdb=28000000020000020000000000000000",
-    ]);
-    assert_eq!(out.status.code(), Some(0));
-    let out = vmstate(&["check", edited.to_str().unwrap()]);
+    );
+    let out = vmstate(&["check", &read]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -6,8 +6,11 @@
 //! A decoder refuses what no loader can read (an [`ErrorKind`]); what reads but is wrong is
 //! a finding of `check` (a [`Rule`]), with guest memory when the class needs the rings.
 
+mod memory_checks;
 mod stream_checks;
 mod support;
+
+use memory_checks::edited_device as edited;
 
 use std::io::Read;
 
@@ -126,19 +129,6 @@ fn stream_err(data: &[u8]) -> Error {
         Ok(_) => panic!("a hostile stream must not decode"),
         Err(e) => e,
     }
-}
-
-/// Changes the device `vmsd` of `data` with `change` through the typed state, and writes the
-/// stream again with our own writer.
-fn edited(data: &[u8], vmsd: &str, change: impl FnOnce(&mut VirtioDevice)) -> Vec<u8> {
-    let (mut model, mut found) = decode(data).unwrap();
-    let section = found
-        .iter_mut()
-        .find(|s| s.device.kind.vmsd_name() == vmsd)
-        .unwrap();
-    change(&mut section.device);
-    devices::store_virtio(&mut model, section, None).unwrap();
-    stream::write(&model, data).unwrap()
 }
 
 /// Reads, decodes and checks `data`, against its guest memory when `with_memory`.
