@@ -364,3 +364,48 @@ fn serial_an_element_outstanding_on_another_queue() {
         finding.message
     );
 }
+
+#[test]
+fn blk_a_discard_range_past_the_capacity() {
+    let data = rings("blk-inflight-split");
+    let header = blk_header(&data, 0);
+    // Request 0 made a DISCARD whose one range sits in a carried page (the headers' own,
+    // past every header), so that the check can read it.
+    let range = 0x232cf00;
+    let discard = |sector: u64, count: u32| {
+        let data = edited(&data, |d| {
+            let out = &mut blk_requests(d)[0].element.device_readable;
+            out.truncate(1);
+            out.push(Segment {
+                addr: range,
+                len: 16,
+            });
+        });
+        let data = poke(&data, header, &11u32.to_le_bytes());
+        let mut bytes = sector.to_le_bytes().to_vec();
+        bytes.extend(count.to_le_bytes());
+        bytes.extend([0; 4]);
+        poke(&data, range, &bytes)
+    };
+    let found = blk_rules(&discard(32760, 16));
+    assert!(
+        has(&found, Rule::BlkSectorRange, "requests[0].range.sector"),
+        "{found:?}"
+    );
+    let found = blk_rules(&discard(32752, 16));
+    assert!(
+        !found
+            .iter()
+            .any(|(r, _)| *r == Rule::BlkSectorRange || *r == Rule::BlkDataLength),
+        "{found:?}"
+    );
+    // The range is among what `--ram rings` keeps.
+    let with_range = discard(0, 1);
+    let stream = vmstate::stream::read(&with_range).unwrap();
+    let (found, scsi) = decoded(&with_range);
+    let map = vmstate::memory::map_for(&stream, &[], None).unwrap();
+    let ram =
+        vmstate::memory::GuestRam::from_stream(&stream, &with_range, map, &mut |_| {}).unwrap();
+    let ranges = vmstate::check::ring_ranges(&found[0], &scsi, &ram);
+    assert!(ranges.contains(&(range, 16)), "{ranges:x?}");
+}

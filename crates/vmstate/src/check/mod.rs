@@ -422,11 +422,8 @@ pub fn ring_ranges(
         return Vec::new();
     };
     let saved = saved_elements(section, scsi);
-    let mut ranges = rings::ring_ranges(
-        &section.device,
-        &saved,
-        &rings::RingMemory::new(ram, endian),
-    );
-    ranges.extend(requests::header_ranges(section, &saved));
+    let memory = rings::RingMemory::new(ram, endian);
+    let mut ranges = rings::ring_ranges(&section.device, &saved, &memory);
+    ranges.extend(requests::header_ranges(section, &saved, &memory));
     ranges
 }

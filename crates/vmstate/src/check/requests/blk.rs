@@ -16,8 +16,15 @@ pub(super) const HEADER_LEN: u64 = 16;
 /// virtio-blk addresses the disk in 512-byte sectors, whatever its block size.
 const SECTOR: u64 = 512;
 
+/// `struct virtio_blk_discard_write_zeroes`: sector (le64), num_sectors (le32), flags
+/// (le32). QEMU reads the first one after the header.
+const RANGE_LEN: u64 = 16;
+
 /// `VIRTIO_BLK_T_BARRIER`, a legacy flag ORed into the type.
 const T_BARRIER: u32 = 0x8000_0000;
+
+/// The types whose data is a list of ranges: DISCARD, WRITE_ZEROES, SECURE_ERASE.
+const RANGE_TYPES: &[u32] = &[11, 13, 14];
 
 /// Request types of the virtio specification, legacy ones included, by value.
 const TYPES: &[(u32, &str)] = &[
@@ -44,6 +51,24 @@ const TYPES: &[(u32, &str)] = &[
 /// `VIRTIO_F_ANY_LAYOUT` and `VIRTIO_F_VERSION_1` (which implies it): without either, the
 /// status byte must have a descriptor of its own.
 const ANY_LAYOUT: u64 = (1 << 27) | (1 << 32);
+
+/// The request's type from its header bytes, without the legacy barrier flag.
+fn request_type(header: &[u8], endian: crate::wire::Endian) -> Option<u32> {
+    array::<4>(header, 0).map(|b| endian.u32(b) & !T_BARRIER)
+}
+
+/// Bytes of the device-readable buffers the checks read: the header, and a discard's first
+/// range.
+pub(super) fn read_len(ram: &RingMemory<'_, '_>, out: &[crate::element::Segment]) -> u64 {
+    match read_header(ram, out, HEADER_LEN) {
+        Ok(Header::Read(header))
+            if request_type(&header, ram.endian()).is_some_and(|t| RANGE_TYPES.contains(&t)) =>
+        {
+            HEADER_LEN.saturating_add(RANGE_LEN)
+        }
+        _ => HEADER_LEN,
+    }
+}
 
 pub(super) fn check(
     section: &VirtioSection,
@@ -95,12 +120,13 @@ pub(super) fn check(
             }
         };
         read = read.saturating_add(1);
-        let (Some(kind), Some(sector)) = (array::<4>(&header, 0), array::<8>(&header, 8)) else {
+        let (Some(kind), Some(base), Some(sector)) = (
+            array::<4>(&header, 0).map(|b| ram.endian().u32(b)),
+            request_type(&header, ram.endian()),
+            array::<8>(&header, 8).map(|b| ram.endian().u64(b)),
+        ) else {
             continue;
         };
-        let kind = ram.endian().u32(kind);
-        let sector = ram.endian().u64(sector);
-        let base = kind & !T_BARRIER;
         let Some(&(_, name)) = TYPES.iter().find(|(value, _)| *value == base) else {
             report.findings.push(Finding::new(
                 Rule::BlkRequestType,
@@ -113,6 +139,10 @@ pub(super) fn check(
             ));
             continue;
         };
+        if RANGE_TYPES.contains(&base) {
+            check_range(e, name, ram, capacity, report);
+            continue;
+        }
         let (data, buffers) = match base {
             0 => (total(&e.element.device_writable).saturating_sub(1), "in"),
             1 => (
@@ -155,6 +185,57 @@ pub(super) fn check(
             None => String::new(),
         }
     ));
+}
+
+/// A discard's (or write-zeroes') first range, the one QEMU acts on, against the capacity.
+fn check_range(
+    e: &SavedElement<'_>,
+    name: &str,
+    ram: &RingMemory<'_, '_>,
+    capacity: Option<u64>,
+    report: &mut DeviceReport,
+) {
+    let path = &e.path;
+    let wanted = HEADER_LEN.saturating_add(RANGE_LEN);
+    let bytes = match read_header(ram, &e.element.device_readable, wanted) {
+        Ok(Header::Read(bytes)) => bytes,
+        Ok(Header::Short(bytes)) => {
+            report.findings.push(Finding::new(
+                Rule::BlkHeaderShort,
+                format!("{path}.out"),
+                format!(
+                    "a {name} request's device-readable buffers hold {bytes} byte(s), less \
+                     than the header and one {RANGE_LEN}-byte range (QEMU: \"virtio-blk \
+                     discard/write_zeroes header too short\", the device is marked broken)"
+                ),
+            ));
+            return;
+        }
+        Err(error) => {
+            report
+                .not_checked
+                .push(format!("{path}: {name} range not read: it is {error}"));
+            return;
+        }
+    };
+    let (Some(sector), Some(count), Some(capacity)) = (
+        array::<8>(&bytes, 16).map(|b| ram.endian().u64(b)),
+        array::<4>(&bytes, 24).map(|b| u64::from(ram.endian().u32(b))),
+        capacity,
+    ) else {
+        return;
+    };
+    if sector > capacity || count > capacity.saturating_sub(sector) {
+        report.findings.push(Finding::new(
+            Rule::BlkSectorRange,
+            format!("{path}.range.sector"),
+            format!(
+                "{name} of {count} sector(s) at sector {sector} ends past the capacity of \
+                 {capacity} sector(s) saved in the config space (QEMU fails it with an I/O \
+                 error)"
+            ),
+        ));
+    }
 }
 
 /// The status byte is the last byte of the last device-writable buffer.

@@ -52,29 +52,25 @@ pub(super) fn check_requests(
 }
 
 /// The guest-physical ranges the request checks of `section` read: each saved element's
-/// request header.
+/// request header (with a virtio-blk discard's first range).
 pub(super) fn header_ranges(
     section: &VirtioSection,
     saved: &Option<Vec<SavedElement<'_>>>,
+    ram: &RingMemory<'_, '_>,
 ) -> Vec<(u64, u64)> {
-    let Some(len) = header_len(section) else {
-        return Vec::new();
-    };
-    saved
-        .iter()
-        .flatten()
-        .flat_map(|e| prefix(&e.element.device_readable, len).0)
-        .collect()
-}
-
-/// Bytes of the request header a device of this kind reads from the start of an element's
-/// device-readable buffers.
-fn header_len(section: &VirtioSection) -> Option<u64> {
-    match &section.device.device {
-        DeviceState::Blk(_) => Some(blk::HEADER_LEN),
-        _ if section.device.kind == DeviceKind::Scsi => Some(scsi::request_len(&section.device)),
-        _ => None,
+    let d = &section.device;
+    let is_scsi = d.kind == DeviceKind::Scsi;
+    let mut ranges = Vec::new();
+    for e in saved.iter().flatten() {
+        let out = &e.element.device_readable;
+        let len = match &d.device {
+            DeviceState::Blk(_) => blk::read_len(ram, out),
+            _ if is_scsi => scsi::request_len(d),
+            _ => continue,
+        };
+        ranges.extend(prefix(out, len).0);
     }
+    ranges
 }
 
 /// The ranges that hold the first `len` bytes of `segments`, and how many bytes they hold
