@@ -4,10 +4,13 @@
 //! which carry all of a guest's memory, go through [`Input`]: a read-only mapping of the file,
 //! so that the library parses a `&[u8]` without the stream ever being copied into memory, and
 //! whose pages behind the parser are released as it goes ([`Input::release_before`]).
-//! Input that cannot be mapped as it is (a pipe, a socket, gzip) is first spooled, a chunk at
-//! a time, to an anonymous temporary file in the temporary folder (`TMPDIR`), which is then
-//! mapped the same way: the stream's JSON description sits at its end and must be read
-//! first, so a one-pass reader of a pipe would have nowhere to look.
+//! Input that cannot be mapped as it is (a pipe, a socket, a compressed stream) is first
+//! spooled, a chunk at a time, to an anonymous temporary file in the temporary folder
+//! (`TMPDIR`), which is then mapped the same way: the stream's JSON description sits at its
+//! end and must be read first, so a one-pass reader of a pipe would have nowhere to look.
+//! What wraps the stream (a compression, a libvirt save image's header and domain XML) is
+//! recognised by content ([`Envelope`]): a raw libvirt image is mapped in place from its
+//! stream's offset, a compressed one decompressed into the spool.
 //!
 //! This is the crate's only `unsafe` code: mapping a file and releasing pages of the mapping.
 
@@ -19,6 +22,9 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
+use vmstate::envelope::{
+    Compression, Envelope, LibvirtImage, Qcow2Image, SaveFormat, LIBVIRT_HEADER_LEN, QCOW2_MAGIC,
+};
 use vmstate::stream;
 
 use crate::outcome::Failure;
@@ -34,6 +40,10 @@ const RELEASE_STEP: usize = 16 << 20;
 
 /// Bytes copied at a time when spooling.
 const SPOOL_CHUNK: usize = 1 << 16;
+
+/// The most XML and padding believed in a libvirt header read from a pipe (libvirt writes
+/// the domain XML and 64 KiB): a lying length cannot make the reader hold more.
+const LIBVIRT_DATA_LIMIT: u32 = 64 << 20;
 
 /// Reads all of `path` (`-` for standard input), refusing inputs larger than `limit` bytes so
 /// that a wrong file cannot exhaust memory.
@@ -69,13 +79,15 @@ pub fn write_output(path: &Path, data: &[u8]) -> Result<(), Failure> {
     written.map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))
 }
 
-/// A migration stream's bytes, decompressed, mapped read-only from a file.
+/// A migration stream's bytes, unwrapped and decompressed, mapped read-only from a file.
 pub struct Input {
     map: Mmap,
-    /// Bytes of the input as given (compressed, for gzip).
+    /// Where the stream starts in the mapping (after a raw libvirt image's header and XML).
+    start: usize,
+    /// Bytes of the input as given (compressed, wrapped).
     pub file_size: u64,
-    /// Whether the input was gzip-compressed.
-    pub compressed: bool,
+    /// What wrapped the stream.
+    pub envelope: Envelope,
     /// The mapping before this offset has been released.
     released: Cell<usize>,
 }
@@ -84,14 +96,15 @@ impl Deref for Input {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.map
+        self.map.get(self.start..).unwrap_or(&[])
     }
 }
 
 impl Input {
     /// Opens the stream in `path` (`-` for standard input): a regular file is mapped as it
-    /// is; gzip and anything that is not a regular file are spooled to a temporary file first.
-    pub fn open(path: &Path) -> Result<Input, Failure> {
+    /// is; a compressed stream and anything that is not a regular file are spooled to a
+    /// temporary file first. `snapshot` picks a qcow2 image's internal snapshot.
+    pub fn open(path: &Path, snapshot: Option<&str>) -> Result<Input, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
         if path == Path::new("-") {
@@ -105,72 +118,209 @@ impl Input {
                 .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))
                 .filter(|f| matches!((&*f).stream_position(), Ok(0)));
             return match as_file {
-                Some(file) => Input::from_file(file, path),
-                None => Input::spool(stdin.lock(), path, None),
+                Some(file) => Input::from_file(file, path, snapshot),
+                None => Input::spool(stdin.lock(), path, None, snapshot),
             };
         }
         let file = File::open(path).map_err(cannot)?;
         let meta = file.metadata().map_err(cannot)?;
         if meta.is_file() {
-            Input::from_file(file, path)
+            Input::from_file(file, path, snapshot)
         } else {
-            Input::spool(file, path, None)
+            Input::spool(file, path, None, snapshot)
         }
     }
 
-    fn from_file(mut file: File, path: &Path) -> Result<Input, Failure> {
+    fn from_file(mut file: File, path: &Path, snapshot: Option<&str>) -> Result<Input, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
         let map = map(&file).map_err(cannot)?;
-        if stream::is_gzip(&map) {
-            let size = map.len() as u64;
-            drop(map);
-            file.seek(SeekFrom::Start(0)).map_err(cannot)?;
-            return Input::spool(file, path, Some(size));
+        let envelope =
+            Envelope::identify(&map).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        if let Envelope::Qcow2 { image, .. } = envelope {
+            return Input::from_snapshot(&map, image, path, snapshot);
         }
-        Ok(Input::new(map.len() as u64, false, map))
-    }
-
-    fn new(file_size: u64, compressed: bool, map: Mmap) -> Input {
-        // Only a hint: the parser reads front to back, so the kernel may read ahead further.
-        let _ = map.advise(Advice::Sequential);
-        Input {
-            map,
-            file_size,
-            compressed,
-            released: Cell::new(0),
+        if snapshot.is_some() {
+            return Err(Failure::unreadable(format!(
+                "{shown}: --snapshot: this is a {}, not a qcow2 image",
+                envelope.describe()
+            )));
         }
-    }
-
-    /// Copies `source` (decompressing gzip) to an anonymous temporary file, a chunk at a
-    /// time, and maps that. `size`, when known, drives the progress bar.
-    fn spool(source: impl Read, path: &Path, size: Option<u64>) -> Result<Input, Failure> {
-        let shown = path.display();
-        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
-        let mut bar = Progress::new("spooling", size.unwrap_or(0));
-        let mut source = Counted {
-            inner: BufReader::with_capacity(SPOOL_CHUNK, source),
-            count: 0,
-            bar: &mut bar,
-        };
-        let mut magic = [0u8; 2];
-        let mut got = 0usize;
-        while let Some(rest) = magic.get_mut(got..).filter(|r| !r.is_empty()) {
-            match source.read(rest) {
-                Ok(0) => break,
-                Ok(n) => got = got.saturating_add(n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(cannot(e)),
+        let (offset, compression) = envelope
+            .payload()
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        let size = map.len() as u64;
+        match compression {
+            None => Ok(Input::new(size, envelope, map, offset)),
+            Some(compression) => {
+                drop(map);
+                file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
+                Input::spool_payload(file, path, Some(size), envelope, Some(compression), offset)
             }
         }
-        let prefix = magic.get(..got).unwrap_or(&[]);
-        let compressed = stream::is_gzip(prefix);
+    }
+
+    fn new(file_size: u64, envelope: Envelope, map: Mmap, start: u64) -> Input {
+        // Only a hint: the parser reads front to back, so the kernel may read ahead further.
+        let _ = map.advise(Advice::Sequential);
+        let start = usize::try_from(start).unwrap_or(usize::MAX).min(map.len());
+        Input {
+            map,
+            start,
+            file_size,
+            envelope,
+            released: Cell::new(page_floor(start)),
+        }
+    }
+
+    /// The VM state of the snapshot `key` picks (the newest with state by default, named on
+    /// stderr) of the qcow2 image in `data`, copied to a temporary file and mapped.
+    fn from_snapshot(
+        data: &[u8],
+        image: Qcow2Image,
+        path: &Path,
+        key: Option<&str>,
+    ) -> Result<Input, Failure> {
+        let shown = path.display();
+        let chosen = image
+            .select(key)
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        if key.is_none() {
+            eprintln!(
+                "vmstate: {shown}: reading snapshot {} \"{}\", the newest of {} with VM state \
+                 (--snapshot picks another)",
+                chosen.id,
+                chosen.name,
+                image
+                    .snapshots
+                    .iter()
+                    .filter(|s| s.vm_state_size > 0)
+                    .count()
+            );
+        }
         let spool = tempfile::tempfile()
             .map_err(|e| Failure::unreadable(format!("cannot create a temporary file: {e}")))?;
         let mut out = BufWriter::with_capacity(SPOOL_CHUNK, &spool);
-        let mut input = prefix.chain(&mut source);
-        if compressed {
-            stream::gunzip(&mut input, &mut out, SPOOL_LIMIT)
+        let mut bar = Progress::new("reading the snapshot", chosen.vm_state_size);
+        image
+            .read_vm_state(data, chosen, &mut out, SPOOL_LIMIT)
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        bar.finish();
+        out.flush()
+            .map_err(|e| Failure::unreadable(format!("cannot write a temporary file: {e}")))?;
+        drop(out);
+        let index = chosen.index;
+        let map = map(&spool)
+            .map_err(|e| Failure::unreadable(format!("cannot read a temporary file: {e}")))?;
+        let envelope = Envelope::Qcow2 {
+            image,
+            chosen: Some(index),
+        };
+        Ok(Input::new(data.len() as u64, envelope, map, 0))
+    }
+
+    /// Reads what wraps the stream from the start of `source` (a pipe), then spools the
+    /// stream after it. A qcow2 image, which must be read out of order, is spooled whole
+    /// and read as a file.
+    fn spool(
+        source: impl Read,
+        path: &Path,
+        size: Option<u64>,
+        snapshot: Option<&str>,
+    ) -> Result<Input, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
+        let mut source = BufReader::with_capacity(SPOOL_CHUNK, source);
+        let mut head = Vec::new();
+        fill(&mut source, &mut head, 16).map_err(cannot)?;
+        if head.starts_with(QCOW2_MAGIC) {
+            let whole = Input::spool_payload(
+                head.as_slice().chain(source),
+                path,
+                size,
+                Envelope::Bare,
+                None,
+                0,
+            )?;
+            let image = Qcow2Image::parse(&whole)
+                .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+            return Input::from_snapshot(&whole, image, path, snapshot);
+        }
+        if snapshot.is_some() {
+            return Err(Failure::unreadable(format!(
+                "{shown}: --snapshot: the input is not a qcow2 image"
+            )));
+        }
+        if Envelope::is_libvirt(&head) {
+            fill(&mut source, &mut head, LIBVIRT_HEADER_LEN as usize).map_err(cannot)?;
+            // The data length is the second word, in the header's byte order: the order
+            // that makes the version word (first) small.
+            let word = |at: usize| {
+                let b: [u8; 4] = head.get(at..at + 4)?.try_into().ok()?;
+                Some((u32::from_le_bytes(b), u32::from_be_bytes(b)))
+            };
+            let data_len = match (word(16), word(20)) {
+                (Some((version, le)), Some((_, be))) => {
+                    if version <= 2 {
+                        le
+                    } else {
+                        be
+                    }
+                }
+                _ => 0,
+            };
+            if data_len > LIBVIRT_DATA_LIMIT {
+                return Err(Failure::unreadable(format!(
+                    "{shown}: libvirt.data_len: {data_len} bytes of domain XML, more than the \
+                     {LIBVIRT_DATA_LIMIT} read from a pipe"
+                )));
+            }
+            let total = (LIBVIRT_HEADER_LEN as usize).saturating_add(data_len as usize);
+            fill(&mut source, &mut head, total).map_err(cannot)?;
+        }
+        let envelope =
+            Envelope::identify(&head).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        let (offset, compression) = envelope
+            .payload()
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        let rest = head
+            .get(usize::try_from(offset).unwrap_or(usize::MAX)..)
+            .unwrap_or(&[]);
+        Input::spool_payload(
+            rest.chain(source),
+            path,
+            size,
+            envelope,
+            compression,
+            offset,
+        )
+    }
+
+    /// Copies the stream in `source` (decompressing it with `compression`) to an anonymous
+    /// temporary file, a chunk at a time, and maps that. `size`, when known, drives the
+    /// progress bar; `skipped` bytes of the input came before `source`.
+    fn spool_payload(
+        source: impl Read,
+        path: &Path,
+        size: Option<u64>,
+        envelope: Envelope,
+        compression: Option<Compression>,
+        skipped: u64,
+    ) -> Result<Input, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
+        let mut bar = Progress::new("spooling", size.unwrap_or(0));
+        let mut input = Counted {
+            inner: BufReader::with_capacity(SPOOL_CHUNK, source),
+            count: skipped,
+            bar: &mut bar,
+        };
+        let spool = tempfile::tempfile()
+            .map_err(|e| Failure::unreadable(format!("cannot create a temporary file: {e}")))?;
+        let mut out = BufWriter::with_capacity(SPOOL_CHUNK, &spool);
+        if let Some(compression) = compression {
+            compression
+                .decompress(&mut input, &mut out, SPOOL_LIMIT)
                 .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         } else {
             let copied =
@@ -185,11 +335,24 @@ impl Input {
         out.flush()
             .map_err(|e| Failure::unreadable(format!("cannot write a temporary file: {e}")))?;
         drop(out);
-        let file_size = source.count;
-        drop(source);
+        let file_size = input.count;
+        drop(input);
         bar.finish();
         let map = map(&spool).map_err(cannot)?;
-        Ok(Input::new(file_size, compressed, map))
+        Ok(Input::new(file_size, envelope, map, 0))
+    }
+
+    /// Whether the stream was compressed in the input.
+    pub fn compressed(&self) -> bool {
+        matches!(self.envelope.payload(), Ok((_, Some(_))))
+    }
+
+    /// The libvirt save image the stream came in, if it did.
+    pub fn libvirt_image(&self) -> Option<&LibvirtImage> {
+        match &self.envelope {
+            Envelope::Libvirt(image) => Some(image),
+            _ => None,
+        }
     }
 
     /// Tells the kernel that the mapping before `offset` is no longer needed, once the
@@ -200,13 +363,14 @@ impl Input {
     pub fn release_before(&self, offset: u64) {
         let offset = usize::try_from(offset)
             .unwrap_or(usize::MAX)
-            .min(self.len());
+            .saturating_add(self.start)
+            .min(self.map.len());
         self.release(offset.saturating_sub(offset % RELEASE_STEP));
     }
 
     /// Releases the whole mapping, at the end of a pass.
     pub fn release_all(&self) {
-        self.release(self.len());
+        self.release(self.map.len());
     }
 
     fn release(&self, target: usize) {
@@ -217,8 +381,9 @@ impl Input {
         // SAFETY: the mapping is read-only and private, and never written through, so no page
         // of it holds data that is not in the file: MADV_DONTNEED only drops the pages from
         // this process, and a later access faults them in again with the same contents. The
-        // range lies within the mapping (`target <= self.len()`) and starts at 0 or where the
-        // last release ended, a multiple of RELEASE_STEP and so of every page size.
+        // range lies within the mapping (`target <= self.map.len()`) and starts at 0, at the
+        // stream's start rounded down to a page, or where the last release ended, a multiple
+        // of RELEASE_STEP and so of every page size.
         let _ = unsafe {
             self.map.unchecked_advise_range(
                 UncheckedAdvice::DontNeed,
@@ -232,8 +397,19 @@ impl Input {
     /// Starts releasing from the start again, for a second pass over the mapping (the writer
     /// copying pages after the reader has gone through).
     pub fn rewind(&self) {
-        self.released.set(0);
+        self.released.set(page_floor(self.start));
     }
+}
+
+/// `offset` rounded down to a page: releases start on page boundaries.
+fn page_floor(offset: usize) -> usize {
+    offset.saturating_sub(offset % 4096)
+}
+
+/// Reads from `source` into `head` until it holds `len` bytes or the input ends.
+fn fill(source: &mut impl Read, head: &mut Vec<u8>, len: usize) -> std::io::Result<()> {
+    let missing = len.saturating_sub(head.len());
+    source.take(missing as u64).read_to_end(head).map(|_| ())
 }
 
 /// Maps `file` read-only.
@@ -277,22 +453,53 @@ pub fn read_stream(input: &Input) -> vmstate::Result<stream::Stream> {
 }
 
 /// Writes `stream` to `path` (`-` for standard output), copying pages from `input`, with a
-/// progress bar for large inputs; releases the mapping behind the writer.
+/// progress bar for large inputs; releases the mapping behind the writer. Inside `image`,
+/// when given: its header and domain XML first, then the stream compressed as it says.
 ///
 /// A regular file (or a new one) is written under a temporary name beside it and renamed
 /// into place at the end, so a failed write leaves no partial output, and converting a file
 /// onto itself never truncates the file that is being read.
-pub fn write_stream(stream: &stream::Stream, input: &Input, path: &Path) -> Result<(), Failure> {
+pub fn write_stream(
+    stream: &stream::Stream,
+    input: &Input,
+    path: &Path,
+    image: Option<&LibvirtImage>,
+) -> Result<(), Failure> {
     let shown = path.display();
     let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
     let mut bar = Progress::new("writing", input.len() as u64);
     input.rewind();
     let mut write = |out: &mut dyn Write| -> Result<(), Failure> {
-        stream::write_to(stream, input, out, &mut |offset| {
-            bar.update(offset);
-            input.release_before(offset);
-        })
-        .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
+        let mut body = |out: &mut dyn Write| {
+            stream::write_to(stream, input, out, &mut |offset| {
+                bar.update(offset);
+                input.release_before(offset);
+            })
+            .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))
+        };
+        match image {
+            None => {
+                body(out)?;
+            }
+            Some(image) => {
+                let header = image
+                    .encode()
+                    .map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))?;
+                out.write_all(&header).map_err(cannot)?;
+                match image.format {
+                    SaveFormat::Compressed(compression) => {
+                        let mut packed = compression
+                            .compressor(Box::new(&mut *out))
+                            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+                        body(&mut packed)?;
+                        packed.finish().map_err(cannot)?;
+                    }
+                    SaveFormat::Raw | SaveFormat::Sparse => {
+                        body(out)?;
+                    }
+                }
+            }
+        }
         input.release_all();
         out.flush().map_err(cannot)
     };

@@ -140,17 +140,22 @@ fn a_machine_without_a_known_map_is_not_taken_for_a_pass() {
 }
 
 #[test]
-fn a_qcow2_image_is_named_as_such() {
+fn a_qcow2_image_without_vm_state_says_so() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_machines");
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("disk.qcow2");
+    // A version 3 header with 64 KiB clusters and no snapshots.
     let mut bytes = b"QFI\xfb\x00\x00\x00\x03".to_vec();
     bytes.resize(512, 0);
+    bytes[20..24].copy_from_slice(&16u32.to_be_bytes());
     std::fs::write(&image, &bytes).unwrap();
     let out = vmstate(&["dump", image.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains("a qcow2 disk image"), "{stderr}");
+    assert!(
+        stderr.contains("no internal snapshot with VM state; it has none"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }

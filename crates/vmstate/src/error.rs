@@ -168,6 +168,8 @@ pub enum ErrorKind {
     NotUtf8,
     /// Gzip-compressed input could not be decompressed.
     Decompress {
+        /// The compression format.
+        format: &'static str,
         /// The decompressor's complaint.
         reason: String,
     },
@@ -294,7 +296,9 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadRamRecord { reason } => write!(f, "bad RAM record: {reason}"),
             ErrorKind::EmptyString => f.write_str("empty name (length 0)"),
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),
-            ErrorKind::Decompress { reason } => write!(f, "cannot decompress gzip input: {reason}"),
+            ErrorKind::Decompress { format, reason } => {
+                write!(f, "cannot decompress {format} input: {reason}")
+            }
             ErrorKind::Output { reason } => write!(f, "cannot write the output: {reason}"),
             ErrorKind::InconsistentFraming { readings, reason } => write!(
                 f,

@@ -43,6 +43,7 @@
 pub mod check;
 pub mod devices;
 pub mod element;
+pub mod envelope;
 pub mod error;
 pub mod hex;
 pub mod machine;

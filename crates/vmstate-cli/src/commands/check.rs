@@ -10,7 +10,7 @@ use vmstate::check::{self, Report};
 use vmstate::memory::{GuestRam, RamMap};
 
 use super::devices::DeviceArgs;
-use super::dump::load_stream;
+use super::dump::{load_stream, SourceArgs};
 use super::memory::guest_ram;
 use crate::io::write_output;
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
@@ -18,7 +18,8 @@ use crate::outcome::{Failure, Outcome, INVALID_STATE};
 /// Arguments of `vmstate check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The stream, raw or gzip-compressed (`-` for standard input).
+    /// The stream: bare, compressed (gzip, bzip2, xz, lzop, zstd) or in a libvirt save image
+    /// (`-` for standard input).
     file: PathBuf,
     /// Print the report as JSON.
     #[arg(long)]
@@ -27,6 +28,8 @@ pub struct CheckArgs {
     /// q35: comma-separated BLOCK@GPA or BLOCK+OFFSET:LEN@GPA, e.g. mach-virt.ram@0x40000000.
     #[arg(long, value_name = "MAP")]
     ram_map: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
     #[command(flatten)]
     devices: DeviceArgs,
 }
@@ -53,7 +56,7 @@ struct MemoryJson<'a> {
 /// stream cannot be read.
 pub fn run(args: CheckArgs) -> Outcome {
     let shown = args.file.display().to_string();
-    let loaded = load_stream(&args.file)?;
+    let loaded = load_stream(&args.file, &args.source)?;
     let devices = args.devices.decode(&loaded.stream, &shown)?;
     let scsi = args.devices.decode_scsi(&loaded.stream, &devices, &shown)?;
 

@@ -11,10 +11,17 @@ use vmstate::element::Layout;
 use vmstate::virtio::{Framing, NdescsOrder};
 
 use super::devices::DeviceArgs;
-use super::dump::{load_stream, LoadedStream};
+use super::dump::{load_stream, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
 use crate::io::write_stream;
 use crate::outcome::{Failure, Outcome};
+
+/// What `convert` writes, when not what it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum To {
+    /// The bare QEMU stream, out of any container.
+    Stream,
+}
 
 /// Which guest pages `convert` keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,10 +76,15 @@ fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -
 /// Arguments of `vmstate convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The stream to read, raw or gzip-compressed (`-` for standard input).
+    /// The stream to read: bare, compressed (gzip, bzip2, xz, lzop, zstd) or in a libvirt save
+    /// image (`-` for standard input).
     input: PathBuf,
-    /// Where to write the stream, uncompressed (`-` for standard output).
+    /// Where to write the stream, uncompressed (`-` for standard output). A libvirt save image
+    /// stays one (header and domain XML kept, compressed as it was) unless `--to stream`.
     output: PathBuf,
+    /// `stream`: write the bare QEMU stream, whatever the input came in.
+    #[arg(long, value_name = "WHAT")]
+    to: Option<To>,
     /// Drop the RAM pages, keeping the RAM block list and all device state: the output
     /// shares device state without guest memory.
     #[arg(long)]
@@ -102,6 +114,8 @@ pub struct ConvertArgs {
     /// read (implied by the options above that change device state).
     #[arg(long)]
     reencode: bool,
+    #[command(flatten)]
+    source: SourceArgs,
     #[command(flatten)]
     devices: DeviceArgs,
 }
@@ -137,7 +151,7 @@ impl ConvertArgs {
 /// the description's sizes where a field's length changes.
 pub fn run(args: ConvertArgs) -> Outcome {
     let shown = args.input.display().to_string();
-    let mut loaded = load_stream(&args.input)?;
+    let mut loaded = load_stream(&args.input, &args.source)?;
     match (args.strip_ram, args.ram) {
         (true, _) | (_, Some(RamPages::None)) => {
             loaded.stream.strip_ram();
@@ -159,5 +173,9 @@ pub fn run(args: ConvertArgs) -> Outcome {
                 .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         }
     }
-    write_stream(&loaded.stream, &loaded.bytes, &args.output)
+    let image = match args.to {
+        Some(To::Stream) => None,
+        None => loaded.bytes.libvirt_image(),
+    };
+    write_stream(&loaded.stream, &loaded.bytes, &args.output, image)
 }

@@ -9,6 +9,8 @@ use vmstate::stream::{
     self, Command, Configuration, RamBlockSummary, Record, Section, SectionBody, Stream,
 };
 
+use vmstate::envelope::Envelope;
+
 use super::devices::{self, DeviceArgs, ScsiJson, VirtioJson};
 use crate::io::{read_stream, write_output, Input};
 use crate::outcome::{Failure, Outcome};
@@ -16,11 +18,14 @@ use crate::outcome::{Failure, Outcome};
 /// Arguments of `vmstate dump`.
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// The stream, raw or gzip-compressed (`-` for standard input).
+    /// The stream: bare, compressed (gzip, bzip2, xz, lzop, zstd) or in a libvirt save image
+    /// (`-` for standard input).
     file: PathBuf,
     /// Print the full decode as JSON (RAM as counts and ranges, not page contents).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    source: SourceArgs,
     #[command(flatten)]
     devices: DeviceArgs,
 }
@@ -31,20 +36,29 @@ pub struct LoadedStream {
     pub bytes: Input,
     /// Bytes in the file, before decompression.
     pub file_size: u64,
-    /// Whether the file was gzip-compressed.
+    /// Whether the stream was compressed in the file.
     pub compressed: bool,
     /// The model.
     pub stream: Stream,
 }
 
+/// Where in its input a stream is, for inputs that hold several.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SourceArgs {
+    /// For a qcow2 image: the internal snapshot whose VM state to read, by id or name
+    /// (default: the newest one with VM state, named on stderr).
+    #[arg(long, value_name = "ID|NAME")]
+    snapshot: Option<String>,
+}
+
 /// Reads and parses the stream in `path` (`-` for standard input).
-pub fn load_stream(path: &Path) -> Result<LoadedStream, Failure> {
+pub fn load_stream(path: &Path, source: &SourceArgs) -> Result<LoadedStream, Failure> {
     let shown = path.display();
-    let bytes = Input::open(path)?;
+    let bytes = Input::open(path, source.snapshot.as_deref())?;
     let stream = read_stream(&bytes).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     Ok(LoadedStream {
         file_size: bytes.file_size,
-        compressed: bytes.compressed,
+        compressed: bytes.compressed(),
         bytes,
         stream,
     })
@@ -52,7 +66,7 @@ pub fn load_stream(path: &Path) -> Result<LoadedStream, Failure> {
 
 /// Runs `vmstate dump`.
 pub fn run(args: DumpArgs) -> Outcome {
-    let loaded = load_stream(&args.file)?;
+    let loaded = load_stream(&args.file, &args.source)?;
     let virtio = args
         .devices
         .decode(&loaded.stream, &args.file.display().to_string())?;
@@ -63,6 +77,7 @@ pub fn run(args: DumpArgs) -> Outcome {
         let mut text = serde_json::to_string_pretty(&DumpJson {
             size: loaded.bytes.len() as u64,
             compressed: loaded.compressed,
+            envelope: &loaded.bytes.envelope,
             trailer_json_len: loaded.stream.trailer.as_ref().map(|t| t.json.len() as u64),
             ram_blocks: loaded.stream.ram_summary(),
             virtio_devices: virtio.iter().map(VirtioJson::from).collect(),
@@ -86,8 +101,10 @@ pub fn run(args: DumpArgs) -> Outcome {
 struct DumpJson<'a> {
     /// Bytes of the (decompressed) stream.
     size: u64,
-    /// Whether the file was gzip-compressed.
+    /// Whether the stream was compressed in the file.
     compressed: bool,
+    /// What wrapped the stream in the file.
+    envelope: &'a vmstate::envelope::Envelope,
     /// Bytes of the JSON description, when present.
     trailer_json_len: Option<u64>,
     /// Per RAM block: counts and where its pages are.
@@ -105,15 +122,29 @@ fn summary(path: &Path, loaded: &LoadedStream) -> String {
     let stream = &loaded.stream;
     let mut out = String::new();
     let size = loaded.bytes.len();
-    if loaded.compressed {
-        let _ = writeln!(
-            out,
-            "file: {} ({} bytes gzip-compressed, {size} bytes of stream)",
-            path.display(),
-            loaded.file_size
-        );
-    } else {
-        let _ = writeln!(out, "file: {} ({size} bytes)", path.display());
+    let envelope = &loaded.bytes.envelope;
+    match envelope {
+        Envelope::Bare => {
+            let _ = writeln!(out, "file: {} ({size} bytes)", path.display());
+        }
+        Envelope::Compressed { compression } => {
+            let _ = writeln!(
+                out,
+                "file: {} ({} bytes {}-compressed, {size} bytes of stream)",
+                path.display(),
+                loaded.file_size,
+                compression.name()
+            );
+        }
+        Envelope::Libvirt(_) | Envelope::Qcow2 { .. } => {
+            let _ = writeln!(
+                out,
+                "file: {} ({} bytes, {size} bytes of stream)\ncontainer: {}",
+                path.display(),
+                loaded.file_size,
+                envelope.describe()
+            );
+        }
     }
     let footers = match stream.footers {
         Some(true) => "yes",

@@ -6,16 +6,18 @@ use clap::Args;
 use vmstate::devices;
 
 use super::devices::DeviceArgs;
-use super::dump::load_stream;
+use super::dump::{load_stream, SourceArgs};
 use crate::io::write_stream;
 use crate::outcome::{Failure, Outcome};
 
 /// Arguments of `vmstate edit`.
 #[derive(Debug, Args)]
 pub struct EditArgs {
-    /// The stream to read, raw or gzip-compressed (`-` for standard input).
+    /// The stream to read: bare, compressed (gzip, bzip2, xz, lzop, zstd) or in a libvirt save
+    /// image (`-` for standard input).
     input: PathBuf,
-    /// Where to write the edited stream (`-` for standard output).
+    /// Where to write the edited stream (`-` for standard output); a libvirt save image
+    /// stays one, with its header, domain XML and compression.
     output: PathBuf,
     /// PATH=VALUE: a field of `dump --json`, such as
     /// virtio_devices[0].virtio.queues[0].last_avail_idx=5 (the device by index or by its
@@ -24,13 +26,15 @@ pub struct EditArgs {
     #[arg(long = "set", value_name = "PATH=VALUE", required = true)]
     set: Vec<String>,
     #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
     devices: DeviceArgs,
 }
 
 /// Runs `vmstate edit`.
 pub fn run(args: EditArgs) -> Outcome {
     let shown = args.input.display().to_string();
-    let mut loaded = load_stream(&args.input)?;
+    let mut loaded = load_stream(&args.input, &args.source)?;
     let mut found = args.devices.decode(&loaded.stream, &shown)?;
     let mut scsi = args.devices.decode_scsi(&loaded.stream, &found, &shown)?;
     let mut touched = vec![false; found.len()];
@@ -85,7 +89,12 @@ pub fn run(args: EditArgs) -> Outcome {
         devices::store_scsi_requests(&mut loaded.stream, disk, None)
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     }
-    write_stream(&loaded.stream, &loaded.bytes, &args.output)
+    write_stream(
+        &loaded.stream,
+        &loaded.bytes,
+        &args.output,
+        loaded.bytes.libvirt_image(),
+    )
 }
 
 /// Splits `scsi_requests[KEY].FIELD` into KEY and FIELD.

@@ -1,6 +1,8 @@
 //! Running a Python interop suite (`tests/interop/interop.py`, `tests/interop/machines.py`)
 //! from the interop tests and reading what it found: shared by `interop_qemu.rs` and
-//! `interop_machines.rs`.
+//! `interop_machines.rs` (and `interop_qcow2.rs`, which needs only the runner).
+
+#![allow(dead_code)]
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

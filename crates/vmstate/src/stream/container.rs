@@ -234,12 +234,13 @@ fn known_container(data: &[u8]) -> Option<&'static str> {
     if data.starts_with(b"QFI\xfb") {
         Some(
             "a qcow2 disk image (magic QFI\\xfb), not a migration stream: the VM state of its \
-             internal snapshots (savevm) is not read yet; `qemu-img snapshot -l` lists them",
+             internal snapshots (savevm) is read through `envelope::Qcow2Image`",
         )
-    } else if data.starts_with(b"LibvirtQemudSave") || data.starts_with(b"LibvirtQemudPart") {
+    } else if crate::envelope::Envelope::is_libvirt(data) {
         Some(
             "a libvirt save image (virsh save / managed save), not a bare migration stream: \
-             its header and domain XML come first",
+             its header and domain XML come first (`envelope::Envelope::identify` finds the \
+             stream after them)",
         )
     } else {
         None

@@ -3,15 +3,11 @@
 use std::borrow::Cow;
 use std::io::{Read, Write};
 
-use flate2::read::MultiGzDecoder;
-
-use crate::error::{Error, ErrorKind, Result};
+use crate::envelope::Compression;
+use crate::error::Result;
 
 /// The two bytes every gzip member starts with.
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-
-/// Bytes decompressed at a time by [`gunzip`].
-const CHUNK: usize = 1 << 16;
 
 /// True when `prefix`, the first bytes of an input, starts with the gzip magic.
 pub fn is_gzip(prefix: &[u8]) -> bool {
@@ -36,44 +32,7 @@ pub fn decompress_if_gzip(data: &[u8], limit: u64) -> Result<Cow<'_, [u8]>> {
 ///
 /// Nothing is flushed: `out` is left to its owner.
 pub fn gunzip(input: impl Read, out: &mut dyn Write, limit: u64) -> Result<u64> {
-    let mut decoder = MultiGzDecoder::new(input);
-    let mut chunk = vec![0u8; CHUNK];
-    let mut produced = 0u64;
-    loop {
-        let n = match decoder.read(&mut chunk) {
-            Ok(0) => return Ok(produced),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Decompress {
-                        reason: e.to_string(),
-                    },
-                    produced,
-                    "gzip",
-                ))
-            }
-        };
-        produced = produced.saturating_add(n as u64);
-        if produced > limit {
-            return Err(Error::new(
-                ErrorKind::Decompress {
-                    reason: format!("more than {limit} bytes once decompressed"),
-                },
-                0,
-                "gzip",
-            ));
-        }
-        out.write_all(chunk.get(..n).unwrap_or(&[])).map_err(|e| {
-            Error::new(
-                ErrorKind::Output {
-                    reason: e.to_string(),
-                },
-                produced,
-                "gzip",
-            )
-        })?;
-    }
+    Compression::Gzip.decompress(input, out, limit)
 }
 
 #[cfg(test)]
