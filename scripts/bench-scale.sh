@@ -55,6 +55,9 @@ benches=(
     "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
+    "cp --reflink=never|cp --reflink=never $STREAM $BENCH/copy.mig"
+    "ram extract (by block)|rm -rf $BENCH/ram && $VMSTATE ram extract $STREAM $BENCH/ram"
+    "ram extract --format elf|$VMSTATE ram extract --format elf $STREAM $BENCH/ram.elf"
 )
 
 results=$(mktemp)
@@ -85,6 +88,12 @@ for i in "${!benches[@]}"; do
     kib=$(awk -v i="$i" '$1 == i && $3 > m { m = $3 } END { print m }' "$results")
     awk -v n="$name" -v ns="$ns" -v c="$cat_ns" -v k="$kib" \
         'BEGIN { printf "%-26s %10.3f %14.2f %14.1f\n", n, ns / 1e9, ns / c, k / 1024 }'
+done
+cp_ns=$(awk '$1 == 8 { print $2 }' "$results" | median)
+for i in 9 10; do
+    ns=$(awk -v i="$i" '$1 == i { print $2 }' "$results" | median)
+    awk -v n="${benches[$i]%%|*}" -v ns="$ns" -v c="$cp_ns" \
+        'BEGIN { printf "%s: %.2f x cp --reflink=never\n", n, ns / c }'
 done
 if [ -s "$BENCH/stripped.mig" ]; then
     echo "convert --strip-ram output: $(stat -c %s "$BENCH/stripped.mig") bytes"

@@ -1,6 +1,7 @@
 //! RAM: fuzzed bytes as the payload of a RAM section (`START ram`, version 4) right after a
 //! valid header, as a run of page records, and as an XBZRLE payload; streams that read are
-//! placed in guest memory and read back.
+//! placed in guest memory and read back, and extracted page by page (`extract_ram`) into
+//! memory, each page within its block.
 //!
 //! Input: one byte choosing the page size (2^9 to 2^16), then the payload.
 //!
@@ -16,6 +17,28 @@ use vmstate::{memory, stream};
 
 /// Header, then section START (0x01), id 2, idstr "ram", instance 0, version 4.
 const PREFIX: &[u8] = b"QEVM\0\0\0\x03\x01\0\0\0\x02\x03ram\0\0\0\0\0\0\0\x04";
+
+/// Extracted pages, in memory.
+#[derive(Default)]
+struct Pages(std::collections::HashMap<(String, u64), Vec<u8>>);
+
+impl vmstate::extract::PageTarget for Pages {
+    fn write(&mut self, block: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.insert((block.to_owned(), offset), data.to_vec());
+        Ok(())
+    }
+    fn zero(&mut self, block: &str, offset: u64, _len: u64) -> std::io::Result<()> {
+        self.0.remove(&(block.to_owned(), offset));
+        Ok(())
+    }
+    fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if let Some(page) = self.0.get(&(block.to_owned(), offset)) {
+            let n = buf.len().min(page.len());
+            buf[..n].copy_from_slice(&page[..n]);
+        }
+        Ok(())
+    }
+}
 
 fuzz_target!(|input: &[u8]| {
     let Some((&shift, payload)) = input.split_first() else {
@@ -40,6 +63,23 @@ fuzz_target!(|input: &[u8]| {
     let written = stream::write(&parsed, &data).expect("a stream that reads writes back");
     assert!(written == data, "written stream differs from the input");
     let _ = parsed.ram_summary();
+    let mut target = Pages::default();
+    if let Ok(blocks) = vmstate::extract::extract_ram(&parsed, &data, &mut target, &mut |_| {}) {
+        for b in &blocks {
+            let pages = b.used_length.div_ceil(page_size);
+            assert_eq!(b.data_pages + b.zero_pages + b.absent_pages, pages);
+        }
+        for (block, offset) in target.0.keys() {
+            let len = blocks
+                .iter()
+                .find(|b| &b.name == block)
+                .map(|b| b.used_length);
+            assert!(
+                len.is_some_and(|len| *offset < len),
+                "a page outside its block"
+            );
+        }
+    }
     let Ok(map) = memory::map_for(&parsed, &[], None) else {
         return;
     };

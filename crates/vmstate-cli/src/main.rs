@@ -44,6 +44,10 @@ enum Command {
     Check(commands::check::CheckArgs),
     /// Change decoded virtio device fields and write the stream from the typed state.
     Edit(commands::edit::EditArgs),
+    /// Guest RAM: `extract` writes it out by RAM block, by guest-physical address, or as an
+    /// ELF core.
+    #[command(subcommand)]
+    Ram(commands::ram::RamCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Edit(args) => commands::edit::run(args),
         Command::Check(args) => commands::check::run(args),
+        Command::Ram(command) => commands::ram::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

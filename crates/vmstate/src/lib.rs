@@ -45,6 +45,7 @@ pub mod devices;
 pub mod element;
 pub mod envelope;
 pub mod error;
+pub mod extract;
 pub mod hex;
 pub mod machine;
 pub mod memory;

@@ -80,6 +80,14 @@ impl Board {
         }
     }
 
+    /// The board's firmware block that sits right below 4 GiB (the x86 BIOS flash), if any.
+    pub fn firmware_below_4g(self) -> Option<&'static str> {
+        match self {
+            Board::X86Pc | Board::X86Q35 => Some("pc.bios"),
+            _ => None,
+        }
+    }
+
     /// The byte order of the board's CPUs after reset: what legacy virtio devices use unless
     /// the stream's `virtio/device_endian` says otherwise.
     pub fn default_endian(self) -> Endian {

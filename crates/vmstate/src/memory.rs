@@ -613,13 +613,16 @@ pub fn derived_map(machine: Option<&str>, blocks: &[(String, u64)]) -> Result<Ra
         .find(|(name, _)| name == board.ram_block())
         .map(|(_, size)| *size)
         .ok_or_else(unknown)?;
-    match machine {
-        Some(machine) => Ok(board.ram_map(machine, size)),
+    let mut map = match machine {
+        Some(machine) => board.ram_map(machine, size),
         // Without a machine type pc and q35 differ above 2 GiB only.
-        None if board == Board::X86Pc && size > 0x8000_0000 => Err(map_error(
-            "no machine type in the stream and pc.ram over 2 GiB: give the map with --ram-map"
-                .to_owned(),
-        )),
+        None if board == Board::X86Pc && size > 0x8000_0000 => {
+            return Err(map_error(
+                "no machine type in the stream and pc.ram over 2 GiB: give the map with \
+                 --ram-map"
+                    .to_owned(),
+            ))
+        }
         None => {
             let mut map = board.ram_map("no machine type in the stream", size);
             if board == Board::X86Pc {
@@ -627,9 +630,24 @@ pub fn derived_map(machine: Option<&str>, blocks: &[(String, u64)]) -> Result<Ra
                            address 0 on both pc and q35"
                     .to_owned();
             }
-            Ok(map)
+            map
+        }
+    };
+    // The BIOS flash ends at 4 GiB (QEMU maps the whole pc.bios block there).
+    if let Some(firmware) = board.firmware_below_4g() {
+        if let Some(&(_, len)) = blocks.iter().find(|(name, _)| name == firmware) {
+            if let Some(gpa) = (1u64 << 32).checked_sub(len) {
+                map.regions.push(MapRegion {
+                    block: firmware.to_owned(),
+                    block_offset: 0,
+                    gpa,
+                    len,
+                });
+                map.how.push_str(&format!("; {firmware} below 4 GiB"));
+            }
         }
     }
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@ pub mod dump;
 pub mod edit;
 pub mod element;
 pub mod memory;
+pub mod ram;

@@ -1,0 +1,37 @@
+//! Guest memory out, against QEMU's own dump (extended tier): `tests/interop/ram.py` boots
+//! the corpus' tiny guest on QEMU 7.2, stops it, has QEMU write `dump-guest-memory` and then
+//! migrate to a file; `vmstate ram extract --format elf` of that stream must equal QEMU's
+//! dump page for page at every address it covers, and `--by block` must equal the ELF.
+//!
+//! Run it alone: `CI=true cargo test -p vmstate-cli --test interop_ram -- --nocapture`.
+
+mod interop;
+#[path = "../../vmstate/tests/support/mod.rs"]
+mod support;
+
+#[test]
+fn extracted_memory_equals_qemus_dump_of_the_same_guest() {
+    let Some(shared) = support::shared_dir("interop_ram") else {
+        return;
+    };
+    let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let run = interop::run_suite(
+        &support::repo_root().join("tests/interop/ram.py"),
+        &tmp.join("interop_ram"),
+        &[
+            "--assets".as_ref(),
+            shared.join("corpus/assets").as_os_str(),
+        ],
+        "ram suite",
+        "QEMU or the guest",
+    );
+    let r = &run.results[0];
+    let pages = r["pages"].as_u64().unwrap();
+    // 128 MiB of pc.ram and the 256 KiB BIOS flash below 4 GiB.
+    assert_eq!(pages, 32768 + 64, "{r}");
+    assert_eq!(r["equal"].as_u64(), Some(pages), "{r}");
+    assert_eq!(r["different"], 0, "{r}");
+    assert_eq!(r["not_in_vmstate"], 0, "{r}");
+    assert_eq!(r["block_file_equals_elf"], true, "{r}");
+    run.finish();
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Guest memory out of a stream, against QEMU's own dump of the same paused guest.
+
+usage: ram.py --vmstate PATH --work DIR [--results FILE] [--assets DIR]
+
+The corpus' tiny Linux guest boots under TCG on QEMU 7.2 (x86 q35, 128 MiB); once it is
+up the VM is stopped, QEMU writes `dump-guest-memory` (ELF, no paging) and then migrates
+to a file. `vmstate ram extract --format elf` of that stream is compared with QEMU's dump
+page by page at every guest-physical address QEMU's dump covers; `--by block` is compared
+with the ELF output for pc.ram. The results (pages compared, equal, different, and the
+differing ranges) go to --results as JSON. Exits 0 when every page QEMU dumped is equal,
+1 when one is not, 2 when QEMU or the guest cannot be prepared.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QEMU = "qemu-system-x86_64"
+PAGE = 4096
+
+
+class QMP:
+    def __init__(self, path, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect(path)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.f = self.sock.makefile("rw")
+        json.loads(self.f.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, **args):
+        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
+        self.f.flush()
+        while True:
+            r = json.loads(self.f.readline())
+            if "return" in r:
+                return r["return"]
+            if "error" in r:
+                raise RuntimeError("%s: %s" % (name, r["error"]))
+
+
+def loads(path):
+    """(paddr, file offset, size) of every PT_LOAD of an ELF64 core."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        endian = "<" if head[5] == 1 else ">"
+        phoff, = struct.unpack(endian + "Q", head[32:40])
+        phnum, = struct.unpack(endian + "H", head[56:58])
+        f.seek(phoff)
+        out = []
+        for _ in range(phnum):
+            p_type, _, off, _, paddr, filesz, _, _ = struct.unpack(endian + "IIQQQQQQ", f.read(56))
+            if p_type == 1:
+                out.append((paddr, off, filesz))
+        return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vmstate", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results")
+    ap.add_argument("--assets", default=os.path.join(HERE, "../../../shared/corpus/assets"))
+    a = ap.parse_args()
+    if shutil.which(QEMU) is None:
+        print("SETUP FAILED: %s is not installed" % QEMU, file=sys.stderr)
+        return 2
+    kernel = os.path.join(a.assets, "bzImage")
+    initrd = os.path.join(a.assets, "initramfs-tiny.cpio.gz")
+    if not (os.path.exists(kernel) and os.path.exists(initrd)):
+        print("SETUP FAILED: the corpus guest is not in %s" % a.assets, file=sys.stderr)
+        return 2
+    work = os.path.abspath(a.work)
+    os.makedirs(work, exist_ok=True)
+    sock, serial = os.path.join(work, "qmp.sock"), os.path.join(work, "serial.log")
+    dump, stream, ours = (os.path.join(work, n) for n in ("qemu-dump.elf", "stream.mig", "vmstate.elf"))
+    log = open(os.path.join(work, "qemu.log"), "wb")
+    p = subprocess.Popen(["timeout", "300", QEMU, "-nodefaults", "-machine", "q35", "-accel", "tcg",
+                          "-m", "128", "-display", "none", "-kernel", kernel, "-initrd", initrd,
+                          "-append", "console=ttyS0 panic=-1 loglevel=4", "-serial", "file:" + serial,
+                          "-qmp", "unix:%s,server=on,wait=off" % sock],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    q = QMP(sock)
+    time.sleep(8)  # the guest boots into its initramfs: its memory is no longer all zero
+    q.cmd("stop")
+    q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump)
+    q.cmd("migrate", uri="exec:cat > " + stream)
+    while q.cmd("query-migrate").get("status") not in ("completed", "failed"):
+        time.sleep(0.2)
+    q.cmd("quit")
+    p.wait(30)
+    t0 = time.time()
+    subprocess.run([a.vmstate, "ram", "extract", "--format", "elf", stream, ours], check=True,
+                   stdout=subprocess.DEVNULL)
+    blocks = os.path.join(work, "blocks")
+    subprocess.run([a.vmstate, "ram", "extract", stream, blocks], check=True, stdout=subprocess.DEVNULL)
+    seconds = round(time.time() - t0, 2)
+    theirs, mine = loads(dump), loads(ours)
+    r = {"qemu_loads": theirs, "vmstate_loads": mine, "pages": 0, "equal": 0, "different": 0,
+         "not_in_vmstate": 0, "differing_ranges": [], "extract_seconds": seconds}
+    with open(dump, "rb") as fq, open(ours, "rb") as fv:
+        for paddr, off, size in theirs:
+            for k in range(0, size, PAGE):
+                gpa = paddr + k
+                r["pages"] += 1
+                fq.seek(off + k)
+                want = fq.read(min(PAGE, size - k))
+                place = next((o + gpa - pa for pa, o, sz in mine if pa <= gpa < pa + sz), None)
+                if place is None:
+                    r["not_in_vmstate"] += 1
+                    continue
+                fv.seek(place)
+                if fv.read(len(want)) == want:
+                    r["equal"] += 1
+                else:
+                    r["different"] += 1
+                    if r["differing_ranges"] and r["differing_ranges"][-1][1] == gpa:
+                        r["differing_ranges"][-1][1] = gpa + PAGE
+                    else:
+                        r["differing_ranges"].append([gpa, gpa + PAGE])
+        # --by block: pc.ram's file is the ELF's first PT_LOAD from address 0 on.
+        with open(os.path.join(blocks, "pc.ram"), "rb") as fb:
+            pa, o, sz = mine[0]
+            fv.seek(o)
+            r["block_file_equals_elf"] = pa == 0 and fb.read() == fv.read(sz)
+    r["ok"] = r["different"] == 0 and r["not_in_vmstate"] == 0 and r["pages"] > 0 and r["block_file_equals_elf"]
+    print(json.dumps({k: v for k, v in r.items() if k not in ("qemu_loads", "vmstate_loads")}))
+    if a.results:
+        with open(a.results, "w") as f:
+            json.dump({"results": [r]}, f, indent=1)
+    return 0 if r["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
