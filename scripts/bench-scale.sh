@@ -55,9 +55,10 @@ benches=(
     "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
-    "cp --reflink=never|cp --reflink=never $STREAM $BENCH/copy.mig"
+    # Each writes a new file (the old one removed first, in the timing too).
+    "cp --reflink=never|rm -f $BENCH/copy.mig && cp --reflink=never $STREAM $BENCH/copy.mig"
     "ram extract (by block)|rm -rf $BENCH/ram && $VMSTATE ram extract $STREAM $BENCH/ram"
-    "ram extract --format elf|$VMSTATE ram extract --format elf $STREAM $BENCH/ram.elf"
+    "ram extract --format elf|rm -f $BENCH/ram.elf && $VMSTATE ram extract --format elf $STREAM $BENCH/ram.elf"
 )
 
 results=$(mktemp)

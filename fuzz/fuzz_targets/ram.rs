@@ -65,8 +65,9 @@ fuzz_target!(|input: &[u8]| {
     let _ = parsed.ram_summary();
     let mut target = Pages::default();
     if let Ok(blocks) = vmstate::extract::extract_ram(&parsed, &data, &mut target, &mut |_| {}) {
+        let stream_page = parsed.page_size.bytes;
         for b in &blocks {
-            let pages = b.used_length.div_ceil(page_size);
+            let pages = b.used_length.div_ceil(stream_page);
             assert_eq!(b.data_pages + b.zero_pages + b.absent_pages, pages);
         }
         for (block, offset) in target.0.keys() {

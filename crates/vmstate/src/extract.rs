@@ -23,6 +23,10 @@ pub trait PageTarget {
     fn zero(&mut self, block: &str, offset: u64, len: u64) -> io::Result<()>;
     /// Reads back a page written before (an XBZRLE delta applies to it).
     fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Called once at the end, for a target that holds writes back.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What the stream carried of one RAM block.
@@ -214,6 +218,9 @@ pub fn extract_ram(
             progress(run.span.end());
         }
     }
+    target
+        .finish()
+        .map_err(|e| output(e, source.len() as u64))?;
     Ok(blocks
         .iter()
         .zip(carried.iter().zip(&data))

@@ -91,15 +91,69 @@ fn cannot(what: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::unreadable(format!("cannot write {}: {e}", what.display()))
 }
 
+/// Writes to positions of files, held back while they follow one another so that runs of
+/// pages reach the file in large writes rather than a page at a time.
+struct Combined {
+    files: Vec<File>,
+    /// The file, where the held bytes start, and the bytes.
+    held: Option<(usize, u64)>,
+    buf: Vec<u8>,
+}
+
+/// How many bytes are held back at most.
+const COMBINE: usize = 1 << 20;
+
+impl Combined {
+    fn new(files: Vec<File>) -> Combined {
+        Combined {
+            files,
+            held: None,
+            buf: Vec::with_capacity(COMBINE),
+        }
+    }
+
+    fn write(&mut self, file: usize, pos: u64, data: &[u8]) -> std::io::Result<()> {
+        let follows = self.held.is_some_and(|(f, start)| {
+            f == file && start.saturating_add(self.buf.len() as u64) == pos
+        });
+        if !follows || self.buf.len().saturating_add(data.len()) > COMBINE {
+            self.flush()?;
+            self.held = Some((file, pos));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&mut self, file: usize, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.flush()?;
+        self.files
+            .get(file)
+            .ok_or_else(not_here)?
+            .read_exact_at(buf, pos)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if let Some((file, pos)) = self.held.take() {
+            self.files
+                .get(file)
+                .ok_or_else(not_here)?
+                .write_all_at(&self.buf, pos)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// One file per block, each as long as its block, with holes where nothing was written.
 struct BlockFiles {
-    files: HashMap<String, File>,
+    index: HashMap<String, usize>,
+    out: Combined,
 }
 
 /// One file in which each (block, offset) has a place: `base + (offset - block_offset)` of
 /// the region that holds it (the guest-physical address, or the offset in an ELF core).
 struct Placed {
-    file: File,
+    out: Combined,
     places: Vec<(MapRegion, u64)>,
 }
 
@@ -118,30 +172,37 @@ fn not_here() -> std::io::Error {
 
 impl PageTarget for BlockFiles {
     fn write(&mut self, block: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.files
-            .get(block)
-            .ok_or_else(not_here)?
-            .write_all_at(data, offset)
+        let file = *self.index.get(block).ok_or_else(not_here)?;
+        self.out.write(file, offset, data)
     }
     fn zero(&mut self, block: &str, offset: u64, len: u64) -> std::io::Result<()> {
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(0)];
         self.write(block, offset, &zeros)
     }
     fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.files
-            .get(block)
-            .ok_or_else(not_here)?
-            .read_exact_at(buf, offset)
+        let file = *self.index.get(block).ok_or_else(not_here)?;
+        self.out.read(file, offset, buf)
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
 impl PageTarget for Placed {
     fn write(&mut self, block: &str, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        // Blocks (or parts) the map does not place are not written: the report says so.
+        let last = offset.saturating_add((data.len() as u64).saturating_sub(1));
+        if let (Some(first), Some(end)) = (self.position(block, offset), self.position(block, last))
+        {
+            if end.checked_sub(first) == Some(last.saturating_sub(offset)) {
+                return self.out.write(0, first, data);
+            }
+        }
+        // A page across regions, or partly unplaced: a sector at a time. Blocks (or parts)
+        // the map does not place are not written: the report says so.
         for (k, chunk) in data.chunks(512).enumerate() {
             let at = offset.saturating_add((k * 512) as u64);
             if let Some(pos) = self.position(block, at) {
-                self.file.write_all_at(chunk, pos)?;
+                self.out.write(0, pos, chunk)?;
             }
         }
         Ok(())
@@ -152,12 +213,15 @@ impl PageTarget for Placed {
     }
     fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         match self.position(block, offset) {
-            Some(pos) => self.file.read_exact_at(buf, pos),
+            Some(pos) => self.out.read(0, pos, buf),
             None => {
                 buf.iter_mut().for_each(|b| *b = 0);
                 Ok(())
             }
         }
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -178,14 +242,20 @@ fn extract_command(args: ExtractArgs) -> Outcome {
     let pages: Vec<BlockPages> = match by {
         By::Block => {
             std::fs::create_dir_all(out).map_err(cannot(out))?;
-            let mut files = HashMap::new();
+            let mut index = HashMap::new();
+            let mut files = Vec::new();
             for (name, len) in &blocks {
                 let path = out.join(block_file_name(name));
                 let file = File::create(&path).map_err(cannot(&path))?;
                 file.set_len(*len).map_err(cannot(&path))?;
-                files.insert(name.clone(), file);
+                index.insert(name.clone(), files.len());
+                files.push(file);
             }
-            run_pass(&loaded, &mut BlockFiles { files }, &shown)?
+            let mut target = BlockFiles {
+                index,
+                out: Combined::new(files),
+            };
+            run_pass(&loaded, &mut target, &shown)?
         }
         By::Physical => {
             let devices = args.devices.decode(stream, &shown)?;
@@ -226,7 +296,11 @@ fn extract_command(args: ExtractArgs) -> Outcome {
                 }
             }
             map = Some(placed_map);
-            run_pass(&loaded, &mut Placed { file, places }, &shown)?
+            let mut target = Placed {
+                out: Combined::new(vec![file]),
+                places,
+            };
+            run_pass(&loaded, &mut target, &shown)?
         }
     };
     let text = if args.json {
