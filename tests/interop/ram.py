@@ -15,42 +15,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from interop import QMP  # noqa: E402  (the suites' one QMP client)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 QEMU = "qemu-system-x86_64"
 PAGE = 4096
-
-
-class QMP:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.f = self.sock.makefile("rw")
-        json.loads(self.f.readline())
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": args}) + "\n")
-        self.f.flush()
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise RuntimeError("%s: %s" % (name, r["error"]))
 
 
 def loads(path):
@@ -94,7 +69,7 @@ def main():
                           "-append", "console=ttyS0 panic=-1 loglevel=4", "-serial", "file:" + serial,
                           "-qmp", "unix:%s,server=on,wait=off" % sock],
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    q = QMP(sock)
+    q = QMP(sock, p)
     time.sleep(8)  # the guest boots into its initramfs: its memory is no longer all zero
     q.cmd("stop")
     q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump)

@@ -12,8 +12,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::ram_blocks;
-use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
-use crate::wire::Reader;
+use crate::stream::{self, RamRecordKind, Stream};
 
 /// Where extracted pages go, by RAM block and offset within it.
 pub trait PageTarget {
@@ -111,113 +110,92 @@ pub fn extract_ram(
         .map(|(_, len)| Bits::new(len.div_ceil(page_size)))
         .collect();
     let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
-    for section in stream.sections() {
-        let SectionBody::Ram(payload) = &section.body else {
-            continue;
-        };
-        for item in &payload.items {
-            let RamItem::Pages(run) = item else {
-                continue;
-            };
-            let Some(b) = blocks.iter().position(|(name, _)| *name == run.block) else {
-                continue;
+    stream::visit_page_records(
+        stream,
+        source,
+        &mut |block, record| {
+            let Some(b) = blocks.iter().position(|(name, _)| name == block) else {
+                return Ok(());
             };
             let block_len = blocks.get(b).map_or(0, |(_, len)| *len);
-            let bytes = usize::try_from(run.span.offset)
-                .ok()
-                .and_then(|start| source.get(start..start.checked_add(run.span.len as usize)?))
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::UnexpectedEof {
-                            needed: run.span.len,
-                            available: 0,
-                        },
-                        run.span.offset,
-                        "ram",
-                    )
-                })?;
-            let mut reader = Reader::at(bytes, run.span.offset);
-            for _ in 0..run.count {
-                let record = stream::read_page_record(&mut reader, page_size)?;
-                let page = record.page.checked_div(page_size).unwrap_or(0);
-                let at = record.page;
-                if at >= block_len {
-                    return Err(Error::new(
-                        ErrorKind::InvalidValue {
-                            value: at,
-                            expected: "a page inside its RAM block",
-                        },
-                        record.offset,
-                        format!("ram.{}", run.block),
-                    ));
-                }
-                let block = run.block.as_str();
-                let (Some(carried), Some(data)) = (carried.get_mut(b), data.get_mut(b)) else {
-                    continue;
-                };
-                let written = data.get(page);
-                match &record.kind {
-                    RamRecordKind::Zero { .. } => {
-                        if written {
-                            target
-                                .zero(block, at, page_size)
-                                .map_err(|e| output(e, record.offset))?;
-                        }
-                        data.set(page, false);
-                    }
-                    RamRecordKind::Page { data: span } => {
-                        let bytes = slice(source, span.offset, span.len).ok_or_else(|| {
-                            Error::new(
-                                ErrorKind::UnexpectedEof {
-                                    needed: span.len,
-                                    available: 0,
-                                },
-                                span.offset,
-                                "ram.page",
-                            )
-                        })?;
-                        target
-                            .write(block, at, bytes)
-                            .map_err(|e| output(e, record.offset))?;
-                        data.set(page, true);
-                    }
-                    RamRecordKind::Compressed { data: span } => {
-                        scratch.iter_mut().for_each(|x| *x = 0);
-                        if let Some(compressed) = slice(source, span.offset, span.len) {
-                            stream::inflate_page(
-                                compressed,
-                                span.offset,
-                                Some(&mut scratch),
-                                page_size,
-                            )?;
-                        }
-                        target
-                            .write(block, at, &scratch)
-                            .map_err(|e| output(e, record.offset))?;
-                        data.set(page, true);
-                    }
-                    RamRecordKind::Xbzrle { data: span } => {
-                        scratch.iter_mut().for_each(|x| *x = 0);
-                        if written {
-                            target
-                                .read(block, at, &mut scratch)
-                                .map_err(|e| output(e, record.offset))?;
-                        }
-                        if let Some(encoded) = slice(source, span.offset, span.len) {
-                            stream::apply_xbzrle(encoded, span.offset, &mut scratch)?;
-                        }
-                        target
-                            .write(block, at, &scratch)
-                            .map_err(|e| output(e, record.offset))?;
-                        data.set(page, true);
-                    }
-                    _ => continue,
-                }
-                carried.set(page, true);
+            let at = record.page;
+            if at >= block_len {
+                return Err(Error::new(
+                    ErrorKind::InvalidValue {
+                        value: at,
+                        expected: "a page inside its RAM block",
+                    },
+                    record.offset,
+                    format!("ram.{block}"),
+                ));
             }
-            progress(run.span.end());
-        }
-    }
+            let page = at.checked_div(page_size).unwrap_or(0);
+            let (Some(carried), Some(data)) = (carried.get_mut(b), data.get_mut(b)) else {
+                return Ok(());
+            };
+            let written = data.get(page);
+            match &record.kind {
+                RamRecordKind::Zero { .. } => {
+                    if written {
+                        target
+                            .zero(block, at, page_size)
+                            .map_err(|e| output(e, record.offset))?;
+                    }
+                    data.set(page, false);
+                }
+                RamRecordKind::Page { data: span } => {
+                    let bytes = slice(source, span.offset, span.len).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::UnexpectedEof {
+                                needed: span.len,
+                                available: 0,
+                            },
+                            span.offset,
+                            "ram.page",
+                        )
+                    })?;
+                    target
+                        .write(block, at, bytes)
+                        .map_err(|e| output(e, record.offset))?;
+                    data.set(page, true);
+                }
+                RamRecordKind::Compressed { data: span } => {
+                    scratch.iter_mut().for_each(|x| *x = 0);
+                    if let Some(compressed) = slice(source, span.offset, span.len) {
+                        stream::inflate_page(
+                            compressed,
+                            span.offset,
+                            Some(&mut scratch),
+                            page_size,
+                        )?;
+                    }
+                    target
+                        .write(block, at, &scratch)
+                        .map_err(|e| output(e, record.offset))?;
+                    data.set(page, true);
+                }
+                RamRecordKind::Xbzrle { data: span } => {
+                    scratch.iter_mut().for_each(|x| *x = 0);
+                    if written {
+                        target
+                            .read(block, at, &mut scratch)
+                            .map_err(|e| output(e, record.offset))?;
+                    }
+                    if let Some(encoded) = slice(source, span.offset, span.len) {
+                        stream::apply_xbzrle(encoded, span.offset, &mut scratch)?;
+                    }
+                    target
+                        .write(block, at, &scratch)
+                        .map_err(|e| output(e, record.offset))?;
+                    data.set(page, true);
+                }
+                _ => return Ok(()),
+            }
+            carried.set(page, true);
+            Ok(())
+        },
+        progress,
+    )?;
     target
         .finish()
         .map_err(|e| output(e, source.len() as u64))?;

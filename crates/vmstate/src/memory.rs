@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Board;
 use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
 use crate::virtio::{DeviceState, MemRegion, MemState};
-use crate::wire::{Endian, Reader};
+use crate::wire::Endian;
 
 /// One piece of a RAM block placed in the guest-physical address space.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -200,55 +200,46 @@ impl<'s> GuestRam<'s> {
             pages_known: 0,
         };
         let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
-        for section in stream.sections() {
-            let SectionBody::Ram(payload) = &section.body else {
-                continue;
-            };
-            for item in &payload.items {
-                let RamItem::Pages(run) = item else {
-                    continue;
+        stream::visit_page_records(
+            stream,
+            source,
+            &mut |block, record| {
+                let Some(page) = ram.locate_page(block, record.page) else {
+                    return Ok(());
                 };
-                let bytes = slice(source, run.span.offset, run.span.len)
-                    .ok_or_else(|| map_error("a RAM run lies outside the input".to_owned()))?;
-                let mut reader = Reader::at(bytes, run.span.offset);
-                for _ in 0..run.count {
-                    let record = stream::read_page_record(&mut reader, page_size)?;
-                    let Some(page) = ram.locate_page(&run.block, record.page) else {
-                        continue;
-                    };
-                    match &record.kind {
-                        RamRecordKind::Zero { .. } => ram.set_zero(page, &scratch),
-                        RamRecordKind::Page { data } => ram.set_source(page, data.offset),
-                        RamRecordKind::Compressed { data } => {
-                            if let Some(compressed) = slice(source, data.offset, data.len) {
-                                stream::inflate_page(
-                                    compressed,
-                                    data.offset,
-                                    Some(&mut scratch),
-                                    page_size,
-                                )?;
-                                ram.set_content(page, &scratch);
-                            }
-                            scratch.iter_mut().for_each(|b| *b = 0);
+                match &record.kind {
+                    RamRecordKind::Zero { .. } => ram.set_zero(page, &scratch),
+                    RamRecordKind::Page { data } => ram.set_source(page, data.offset),
+                    RamRecordKind::Compressed { data } => {
+                        if let Some(compressed) = slice(source, data.offset, data.len) {
+                            stream::inflate_page(
+                                compressed,
+                                data.offset,
+                                Some(&mut scratch),
+                                page_size,
+                            )?;
+                            ram.set_content(page, &scratch);
                         }
-                        RamRecordKind::Xbzrle { data } => {
-                            // A delta applies to the page's current content: decode it now.
-                            scratch.iter_mut().for_each(|b| *b = 0);
-                            if ram.is_known(page) {
-                                ram.read_page(page, &mut scratch);
-                            }
-                            if let Some(encoded) = slice(source, data.offset, data.len) {
-                                stream::apply_xbzrle(encoded, data.offset, &mut scratch)?;
-                                ram.set_content(page, &scratch);
-                            }
-                            scratch.iter_mut().for_each(|b| *b = 0);
-                        }
-                        _ => {}
+                        scratch.iter_mut().for_each(|b| *b = 0);
                     }
+                    RamRecordKind::Xbzrle { data } => {
+                        // A delta applies to the page's current content: decode it now.
+                        scratch.iter_mut().for_each(|b| *b = 0);
+                        if ram.is_known(page) {
+                            ram.read_page(page, &mut scratch);
+                        }
+                        if let Some(encoded) = slice(source, data.offset, data.len) {
+                            stream::apply_xbzrle(encoded, data.offset, &mut scratch)?;
+                            ram.set_content(page, &scratch);
+                        }
+                        scratch.iter_mut().for_each(|b| *b = 0);
+                    }
+                    _ => {}
                 }
-                progress(run.span.end());
-            }
-        }
+                Ok(())
+            },
+            progress,
+        )?;
         Ok(ram)
     }
 

@@ -36,7 +36,9 @@ pub use description::{
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};
-pub use ram::{apply_xbzrle, inflate_page, read_page_record, RamRecord, RamRecordKind};
+pub use ram::{
+    apply_xbzrle, inflate_page, read_page_record, visit_page_records, RamRecord, RamRecordKind,
+};
 pub use writer::{write, write_to};
 
 pub use crate::hex::hex;

@@ -663,6 +663,51 @@ fn xbzrle(encoded: &[u8], page_size: u64, base: u64, mut page: Option<&mut [u8]>
     Ok(())
 }
 
+/// Hands every page record of `stream`'s RAM sections to `visit`, in stream order, with the
+/// name of its block (the bytes of the records are in `source`), and tells `progress` the
+/// offset of `source` reached after each run of records. The one walk over page records that
+/// guest memory and extraction share.
+pub fn visit_page_records(
+    stream: &Stream,
+    source: &[u8],
+    visit: &mut dyn FnMut(&str, &RamRecord) -> Result<()>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let page_size = stream.page_size.bytes;
+    for section in stream.sections() {
+        let SectionBody::Ram(payload) = &section.body else {
+            continue;
+        };
+        for item in &payload.items {
+            let RamItem::Pages(run) = item else {
+                continue;
+            };
+            let bytes = usize::try_from(run.span.offset)
+                .ok()
+                .and_then(|start| {
+                    source.get(start..start.checked_add(usize::try_from(run.span.len).ok()?)?)
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::UnexpectedEof {
+                            needed: run.span.len,
+                            available: (source.len() as u64).saturating_sub(run.span.offset),
+                        },
+                        run.span.offset,
+                        "ram",
+                    )
+                })?;
+            let mut reader = Reader::at(bytes, run.span.offset);
+            for _ in 0..run.count {
+                let record = read_page_record(&mut reader, page_size)?;
+                visit(&run.block, &record)?;
+            }
+            progress(run.span.end());
+        }
+    }
+    Ok(())
+}
+
 /// Reads one page record (ZERO, PAGE or XBZRLE, as the runs of the model hold) with the
 /// target page size `page_size`.
 pub fn read_page_record(r: &mut Reader, page_size: u64) -> Result<RamRecord> {

@@ -101,14 +101,11 @@ pub(super) fn check(
         let header = match read_header(ram, &e.element.device_readable, HEADER_LEN) {
             Ok(Header::Read(bytes)) => bytes,
             Ok(Header::Short(bytes)) => {
-                report.findings.push(Finding::new(
-                    Rule::BlkHeaderShort,
-                    format!("{path}.out"),
-                    format!(
-                        "the device-readable buffers hold {bytes} byte(s), less than the \
-                         {HEADER_LEN}-byte request header (QEMU: \"virtio-blk missing \
-                         headers\", the device is marked broken)"
-                    ),
+                report.findings.push(short_header(
+                    path,
+                    bytes,
+                    &format!("the {HEADER_LEN}-byte request header"),
+                    "virtio-blk missing headers",
                 ));
                 continue;
             }
@@ -200,14 +197,11 @@ fn check_range(
     let bytes = match read_header(ram, &e.element.device_readable, wanted) {
         Ok(Header::Read(bytes)) => bytes,
         Ok(Header::Short(bytes)) => {
-            report.findings.push(Finding::new(
-                Rule::BlkHeaderShort,
-                format!("{path}.out"),
-                format!(
-                    "a {name} request's device-readable buffers hold {bytes} byte(s), less \
-                     than the header and one {RANGE_LEN}-byte range (QEMU: \"virtio-blk \
-                     discard/write_zeroes header too short\", the device is marked broken)"
-                ),
+            report.findings.push(short_header(
+                path,
+                bytes,
+                &format!("the header and one {RANGE_LEN}-byte range of a {name} request"),
+                "virtio-blk discard/write_zeroes header too short",
             ));
             return;
         }
@@ -236,6 +230,18 @@ fn check_range(
             ),
         ));
     }
+}
+
+/// Device-readable buffers of `bytes` bytes, shorter than `needed`: what QEMU says of it.
+fn short_header(path: &str, bytes: u64, needed: &str, qemu_says: &str) -> Finding {
+    Finding::new(
+        Rule::BlkHeaderShort,
+        format!("{path}.out"),
+        format!(
+            "the device-readable buffers hold {bytes} byte(s), less than {needed} (QEMU: \
+             \"{qemu_says}\", the device is marked broken)"
+        ),
+    )
 }
 
 /// The status byte is the last byte of the last device-writable buffer.
