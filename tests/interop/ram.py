@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Guest memory out of a stream, against QEMU's own dump of the same paused guest.
 
-usage: ram.py --vmstate PATH --work DIR [--results FILE] [--assets DIR]
+usage: ram.py --vmstate PATH --work DIR [--results FILE] [--assets DIR] [--qemu10 ROOT]
 
 The corpus' tiny Linux guest boots under TCG on QEMU 7.2 (x86 q35, 128 MiB); once it is
 up the VM is stopped, QEMU writes `dump-guest-memory` (ELF, no paging) and then migrates
-to a file. `vmstate ram extract --format elf` of that stream is compared with QEMU's dump
+to a file. With --qemu10 (bookworm-backports' QEMU 10.0 unpacked under ROOT, as
+tests/machines/make-machine-corpus.sh leaves it), the same again on QEMU 10.0 with the
+mapped-ram capability, migrating to a `file:` URI: each page at a fixed offset. `vmstate ram extract --format elf` of that stream is compared with QEMU's dump
 page by page at every guest-physical address QEMU's dump covers; `--by block` is compared
 with the ELF output for pc.ram. The results (pages compared, equal, different, and the
 differing ranges) go to --results as JSON. Exits 0 when every page QEMU dumped is equal,
@@ -44,49 +46,45 @@ def loads(path):
         return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vmstate", required=True)
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--results")
-    ap.add_argument("--assets", default=os.path.join(HERE, "../../../shared/corpus/assets"))
-    a = ap.parse_args()
-    if shutil.which(QEMU) is None:
-        print("SETUP FAILED: %s is not installed" % QEMU, file=sys.stderr)
-        return 2
-    kernel = os.path.join(a.assets, "bzImage")
-    initrd = os.path.join(a.assets, "initramfs-tiny.cpio.gz")
-    if not (os.path.exists(kernel) and os.path.exists(initrd)):
-        print("SETUP FAILED: the corpus guest is not in %s" % a.assets, file=sys.stderr)
-        return 2
-    work = os.path.abspath(a.work)
-    os.makedirs(work, exist_ok=True)
-    sock, serial = os.path.join(work, "qmp.sock"), os.path.join(work, "serial.log")
-    dump, stream, ours = (os.path.join(work, n) for n in ("qemu-dump.elf", "stream.mig", "vmstate.elf"))
-    log = open(os.path.join(work, "qemu.log"), "wb")
-    p = subprocess.Popen(["timeout", "300", QEMU, "-nodefaults", "-machine", "q35", "-accel", "tcg",
+def run(a, work, kernel, initrd, name, qemu, env, extra, mapped):
+    """One leg: boot, stop, dump-guest-memory, migrate; compare `ram extract` with the dump."""
+    folder = os.path.join(work, name)
+    os.makedirs(folder, exist_ok=True)
+    sock, serial = os.path.join(folder, "qmp.sock"), os.path.join(folder, "serial.log")
+    dump, stream, ours = (os.path.join(folder, n) for n in ("qemu-dump.elf", "stream.mig", "vmstate.elf"))
+    log = open(os.path.join(folder, "qemu.log"), "wb")
+    p = subprocess.Popen(["timeout", "300", qemu] + extra + [
+                          "-nodefaults", "-machine", "q35", "-accel", "tcg",
                           "-m", "128", "-display", "none", "-kernel", kernel, "-initrd", initrd,
                           "-append", "console=ttyS0 panic=-1 loglevel=4", "-serial", "file:" + serial,
                           "-qmp", "unix:%s,server=on,wait=off" % sock],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     q = QMP(sock, p)
     time.sleep(8)  # the guest boots into its initramfs: its memory is no longer all zero
     q.cmd("stop")
     q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump)
-    q.cmd("migrate", uri="exec:cat > " + stream)
+    if mapped:
+        q.cmd("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": True}])
+        q.cmd("migrate", uri="file:" + stream)
+    else:
+        q.cmd("migrate", uri="exec:cat > " + stream)
     while q.cmd("query-migrate").get("status") not in ("completed", "failed"):
         time.sleep(0.2)
     q.cmd("quit")
     p.wait(30)
+    return compare(a, folder, dump, stream, ours, name)
+
+
+def compare(a, folder, dump, stream, ours, name):
     t0 = time.time()
     subprocess.run([a.vmstate, "ram", "extract", "--format", "elf", stream, ours], check=True,
                    stdout=subprocess.DEVNULL)
-    blocks = os.path.join(work, "blocks")
+    blocks = os.path.join(folder, "blocks")
     subprocess.run([a.vmstate, "ram", "extract", stream, blocks], check=True, stdout=subprocess.DEVNULL)
     seconds = round(time.time() - t0, 2)
     theirs, mine = loads(dump), loads(ours)
-    r = {"qemu_loads": theirs, "vmstate_loads": mine, "pages": 0, "equal": 0, "different": 0,
-         "not_in_vmstate": 0, "differing_ranges": [], "extract_seconds": seconds}
+    r = {"name": name, "qemu_loads": theirs, "vmstate_loads": mine, "pages": 0, "equal": 0,
+         "different": 0, "not_in_vmstate": 0, "differing_ranges": [], "extract_seconds": seconds}
     with open(dump, "rb") as fq, open(ours, "rb") as fv:
         for paddr, off, size in theirs:
             for k in range(0, size, PAGE):
@@ -112,12 +110,48 @@ def main():
             pa, o, sz = mine[0]
             fv.seek(o)
             r["block_file_equals_elf"] = pa == 0 and fb.read() == fv.read(sz)
-    r["ok"] = r["different"] == 0 and r["not_in_vmstate"] == 0 and r["pages"] > 0 and r["block_file_equals_elf"]
+    d = subprocess.run([a.vmstate, "dump", stream], stdout=subprocess.PIPE)
+    r["dump_exit"] = d.returncode
+    r["capabilities"] = next((l for l in d.stdout.decode(errors="replace").splitlines()
+                              if l.startswith("configuration: ")), "")
+    r["ok"] = (r["different"] == 0 and r["not_in_vmstate"] == 0 and r["pages"] > 0
+               and r["block_file_equals_elf"] and r["dump_exit"] == 0)
     print(json.dumps({k: v for k, v in r.items() if k not in ("qemu_loads", "vmstate_loads")}))
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--vmstate", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results")
+    ap.add_argument("--assets", default=os.path.join(HERE, "../../../shared/corpus/assets"))
+    ap.add_argument("--qemu10", help="root of an unpacked QEMU 10.0: also a mapped-ram leg")
+    a = ap.parse_args()
+    if shutil.which(QEMU) is None:
+        print("SETUP FAILED: %s is not installed" % QEMU, file=sys.stderr)
+        return 2
+    kernel = os.path.join(a.assets, "bzImage")
+    initrd = os.path.join(a.assets, "initramfs-tiny.cpio.gz")
+    if not (os.path.exists(kernel) and os.path.exists(initrd)):
+        print("SETUP FAILED: the corpus guest is not in %s" % a.assets, file=sys.stderr)
+        return 2
+    work = os.path.abspath(a.work)
+    os.makedirs(work, exist_ok=True)
+    results = [run(a, work, kernel, initrd, "qemu7.2", QEMU, None, [], False)]
+    if a.qemu10:
+        root = os.path.abspath(a.qemu10)
+        binary = os.path.join(root, "usr/bin/qemu-system-x86_64")
+        if not os.path.exists(binary):
+            print("SETUP FAILED: no QEMU 10.0 under %s" % root, file=sys.stderr)
+            return 2
+        env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(root, "usr/lib/x86_64-linux-gnu"))
+        extra = ["-L", "/usr/share/seabios", "-L", os.path.join(root, "usr/share/qemu")]
+        results.append(run(a, work, kernel, initrd, "qemu10.0-mapped-ram", binary, env, extra, True))
     if a.results:
         with open(a.results, "w") as f:
-            json.dump({"results": [r]}, f, indent=1)
-    return 0 if r["ok"] else 1
+            json.dump({"results": results}, f, indent=1)
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 if __name__ == "__main__":

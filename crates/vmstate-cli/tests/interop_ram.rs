@@ -1,7 +1,9 @@
 //! Guest memory out, against QEMU's own dump (extended tier): `tests/interop/ram.py` boots
 //! the corpus' tiny guest on QEMU 7.2, stops it, has QEMU write `dump-guest-memory` and then
 //! migrate to a file; `vmstate ram extract --format elf` of that stream must equal QEMU's
-//! dump page for page at every address it covers, and `--by block` must equal the ELF.
+//! dump page for page at every address it covers, and `--by block` must equal the ELF. Then
+//! the same on bookworm-backports' QEMU 10.0 (unpacked by `tests/machines/make-machine-corpus.sh`,
+//! which `.ci/run` runs first) with the mapped-ram capability: pages at fixed file offsets.
 //!
 //! Run it alone: `CI=true cargo test -p vmstate-cli --test interop_ram -- --nocapture`.
 

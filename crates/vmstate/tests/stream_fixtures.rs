@@ -435,3 +435,65 @@ fn block_migration_and_dirty_bitmap_sections_are_read_and_written_back() {
         "{err}"
     );
 }
+
+/// A real QEMU 10.0 stream written with the `mapped-ram` capability to a `file:` URI (q35,
+/// 16 MiB, never run): every RAM block's pages at fixed offsets after its list entry.
+const MAPPED_RAM_100: &str = "qemu10.0-mapped-ram-noguest";
+
+#[test]
+fn mapped_ram_pages_are_read_from_their_fixed_offsets_and_written_back() {
+    let data = read_stream_file(&support::fixture(&format!("ram/{MAPPED_RAM_100}.mig.gz")));
+    let parsed = stream::read(&data).unwrap();
+    assert_eq!(stream::write(&parsed, &data).unwrap(), data);
+    let blocks = vmstate::memory::ram_blocks(&parsed);
+    assert!(blocks.iter().any(|(name, _)| name == "pc.ram"));
+    // Every block is mapped, its pages where its header says, with no page records.
+    assert!(stream_checks::ram_runs(&parsed).is_empty());
+    let list = parsed
+        .sections()
+        .into_iter()
+        .find_map(|s| match &s.body {
+            SectionBody::Ram(ram) => ram.items.iter().find_map(|i| match i {
+                RamItem::BlockList(list) => Some(list.clone()),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .unwrap();
+    for block in &list.blocks {
+        let mapped = block.mapped.as_ref().unwrap();
+        assert_eq!(mapped.pages_offset % (1 << 20), 0, "{}", block.name);
+        let bitmap = &data[mapped.bitmap.offset as usize..mapped.bitmap.end() as usize];
+        let set: u64 = bitmap.iter().map(|b| u64::from(b.count_ones())).sum();
+        assert_eq!(set, mapped.pages_written, "{}", block.name);
+    }
+    // The summary, the guest memory and the extraction see the same pages.
+    let summary = parsed.ram_summary();
+    let ram = summary.iter().find(|b| b.name == "pc.bios").unwrap();
+    assert!(ram.pages > 0 && ram.pages + ram.zero_pages == 64, "{ram:?}");
+    let map = vmstate::memory::map_for(&parsed, &[], None).unwrap();
+    let guest = vmstate::memory::GuestRam::from_stream(&parsed, &data, map, &mut |_| {}).unwrap();
+    let bios = list.blocks.iter().find(|b| b.name == "pc.bios").unwrap();
+    let mapped = bios.mapped.as_ref().unwrap();
+    let mut top = [0u8; 16];
+    guest.read((1u64 << 32) - 16, &mut top).unwrap();
+    let at = (mapped.pages_offset + bios.used_length - 16) as usize;
+    assert_eq!(
+        top,
+        data[at..at + 16],
+        "the reset vector page, from the mapped pages"
+    );
+
+    // A header pointing outside the file is an error naming the field.
+    let start = list.span.offset as usize;
+    let name_at = start + 8;
+    let header = name_at + 1 + data[name_at] as usize + 8;
+    let mut bad = data.clone();
+    bad[header + 12..header + 20].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    let e = stream::read(&bad).unwrap_err();
+    assert_eq!(
+        e.path(),
+        "section[ram].ram.block_list.mapped_ram.bitmap_offset",
+        "{e}"
+    );
+}

@@ -152,6 +152,14 @@ impl ConvertArgs {
 pub fn run(args: ConvertArgs) -> Outcome {
     let shown = args.input.display().to_string();
     let mut loaded = load_stream(&args.input, &args.source)?;
+    let drops_pages = args.strip_ram || matches!(args.ram, Some(RamPages::None | RamPages::Rings));
+    if drops_pages && loaded.stream.has_mapped_ram() {
+        return Err(Failure::unreadable(format!(
+            "{shown}: a mapped-ram stream keeps its pages at fixed offsets inside the RAM block \
+             list, which is written back as read: --strip-ram and --ram do not drop them \
+             (`vmstate ram extract` takes the memory out)"
+        )));
+    }
     match (args.strip_ram, args.ram) {
         (true, _) | (_, Some(RamPages::None)) => {
             loaded.stream.strip_ram();

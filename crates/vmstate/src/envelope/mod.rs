@@ -88,7 +88,7 @@ impl Envelope {
                 SaveFormat::Sparse => Err(Error::new(
                     ErrorKind::Unsupported {
                         what: "a libvirt save image in the \"sparse\" format (QEMU's \
-                               mapped-ram layout), which is not read yet"
+                               mapped-ram layout inside the image), which is not read yet"
                             .to_owned(),
                     },
                     28,

@@ -690,17 +690,7 @@ fn delimit_by_footer(r: &Reader, ctx: &Context, section_id: u32, reason: &str) -
     }
 }
 
-fn ram_context(ctx: &mut Context, r: &Reader) -> Result<RamContext> {
-    for capability in &ctx.capabilities {
-        if capability == "mapped-ram" {
-            return Err(r.error(
-                ErrorKind::Unsupported {
-                    what: "mapped-ram (pages at fixed file offsets)".to_owned(),
-                },
-                "ram",
-            ));
-        }
-    }
+fn ram_context(ctx: &mut Context) -> Result<RamContext> {
     let page_size = match ctx.page_size {
         Some(p) => p,
         None => {
@@ -713,6 +703,7 @@ fn ram_context(ctx: &mut Context, r: &Reader) -> Result<RamContext> {
         page_size: page_size.bytes,
         postcopy_page_sizes: ctx.postcopy_page_sizes,
         ignore_shared: ctx.capabilities.iter().any(|c| c == "x-ignore-shared"),
+        mapped_ram: ctx.capabilities.iter().any(|c| c == "mapped-ram"),
     })
 }
 
@@ -725,7 +716,7 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
             "version_id",
         ));
     }
-    let ram = ram_context(ctx, r)?;
+    let ram = ram_context(ctx)?;
     let mut items: Vec<RamItem> = Vec::new();
     loop {
         let record = read_ram_record(r, &ram)?;

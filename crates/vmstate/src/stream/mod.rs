@@ -311,6 +311,23 @@ pub struct RamBlock {
     pub page_size: Option<u64>,
     /// The block's memory region address, present only with x-ignore-shared.
     pub mr_addr: Option<u64>,
+    /// Where its pages are, with the mapped-ram capability (then no page records carry
+    /// them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<MappedRam>,
+}
+
+/// A RAM block's pages at fixed offsets of the file (QEMU's mapped-ram): a bitmap of the
+/// pages written, one bit per page in little-endian 64-bit words, and the pages, page `n` at
+/// `pages_offset + n * page_size`. A page whose bit is clear reads as zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MappedRam {
+    /// The bitmap's bytes in the file.
+    pub bitmap: Span,
+    /// Where page 0 is in the file.
+    pub pages_offset: u64,
+    /// Pages the bitmap marks as written.
+    pub pages_written: u64,
 }
 
 /// The kind of the page records of a run.
@@ -514,6 +531,17 @@ impl Stream {
         out
     }
 
+    /// True when a RAM block keeps its pages at fixed offsets (QEMU's mapped-ram).
+    pub fn has_mapped_ram(&self) -> bool {
+        self.sections().into_iter().any(|s| match &s.body {
+            SectionBody::Ram(ram) => ram.items.iter().any(|i| match i {
+                RamItem::BlockList(list) => list.blocks.iter().any(|b| b.mapped.is_some()),
+                _ => false,
+            }),
+            _ => false,
+        })
+    }
+
     /// Per RAMBlock: its length, page counts and where its pages are in the stream.
     pub fn ram_summary(&self) -> Vec<RamBlockSummary> {
         let mut summary: Vec<RamBlockSummary> = Vec::new();
@@ -526,11 +554,24 @@ impl Stream {
                     RamItem::BlockList(list) => {
                         for block in &list.blocks {
                             if !summary.iter().any(|s| s.name == block.name) {
-                                summary.push(RamBlockSummary {
+                                let mut entry = RamBlockSummary {
                                     name: block.name.clone(),
                                     used_length: block.used_length,
                                     ..RamBlockSummary::default()
-                                });
+                                };
+                                if let Some(mapped) = &block.mapped {
+                                    let pages =
+                                        block.used_length.div_ceil(self.page_size.bytes.max(1));
+                                    entry.pages = mapped.pages_written;
+                                    entry.zero_pages = pages.saturating_sub(mapped.pages_written);
+                                    if mapped.bitmap.len > 0 {
+                                        entry.ranges.push(Span {
+                                            offset: mapped.pages_offset,
+                                            len: block.used_length,
+                                        });
+                                    }
+                                }
+                                summary.push(entry);
                             }
                         }
                     }

@@ -8,8 +8,8 @@
 use serde::Serialize;
 
 use super::{
-    BlockList, Command, RamBlock, RamItem, RamRun, Record, RunKind, Section, SectionBody, Span,
-    Stream,
+    BlockList, Command, MappedRam, RamBlock, RamItem, RamRun, Record, RunKind, Section,
+    SectionBody, Span, Stream,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Reader};
@@ -48,6 +48,9 @@ pub(crate) struct RamContext {
     pub postcopy_page_sizes: Option<u64>,
     /// The x-ignore-shared capability is on: block list entries carry `mr_addr`.
     pub ignore_shared: bool,
+    /// The mapped-ram capability is on: each block list entry carries a header, and the
+    /// block's page bitmap and pages sit at fixed offsets of the file after it.
+    pub mapped_ram: bool,
 }
 
 /// One RAM record.
@@ -487,11 +490,17 @@ fn read_block_list(r: &mut Reader, ctx: &RamContext, start: u64, total: u64) -> 
         } else {
             None
         };
+        let mapped = if ctx.mapped_ram {
+            Some(read_mapped_ram(r, ctx, used_length)?)
+        } else {
+            None
+        };
         blocks.push(RamBlock {
             name,
             used_length,
             page_size,
             mr_addr,
+            mapped,
         });
     }
     Ok(BlockList {
@@ -501,6 +510,85 @@ fn read_block_list(r: &mut Reader, ctx: &RamContext, start: u64, total: u64) -> 
         },
         total_bytes: total,
         blocks,
+    })
+}
+
+/// Reads a block's mapped-ram header (version be32, page size, bitmap offset and pages
+/// offset be64 each), checks that its bitmap and pages lie in the input,
+/// counts the pages the bitmap marks, and moves `r` to where the stream goes on: after the
+/// block's pages (QEMU seeks there).
+fn read_mapped_ram(r: &mut Reader, ctx: &RamContext, used_length: u64) -> Result<MappedRam> {
+    let at = r.offset();
+    let version = r.u32(Endian::Big, "ram.block_list.mapped_ram.version")?;
+    if version != 1 {
+        return Err(Error::new(
+            ErrorKind::UnsupportedVersion { version },
+            at,
+            "ram.block_list.mapped_ram.version",
+        ));
+    }
+    let page_size = r.u64(Endian::Big, "ram.block_list.mapped_ram.page_size")?;
+    if page_size != ctx.page_size {
+        return Err(Error::new(
+            ErrorKind::InvalidValue {
+                value: page_size,
+                expected: "the stream's target page size",
+            },
+            at.saturating_add(4),
+            "ram.block_list.mapped_ram.page_size",
+        ));
+    }
+    let bitmap_offset = r.u64(Endian::Big, "ram.block_list.mapped_ram.bitmap_offset")?;
+    let pages_offset = r.u64(Endian::Big, "ram.block_list.mapped_ram.pages_offset")?;
+    let header_end = r.offset();
+    // QEMU marks a block it does not write (x-ignore-shared) with both offsets 0.
+    if bitmap_offset == 0 && pages_offset == 0 {
+        return Ok(MappedRam {
+            bitmap: Span { offset: 0, len: 0 },
+            pages_offset: 0,
+            pages_written: 0,
+        });
+    }
+    let pages = used_length.div_ceil(page_size);
+    let bitmap_len = pages.div_ceil(64).saturating_mul(8);
+    let bitmap_end = bitmap_offset.saturating_add(bitmap_len);
+    let pages_end = pages_offset.saturating_add(used_length);
+    let inside = r.data_len();
+    let bad = |value: u64, field: &str, expected: &'static str, offset: u64| {
+        Error::new(ErrorKind::InvalidValue { value, expected }, offset, field)
+    };
+    if bitmap_offset < header_end || bitmap_end > inside {
+        return Err(bad(
+            bitmap_offset,
+            "ram.block_list.mapped_ram.bitmap_offset",
+            "a bitmap after the header and inside the file",
+            at.saturating_add(12),
+        ));
+    }
+    if pages_offset < bitmap_end || pages_end > inside {
+        return Err(bad(
+            pages_offset,
+            "ram.block_list.mapped_ram.pages_offset",
+            "pages after the bitmap and inside the file",
+            at.saturating_add(20),
+        ));
+    }
+    let bitmap = Span {
+        offset: bitmap_offset,
+        len: bitmap_len,
+    };
+    let pages_written = r
+        .absolute(bitmap.offset, bitmap.len)
+        .map(|bytes| bytes.iter().map(|b| u64::from(b.count_ones())).sum())
+        .unwrap_or(0);
+    r.skip(
+        usize::try_from(pages_end.saturating_sub(header_end)).unwrap_or(usize::MAX),
+        "ram.block_list.mapped_ram.pages",
+    )?;
+    Ok(MappedRam {
+        bitmap,
+        pages_offset,
+        pages_written,
     })
 }
 
@@ -663,10 +751,67 @@ fn xbzrle(encoded: &[u8], page_size: u64, base: u64, mut page: Option<&mut [u8]>
     Ok(())
 }
 
+/// Hands every page of a mapped-ram block to `visit` as the record it stands for: a PAGE
+/// record at the page's bytes in the file when its bit is set, else a ZERO record.
+fn visit_mapped_pages(
+    block: &RamBlock,
+    mapped: &MappedRam,
+    page_size: u64,
+    source: &[u8],
+    visit: &mut dyn FnMut(&str, &RamRecord) -> Result<()>,
+) -> Result<()> {
+    if mapped.bitmap.len == 0 {
+        return Ok(());
+    }
+    let bitmap = usize::try_from(mapped.bitmap.offset)
+        .ok()
+        .and_then(|start| source.get(start..start.checked_add(mapped.bitmap.len as usize)?))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedEof {
+                    needed: mapped.bitmap.len,
+                    available: 0,
+                },
+                mapped.bitmap.offset,
+                "ram.block_list.mapped_ram.bitmap",
+            )
+        })?;
+    let pages = block.used_length.div_ceil(page_size.max(1));
+    for n in 0..pages {
+        let set = bitmap
+            .get(usize::try_from(n / 8).unwrap_or(usize::MAX))
+            .is_some_and(|byte| byte & (1 << (n % 8)) != 0);
+        let at = n.saturating_mul(page_size);
+        let data = Span {
+            offset: mapped.pages_offset.saturating_add(at),
+            len: page_size,
+        };
+        let record = RamRecord {
+            offset: if set {
+                data.offset
+            } else {
+                mapped.bitmap.offset
+            },
+            len: if set { page_size } else { 0 },
+            page: at,
+            continues: true,
+            block: None,
+            kind: if set {
+                RamRecordKind::Page { data }
+            } else {
+                RamRecordKind::Zero { fill: 0 }
+            },
+        };
+        visit(&block.name, &record)?;
+    }
+    Ok(())
+}
+
 /// Hands every page record of `stream`'s RAM sections to `visit`, in stream order, with the
 /// name of its block (the bytes of the records are in `source`), and tells `progress` the
-/// offset of `source` reached after each run of records. The one walk over page records that
-/// guest memory and extraction share.
+/// offset of `source` reached after each run of records. The pages of mapped-ram blocks come
+/// as the records they stand for. The one walk over page records that guest memory and
+/// extraction share.
 pub fn visit_page_records(
     stream: &Stream,
     source: &[u8],
@@ -679,6 +824,15 @@ pub fn visit_page_records(
             continue;
         };
         for item in &payload.items {
+            if let RamItem::BlockList(list) = item {
+                for block in &list.blocks {
+                    if let Some(mapped) = &block.mapped {
+                        visit_mapped_pages(block, mapped, page_size, source, visit)?;
+                    }
+                }
+                progress(list.span.end());
+                continue;
+            }
             let RamItem::Pages(run) = item else {
                 continue;
             };
@@ -717,6 +871,7 @@ pub fn read_page_record(r: &mut Reader, page_size: u64) -> Result<RamRecord> {
             page_size,
             postcopy_page_sizes: None,
             ignore_shared: false,
+            mapped_ram: false,
         },
     )
 }

@@ -209,6 +209,10 @@ impl Output<'_> {
 
     fn ram_item(&mut self, w: &mut Sink, item: &RamItem) -> Result<()> {
         match item {
+            // With mapped-ram the list holds each block's bitmap and pages, in the source.
+            RamItem::BlockList(list) if list.blocks.iter().any(|b| b.mapped.is_some()) => {
+                self.copy_span(w, list.span)
+            }
             RamItem::BlockList(list) => block_list(&mut w.buf, list),
             RamItem::Pages(run) => self.run(w, run),
             RamItem::MultifdFlush { .. } => {

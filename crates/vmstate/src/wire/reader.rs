@@ -32,6 +32,19 @@ impl<'a> Reader<'a> {
         self.base.saturating_add(self.pos as u64)
     }
 
+    /// Absolute offset just past the reader's last byte.
+    pub fn data_len(&self) -> u64 {
+        self.base.saturating_add(self.data.len() as u64)
+    }
+
+    /// The `len` bytes at absolute offset `offset`, wherever the reader stands, when they lie
+    /// within its data.
+    pub fn absolute(&self, offset: u64, len: u64) -> Option<&'a [u8]> {
+        let start = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        self.data
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+
     /// Bytes left to read.
     pub fn remaining(&self) -> usize {
         self.data.len().saturating_sub(self.pos)
