@@ -35,7 +35,8 @@ enum Command {
     /// In-flight requests (VirtQueueElement): decode, encode, detect the host layout.
     #[command(subcommand)]
     Element(commands::element::ElementCommand),
-    /// Summarise a QEMU migration stream (gzip or raw); --json for the full decode.
+    /// Summarise a QEMU migration stream (bare, compressed, in a libvirt save image or a qcow2
+    /// snapshot); --json for the full decode.
     Dump(commands::dump::DumpArgs),
     /// Read a migration stream and write it back (byte-identical when unchanged), optionally
     /// converting in-flight elements to another host layout.
