@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::ram_blocks;
 use crate::stream::{self, RamRecordKind, Stream};
+use crate::wire::slice;
 
 /// Where extracted pages go, by RAM block and offset within it.
 pub trait PageTarget {
@@ -215,9 +216,4 @@ pub fn extract_ram(
             }
         })
         .collect())
-}
-
-fn slice(source: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    source.get(start..start.checked_add(usize::try_from(len).ok()?)?)
 }

@@ -19,6 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Board;
 use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
 use crate::virtio::{DeviceState, MemRegion, MemState};
+use crate::wire::slice;
 use crate::wire::Endian;
 
 /// One piece of a RAM block placed in the guest-physical address space.
@@ -469,12 +470,6 @@ impl<'s> GuestRam<'s> {
         self.read(gpa, &mut b)?;
         Ok(endian.u64(b))
     }
-}
-
-fn slice(source: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let len = usize::try_from(len).ok()?;
-    source.get(start..start.checked_add(len)?)
 }
 
 /// The RAM blocks of a stream with their sizes, from its block list.

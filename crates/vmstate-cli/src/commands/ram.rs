@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use vmstate::extract::{self, BlockPages, PageTarget};
 use vmstate::machine::Board;
 use vmstate::memory::{self, MapRegion, RamMap};
-use vmstate::wire::Endian;
+use vmstate::wire::{Endian, Writer};
 
 use super::devices::DeviceArgs;
 use super::dump::{load_stream, SourceArgs};
@@ -370,57 +370,39 @@ fn elf_layout(board: Option<Board>, regions: &[MapRegion]) -> (Vec<u8>, Vec<(Map
         Some(Board::PpcPseries) => (21, Endian::Big),
         Some(Board::PpcMac99) => (20, Endian::Big),
     };
-    let u16b = |v: u16| match endian {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    };
-    let u32b = |v: u32| match endian {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    };
-    let u64b = |v: u64| match endian {
-        Endian::Little => v.to_le_bytes(),
-        Endian::Big => v.to_be_bytes(),
-    };
     let phnum = u16::try_from(regions.len()).unwrap_or(u16::MAX);
-    let mut h = vec![
-        0x7f,
-        b'E',
-        b'L',
-        b'F',
-        2,
-        if endian == Endian::Little { 1 } else { 2 },
-        1,
-        0,
-    ];
-    h.resize(16, 0);
-    h.extend(u16b(4)); // ET_CORE
-    h.extend(u16b(machine));
-    h.extend(u32b(1));
-    h.extend(u64b(0)); // entry
-    h.extend(u64b(64)); // program headers right after this header
-    h.extend(u64b(0)); // no section headers
-    h.extend(u32b(0));
-    h.extend(u16b(64));
-    h.extend(u16b(56));
-    h.extend(u16b(phnum));
-    h.extend(u16b(0));
-    h.extend(u16b(0));
-    h.extend(u16b(0));
+    let mut h = Writer::new();
+    h.bytes(&[0x7f, b'E', b'L', b'F', 2]);
+    h.u8(if endian == Endian::Little { 1 } else { 2 });
+    h.u8(1);
+    h.zeros(9);
+    h.u16(endian, 4); // ET_CORE
+    h.u16(endian, machine);
+    h.u32(endian, 1);
+    h.u64(endian, 0); // entry
+    h.u64(endian, 64); // program headers right after this header
+    h.u64(endian, 0); // no section headers
+    h.u32(endian, 0);
+    h.u16(endian, 64);
+    h.u16(endian, 56);
+    h.u16(endian, phnum);
+    h.u16(endian, 0);
+    h.u16(endian, 0);
+    h.u16(endian, 0);
     let headers = 64u64.saturating_add(56u64.saturating_mul(u64::from(phnum)));
     let mut at = headers.div_ceil(4096).saturating_mul(4096);
     let mut places = Vec::new();
     for r in regions.iter().take(usize::from(phnum)) {
-        h.extend(u32b(1)); // PT_LOAD
-        h.extend(u32b(0));
-        h.extend(u64b(at));
-        h.extend(u64b(0)); // no virtual address: physical memory, as dump-guest-memory without paging
-        h.extend(u64b(r.gpa));
-        h.extend(u64b(r.len));
-        h.extend(u64b(r.len));
-        h.extend(u64b(0));
+        h.u32(endian, 1); // PT_LOAD
+        h.u32(endian, 0);
+        h.u64(endian, at);
+        h.u64(endian, 0); // no virtual address: physical memory, as dump-guest-memory without paging
+        h.u64(endian, r.gpa);
+        h.u64(endian, r.len);
+        h.u64(endian, r.len);
+        h.u64(endian, 0);
         places.push((r.clone(), at));
         at = at.saturating_add(r.len.div_ceil(4096).saturating_mul(4096));
     }
-    (h, places)
+    (h.into_bytes(), places)
 }

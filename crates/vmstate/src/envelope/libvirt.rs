@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::Compression;
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{Endian, Reader};
+use crate::wire::{Endian, Reader, Writer};
 
 /// The magic of a finished image.
 pub const MAGIC: &[u8; 16] = b"LibvirtQemudSave";
@@ -251,8 +251,8 @@ impl LibvirtImage {
     /// order, the XML, the cookie and zero padding to the data length (which never changes,
     /// so the result has the length of the original).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.stream_offset() as usize);
-        out.extend_from_slice(MAGIC);
+        let mut header = Writer::with_capacity(HEADER_LEN as usize);
+        header.bytes(MAGIC);
         let words = [
             self.version,
             self.data_len,
@@ -261,11 +261,9 @@ impl LibvirtImage {
             self.cookie_offset,
         ];
         for w in words.iter().chain(&self.unused) {
-            out.extend(match self.byte_order {
-                Endian::Little => w.to_le_bytes(),
-                Endian::Big => w.to_be_bytes(),
-            });
+            header.u32(self.byte_order, *w);
         }
+        let mut out = header.into_bytes();
         out.extend_from_slice(self.xml.as_bytes());
         out.push(0);
         if let Some(cookie) = &self.cookie {

@@ -12,6 +12,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::wire::slice;
 use crate::wire::{Endian, Reader};
 
 /// The first four bytes of every qcow2 image.
@@ -492,11 +493,6 @@ fn unsupported(offset: u64, field: &str, what: &str) -> Error {
         offset,
         field,
     )
-}
-
-fn slice(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
 }
 
 fn be64(data: &[u8], at: u64, field: &str) -> Result<u64> {

@@ -12,7 +12,7 @@ use super::{
     SectionBody, Span, Stream,
 };
 use crate::error::{Error, ErrorKind, Result};
-use crate::wire::{Endian, Reader};
+use crate::wire::{slice, Endian, Reader};
 
 /// Obsolete whole-page flag (before 2009); rejected.
 pub(crate) const FLAG_FULL: u64 = 0x01;
@@ -763,19 +763,16 @@ fn visit_mapped_pages(
     if mapped.bitmap.len == 0 {
         return Ok(());
     }
-    let bitmap = usize::try_from(mapped.bitmap.offset)
-        .ok()
-        .and_then(|start| source.get(start..start.checked_add(mapped.bitmap.len as usize)?))
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnexpectedEof {
-                    needed: mapped.bitmap.len,
-                    available: 0,
-                },
-                mapped.bitmap.offset,
-                "ram.block_list.mapped_ram.bitmap",
-            )
-        })?;
+    let bitmap = slice(source, mapped.bitmap.offset, mapped.bitmap.len).ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnexpectedEof {
+                needed: mapped.bitmap.len,
+                available: 0,
+            },
+            mapped.bitmap.offset,
+            "ram.block_list.mapped_ram.bitmap",
+        )
+    })?;
     let pages = block.used_length.div_ceil(page_size.max(1));
     for n in 0..pages {
         let set = bitmap
@@ -836,21 +833,16 @@ pub fn visit_page_records(
             let RamItem::Pages(run) = item else {
                 continue;
             };
-            let bytes = usize::try_from(run.span.offset)
-                .ok()
-                .and_then(|start| {
-                    source.get(start..start.checked_add(usize::try_from(run.span.len).ok()?)?)
-                })
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::UnexpectedEof {
-                            needed: run.span.len,
-                            available: (source.len() as u64).saturating_sub(run.span.offset),
-                        },
-                        run.span.offset,
-                        "ram",
-                    )
-                })?;
+            let bytes = slice(source, run.span.offset, run.span.len).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnexpectedEof {
+                        needed: run.span.len,
+                        available: (source.len() as u64).saturating_sub(run.span.offset),
+                    },
+                    run.span.offset,
+                    "ram",
+                )
+            })?;
             let mut reader = Reader::at(bytes, run.span.offset);
             for _ in 0..run.count {
                 let record = read_page_record(&mut reader, page_size)?;

@@ -22,6 +22,13 @@ pub enum Endian {
     Big,
 }
 
+/// The `len` bytes of `data` at `offset`, when they lie within it: offsets and lengths read
+/// from the input, checked once here.
+pub(crate) fn slice(data: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    data.get(start..start.checked_add(usize::try_from(len).ok()?)?)
+}
+
 impl Endian {
     /// The 16-bit value of `bytes` in this byte order.
     pub fn u16(self, bytes: [u8; 2]) -> u16 {
