@@ -7,7 +7,10 @@ The corpus' tiny Linux guest boots under TCG on QEMU 7.2 (x86 q35, 128 MiB); onc
 up the VM is stopped, QEMU writes `dump-guest-memory` (ELF, no paging) and then migrates
 to a file. With --qemu10 (bookworm-backports' QEMU 10.0 unpacked under ROOT, as
 tests/machines/make-machine-corpus.sh leaves it), the same again on QEMU 10.0 with the
-mapped-ram capability, migrating to a `file:` URI: each page at a fixed offset. `vmstate ram extract --format elf` of that stream is compared with QEMU's dump
+mapped-ram capability, migrating to a `file:` URI: each page at a fixed offset; that leg also
+converts between RAM layouts (mapped-ram to page records, page records to mapped-ram, a
+libvirt "sparse" image to a bare stream) and has QEMU 10.0 load each result and dump its
+memory. `vmstate ram extract --format elf` of each stream is compared with QEMU's dump
 page by page at every guest-physical address QEMU's dump covers; `--by block` is compared
 with the ELF output for pc.ram. The results (pages compared, equal, different, and the
 differing ranges) go to --results as JSON. Exits 0 when every page QEMU dumped is equal,
@@ -47,7 +50,8 @@ def loads(path):
 
 
 def run(a, work, kernel, initrd, name, qemu, env, extra, mapped):
-    """One leg: boot, stop, dump-guest-memory, migrate; compare `ram extract` with the dump."""
+    """One leg: boot, stop, dump-guest-memory, migrate; compare `ram extract` with the dump.
+    With mapped-ram, also the conversions between RAM layouts, each loaded back."""
     folder = os.path.join(work, name)
     os.makedirs(folder, exist_ok=True)
     sock, serial = os.path.join(folder, "qmp.sock"), os.path.join(folder, "serial.log")
@@ -63,23 +67,166 @@ def run(a, work, kernel, initrd, name, qemu, env, extra, mapped):
     time.sleep(8)  # the guest boots into its initramfs: its memory is no longer all zero
     q.cmd("stop")
     q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump)
-    if mapped:
-        q.cmd("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": True}])
-        q.cmd("migrate", uri="file:" + stream)
-    else:
+    if not mapped:
         q.cmd("migrate", uri="exec:cat > " + stream)
-    while q.cmd("query-migrate").get("status") not in ("completed", "failed"):
-        time.sleep(0.2)
+        wait_migration(q, stream)
+    else:
+        migrate(q, "file:" + stream, True)
     q.cmd("quit")
     p.wait(30)
-    return compare(a, folder, dump, stream, ours, name)
+    r = compare(a, folder, dump, stream, ours, name)
+    if mapped:
+        r["layouts"] = layouts(a, folder, qemu, env, extra, kernel, initrd, dump, stream)
+        r["ok"] = r["ok"] and all(leg["ok"] for leg in r["layouts"])
+    return r
 
 
-def compare(a, folder, dump, stream, ours, name):
+def migrate(q, uri, mapped):
+    """Migrates with the mapped-ram capability on or off (QEMU 9.0 and later)."""
+    q.cmd("migrate-set-capabilities", capabilities=[{"capability": "mapped-ram", "state": mapped}])
+    q.cmd("migrate", uri=uri)
+    wait_migration(q, uri)
+
+
+def wait_migration(q, uri):
+    while True:
+        status = q.cmd("query-migrate").get("status")
+        if status == "completed":
+            return
+        if status == "failed":
+            raise RuntimeError("migration to %s failed" % uri)
+        time.sleep(0.2)
+
+
+def libvirt_prefix():
+    """A libvirt save image header (v2, format 6 "sparse") and its XML, padded as libvirt
+    pads it (64 KiB more than the XML): what `virsh save` with save_image_format "sparse"
+    writes before QEMU's stream."""
+    xml = (b"<domain type='qemu'><name>ram-interop</name>"
+           b"<uuid>2b7e1516-28ae-d2a6-abf7-158809cf4f3c</uuid></domain>\0")
+    data_len = len(xml) + 64 * 1024
+    head = b"LibvirtQemudSave" + struct.pack("<5I", 2, data_len, 0, 6, 0) + bytes(56)
+    return head + xml + bytes(data_len - len(xml))
+
+
+LIBVIRT_PREFIX = libvirt_prefix()
+
+
+def load(folder, name, qemu, env, extra, kernel, initrd, uri, mapped, then=None):
+    """Starts QEMU with -incoming defer, loads `uri` and dumps the guest's memory, then
+    migrates the loaded, still stopped guest to `then` (uri, mapped-ram) if given: a QEMU
+    migrates only once, so each new stream of the same guest comes from a destination.
+    Returns the dump's path, or the error QEMU gave."""
+    sock = os.path.join(folder, name + ".qmp")
+    dump = os.path.join(folder, name + ".qemu-dump.elf")
+    log = open(os.path.join(folder, name + ".qemu.log"), "wb")
+    p = subprocess.Popen(["timeout", "300", qemu] + extra + [
+                          "-nodefaults", "-machine", "q35", "-accel", "tcg", "-S",
+                          "-m", "128", "-display", "none", "-kernel", kernel, "-initrd", initrd,
+                          "-append", "console=ttyS0 panic=-1 loglevel=4", "-serial", "null",
+                          "-incoming", "defer", "-qmp", "unix:%s,server=on,wait=off" % sock],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        q = QMP(sock, p)
+        q.cmd("migrate-set-capabilities",
+              capabilities=[{"capability": "mapped-ram", "state": mapped}])
+        q.cmd("migrate-incoming", uri=uri)
+        deadline = time.time() + 240
+        while q.cmd("query-status").get("status") == "inmigrate":
+            if time.time() > deadline:
+                raise RuntimeError("the load did not finish")
+            time.sleep(0.2)
+        status = q.cmd("query-migrate").get("status")
+        if status != "completed":
+            raise RuntimeError("incoming migration %s" % status)
+        q.cmd("dump-guest-memory", paging=False, protocol="file:" + dump)
+        if then:
+            migrate(q, *then)
+        q.cmd("quit")
+        p.wait(30)
+        return dump, None
+    except (RuntimeError, EOFError, OSError) as e:
+        p.kill()
+        p.wait(30)
+        with open(os.path.join(folder, name + ".qemu.log"), "rb") as f:
+            tail = f.read().decode(errors="replace").strip().splitlines()[-3:]
+        return None, "%s; QEMU: %s" % (e, " | ".join(tail))
+
+
+def same_memory(want, got):
+    """(pages, equal) over every PT_LOAD of QEMU's dump `want`, looked up in dump `got`."""
+    theirs, mine = loads(want), loads(got)
+    pages = equal = 0
+    with open(want, "rb") as fw, open(got, "rb") as fg:
+        for paddr, off, size in theirs:
+            for k in range(0, size, PAGE):
+                pages += 1
+                fw.seek(off + k)
+                page = fw.read(min(PAGE, size - k))
+                place = next((o + paddr + k - pa for pa, o, sz in mine
+                              if pa <= paddr + k < pa + sz), None)
+                if place is not None:
+                    fg.seek(place)
+                    equal += fg.read(len(page)) == page
+    return pages, equal
+
+
+def layouts(a, folder, qemu, env, extra, kernel, initrd, dump, stream):
+    """Each conversion between RAM layouts, loaded by QEMU 10.0, holds the guest's memory.
+    The destinations of the first two write the next sources: QEMU's own ordinary stream of
+    the guest, and libvirt's "sparse" save image of it (mapped-ram after libvirt's header
+    and XML, which Debian's libvirt 9.0 cannot write itself)."""
+    ordinary = os.path.join(folder, "ordinary.mig")
+    sparse = os.path.join(folder, "sparse.img")
+    steps = [
+        ("mapped-ram-to-ordinary", ["--ram-layout", "ordinary", stream], False,
+         ("exec:cat > " + ordinary, False)),
+        ("ordinary-to-mapped-ram", ["--ram-layout", "mapped-ram", ordinary], True,
+         ("file:%s,offset=%d" % (sparse, len(LIBVIRT_PREFIX)), True)),
+        ("sparse-image-to-stream", ["--to", "stream", sparse], True, None),
+        ("sparse-image-to-ordinary", ["--to", "stream", "--ram-layout", "ordinary", sparse],
+         False, None),
+    ]
+    out = []
+    for name, args, mapped, then in steps:
+        if name.startswith("sparse-image") and os.path.exists(sparse):
+            with open(sparse, "r+b") as f:
+                if f.read(16) != LIBVIRT_PREFIX[:16]:
+                    f.seek(0)
+                    f.write(LIBVIRT_PREFIX)
+        converted = os.path.join(folder, name + ".mig")
+        c = subprocess.run([a.vmstate, "convert"] + args + [converted],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        leg = {"name": name, "convert_exit": c.returncode,
+               "convert_stderr": c.stderr.decode(errors="replace").strip()[-300:]}
+        if c.returncode == 0:
+            uri = "file:" + converted if mapped else "exec:cat " + converted
+            got, error = load(folder, name, qemu, env, extra, kernel, initrd, uri, mapped, then)
+            leg["qemu_error"] = error
+            if got:
+                leg["pages"], leg["equal"] = same_memory(dump, got)
+        leg["ok"] = leg.get("pages", 0) > 0 and leg.get("equal") == leg.get("pages")
+        out.append(leg)
+        print(json.dumps(leg))
+    # The sparse image as vmstate reads it: the same memory as QEMU's dump.
+    if os.path.exists(sparse):
+        leg = compare(a, folder, dump, sparse, os.path.join(folder, "sparse.vmstate.elf"),
+                      "sparse-image-extract", blocks_dir="sparse-blocks")
+        d = subprocess.run([a.vmstate, "dump", sparse], stdout=subprocess.PIPE)
+        leg["container"] = next((l for l in d.stdout.decode(errors="replace").splitlines()
+                                 if l.startswith("container: ")), "")
+        leg["ok"] = leg["ok"] and "stream sparse" in leg["container"]
+        out.append({k: v for k, v in leg.items() if k not in ("qemu_loads", "vmstate_loads")})
+    else:
+        out.append({"name": "sparse-image-extract", "ok": False, "error": "no sparse image"})
+    return out
+
+
+def compare(a, folder, dump, stream, ours, name, blocks_dir="blocks"):
     t0 = time.time()
     subprocess.run([a.vmstate, "ram", "extract", "--format", "elf", stream, ours], check=True,
                    stdout=subprocess.DEVNULL)
-    blocks = os.path.join(folder, "blocks")
+    blocks = os.path.join(folder, blocks_dir)
     subprocess.run([a.vmstate, "ram", "extract", stream, blocks], check=True, stdout=subprocess.DEVNULL)
     seconds = round(time.time() - t0, 2)
     theirs, mine = loads(dump), loads(ours)

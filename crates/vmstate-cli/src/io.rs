@@ -443,7 +443,7 @@ impl<R: Read> Read for Counted<'_, R> {
 pub fn read_stream(input: &Input) -> vmstate::Result<stream::Stream> {
     let mut bar = Progress::new("reading", input.len() as u64);
     input.rewind();
-    let parsed = stream::read_with_progress(input, &mut |offset| {
+    let parsed = stream::read_in_file(input, input.envelope.stream_file_offset(), &mut |offset| {
         bar.update(offset);
         input.release_before(offset);
     });
@@ -454,74 +454,134 @@ pub fn read_stream(input: &Input) -> vmstate::Result<stream::Stream> {
 
 /// Writes `stream` to `path` (`-` for standard output), copying pages from `input`, with a
 /// progress bar for large inputs; releases the mapping behind the writer. Inside `image`,
-/// when given: its header and domain XML first, then the stream compressed as it says.
+/// when given: its header and domain XML first, then the stream compressed as it says (a
+/// mapped-ram stream makes the image "sparse", page records a sparse image "raw").
+/// `layout` is the RAM layout to write.
 ///
 /// A regular file (or a new one) is written under a temporary name beside it and renamed
 /// into place at the end, so a failed write leaves no partial output, and converting a file
-/// onto itself never truncates the file that is being read.
+/// onto itself never truncates the file that is being read. A mapped-ram stream written to
+/// a file leaves holes where its pages hold nothing, as QEMU's does; one made from page
+/// records can only be written to a file.
 pub fn write_stream(
     stream: &stream::Stream,
     input: &Input,
     path: &Path,
     image: Option<&LibvirtImage>,
+    layout: stream::RamLayout,
 ) -> Result<(), Failure> {
     let shown = path.display();
     let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
-    let mut bar = Progress::new("writing", input.len() as u64);
-    input.rewind();
-    let mut write = |out: &mut dyn Write| -> Result<(), Failure> {
-        let mut body = |out: &mut dyn Write| {
-            stream::write_to(stream, input, out, &mut |offset| {
-                bar.update(offset);
-                input.release_before(offset);
-            })
-            .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))
+    let to_mapped = match layout {
+        stream::RamLayout::AsRead => stream.has_mapped_ram(),
+        stream::RamLayout::Records => false,
+        stream::RamLayout::MappedRam => true,
+    };
+    // Pages of page records are placed after the rest is written: that takes a file.
+    let places_pages = to_mapped && !stream.has_mapped_ram();
+    let image = image
+        .map(|image| image_holding(image, to_mapped))
+        .transpose()
+        .map_err(|reason| Failure::unreadable(format!("cannot write {shown}: {reason}")))?;
+    let header = image
+        .as_ref()
+        .map(LibvirtImage::encode)
+        .transpose()
+        .map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))?;
+    let to_file = path != Path::new("-") && !std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if places_pages && !to_file {
+        return Err(Failure::unreadable(format!(
+            "cannot write {shown}: a mapped-ram stream made from page records is written to a \
+             regular file (its pages are placed at fixed offsets after the rest), not to a pipe \
+             or device"
+        )));
+    }
+    let failed = |e: vmstate::Error| Failure::unreadable(format!("cannot write the stream: {e}"));
+    let body = |out: &mut dyn Write, progress: &mut dyn FnMut(u64)| -> Result<(), Failure> {
+        let header = header.as_deref().unwrap_or_default();
+        out.write_all(header).map_err(cannot)?;
+        let mut options = stream::WriteOptions {
+            ram_layout: layout,
+            file_offset: header.len() as u64,
         };
-        match image {
-            None => {
-                body(out)?;
+        match image.as_ref().map(|i| i.format) {
+            Some(SaveFormat::Compressed(compression)) => {
+                options.file_offset = 0;
+                let mut packed = compression
+                    .compressor(Box::new(&mut *out))
+                    .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+                stream::write_with(stream, input, &mut packed, &options, progress)
+                    .map_err(failed)?;
+                packed.finish().map_err(cannot)?;
             }
-            Some(image) => {
-                let header = image
-                    .encode()
-                    .map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))?;
-                out.write_all(&header).map_err(cannot)?;
-                match image.format {
-                    SaveFormat::Compressed(compression) => {
-                        let mut packed = compression
-                            .compressor(Box::new(&mut *out))
-                            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-                        body(&mut packed)?;
-                        packed.finish().map_err(cannot)?;
-                    }
-                    SaveFormat::Raw | SaveFormat::Sparse => {
-                        body(out)?;
-                    }
-                }
+            _ => {
+                stream::write_with(stream, input, out, &options, progress).map_err(failed)?;
             }
         }
-        input.release_all();
         out.flush().map_err(cannot)
     };
+    let mut bar = Progress::new("writing", input.len() as u64);
+    input.rewind();
+    let mut progress = |offset| {
+        bar.update(offset);
+        input.release_before(offset);
+    };
     if path == Path::new("-") {
-        write(&mut std::io::stdout().lock())?;
-    } else if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        body(&mut std::io::stdout().lock(), &mut progress)?;
+    } else if !to_file {
         // A device or a pipe (`/dev/null`, a FIFO): written in place.
         let mut file = File::create(path).map_err(cannot)?;
-        write(&mut file)?;
+        body(&mut file, &mut progress)?;
     } else {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let mut temp = tempfile::Builder::new()
+        let temp = tempfile::Builder::new()
             .prefix(".vmstate-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(dir)
             .map_err(cannot)?;
-        write(temp.as_file_mut())?;
+        if to_mapped {
+            // Pages at fixed offsets, holes where they hold nothing, as QEMU writes them.
+            let mut file = temp.as_file();
+            file.write_all(header.as_deref().unwrap_or_default())
+                .map_err(cannot)?;
+            let written =
+                vmstate::extract::write_mapped_ram(stream, input, &mut file, &mut progress)
+                    .map_err(failed)?;
+            let absent: u64 = written.placed.iter().map(|b| b.absent_pages).sum();
+            if absent > 0 {
+                eprintln!(
+                    "note: {absent} page(s) the input did not carry are zero pages in the \
+                     mapped-ram output (it has no way to say a page is missing)"
+                );
+            }
+        } else {
+            body(&mut temp.as_file(), &mut progress)?;
+        }
         temp.persist(path).map_err(|e| cannot(e.error))?;
     }
+    input.release_all();
     bar.finish();
     Ok(())
+}
+
+/// `image` with the format that holds the stream written: "sparse" for a mapped-ram
+/// stream, "raw" for page records that came in a sparse image, else as it was.
+fn image_holding(image: &LibvirtImage, mapped: bool) -> Result<LibvirtImage, String> {
+    let mut image = image.clone();
+    image.format = match (image.format, mapped) {
+        (SaveFormat::Compressed(c), true) => {
+            return Err(format!(
+                "a {}-compressed libvirt save image cannot hold a mapped-ram stream (its pages \
+                 sit at fixed offsets of the file): add --to stream",
+                c.name()
+            ))
+        }
+        (_, true) => SaveFormat::Sparse,
+        (SaveFormat::Sparse, false) => SaveFormat::Raw,
+        (format, false) => format,
+    };
+    Ok(image)
 }

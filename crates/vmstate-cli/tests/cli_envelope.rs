@@ -158,7 +158,8 @@ fn broken_headers_exit_2_naming_the_field() {
             "libvirt.data_len",
         ),
         ("format", 28, &9u32.to_le_bytes(), "libvirt.format"),
-        ("sparse", 28, &6u32.to_le_bytes(), "mapped-ram"),
+        // "sparse" says the stream follows uncompressed: gzip's magic is no stream's.
+        ("sparse", 28, &6u32.to_le_bytes(), "header.magic"),
     ];
     for (name, at, bytes, wanted) in cases {
         let mut bad = good.clone();
@@ -175,6 +176,136 @@ fn broken_headers_exit_2_naming_the_field() {
             assert!(stderr.contains(wanted), "{name}: {stderr}");
         }
     }
+}
+
+/// A libvirt "sparse" image as QEMU 10.0 writes it (mapped-ram after libvirt's header),
+/// unpacked once.
+fn sparse() -> String {
+    static SPARSE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SPARSE
+        .get_or_init(|| {
+            let path = tmp("save-sparse.img");
+            let packed =
+                std::fs::read(support::fixture("libvirt/save-sparse-qemu10.0.img.gz")).unwrap();
+            std::fs::write(&path, gunzip(&packed)).unwrap();
+            path.to_string_lossy().into_owned()
+        })
+        .clone()
+}
+
+/// Every file `ram extract` wrote into `dir`, by name.
+fn extracted(input: &str, dir: &str) -> Vec<(String, Vec<u8>)> {
+    let _ = std::fs::remove_dir_all(dir);
+    cli::ok(&["ram", "extract", input, dir]);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_sparse_image_is_read_kept_and_converted_to_either_layout() {
+    let input = sparse();
+    let original = std::fs::read(&input).unwrap();
+    let dump = text(&cli::ok(&["dump", &input]));
+    assert!(dump.contains("stream sparse at offset 1458"), "{dump}");
+    assert!(dump.contains("capabilities mapped-ram"), "{dump}");
+    let piped = cli::run(&["dump", "-"], Some(&original));
+    assert_eq!(piped.status.code(), Some(0));
+    assert!(text(&piped).contains("block list of 6"), "{}", text(&piped));
+    let memory = extracted(&input, tmp("sparse-ram").to_str().unwrap());
+    assert!(memory
+        .iter()
+        .any(|(name, bytes)| name == "pc.bios" && bytes.iter().any(|b| *b != 0)));
+
+    // Kept as it is: the same bytes.
+    let kept = tmp("sparse-kept.img");
+    cli::ok(&["convert", &input, kept.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&kept).unwrap() == original,
+        "convert changed the image"
+    );
+
+    // The bare stream: mapped-ram laid out for offset 0, the same memory.
+    let bare = tmp("sparse-bare.mig");
+    cli::ok(&["convert", "--to", "stream", &input, bare.to_str().unwrap()]);
+    let dump = text(&cli::ok(&["dump", bare.to_str().unwrap()]));
+    assert!(
+        dump.starts_with("file: ") && !dump.contains("container:"),
+        "{dump}"
+    );
+    assert_eq!(
+        extracted(bare.to_str().unwrap(), tmp("bare-ram").to_str().unwrap()),
+        memory
+    );
+
+    // Page records in a raw image, and back to the very image QEMU and libvirt wrote.
+    let raw = tmp("sparse-as-raw.img");
+    cli::ok(&[
+        "convert",
+        "--ram-layout",
+        "ordinary",
+        &input,
+        raw.to_str().unwrap(),
+    ]);
+    let dump = text(&cli::ok(&["dump", raw.to_str().unwrap()]));
+    assert!(dump.contains("stream raw at offset 1458"), "{dump}");
+    assert!(!dump.contains("mapped-ram"), "{dump}");
+    assert!(std::fs::metadata(&raw).unwrap().len() < original.len() as u64 / 4);
+    assert_eq!(
+        extracted(raw.to_str().unwrap(), tmp("raw-ram").to_str().unwrap()),
+        memory
+    );
+    let back = tmp("sparse-back.img");
+    cli::ok(&[
+        "convert",
+        "--ram-layout",
+        "mapped-ram",
+        raw.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&back).unwrap() == original,
+        "not the image QEMU wrote"
+    );
+}
+
+#[test]
+fn mapped_ram_that_cannot_be_written_exits_2_saying_why() {
+    let cases: [(&str, &str, &str); 2] = [
+        (
+            &image("gzip"),
+            "compressed.img",
+            "cannot hold a mapped-ram stream",
+        ),
+        (&image("raw"), "-", "written to a regular file"),
+    ];
+    for (input, output, wanted) in cases {
+        let output = if output == "-" {
+            "-".to_owned()
+        } else {
+            tmp(output).to_string_lossy().into_owned()
+        };
+        let out = cli::run(
+            &["convert", "--ram-layout", "mapped-ram", input, &output],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(2), "{input}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(wanted), "{input}: {stderr}");
+    }
+    // Dropping pages of a mapped-ram stream says how to get page records first.
+    let out = cli::run(&["convert", "--strip-ram", &sparse(), "-"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ram-layout ordinary"));
 }
 
 /// The qcow2 fixture (one `savevm` snapshot "fixture"), unpacked once.

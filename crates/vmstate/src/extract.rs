@@ -3,10 +3,12 @@
 //! what the stream did not carry is counted, never invented.
 //!
 //! Targets decide the layout: one file per RAM block, one image by guest-physical address,
-//! an ELF core. The pass keeps two bits per page (carried, holds data), so a zero page sent
-//! after a data page is written as zeros and all others are left as holes.
+//! an ELF core, or the pages of a mapped-ram stream ([`write_mapped_ram`]). The pass keeps
+//! two bits per page carried (carried, holds data), so a zero page sent after a data page is
+//! written as zeros and all others are left as holes.
 
-use std::io;
+use std::collections::BTreeMap;
+use std::io::{self, Read as _};
 
 use serde::Serialize;
 
@@ -44,31 +46,63 @@ pub struct BlockPages {
     pub absent_pages: u64,
 }
 
-struct Bits(Vec<u64>);
+/// A set of page numbers, kept in chunks of [`Bits::CHUNK`] bits that exist once a bit in
+/// them is set: its memory follows the pages a stream carries, not the length its block
+/// list claims.
+#[derive(Default)]
+struct Bits(BTreeMap<u64, Box<[u64; Bits::WORDS]>>);
 
 impl Bits {
-    fn new(n: u64) -> Bits {
-        Bits(vec![0; usize::try_from(n.div_ceil(64)).unwrap_or(0)])
+    const WORDS: usize = 512;
+    const CHUNK: u64 = 512 * 64;
+
+    fn place(i: u64) -> (u64, usize, u64) {
+        let word = usize::try_from(i % Self::CHUNK / 64).unwrap_or(0);
+        (i / Self::CHUNK, word, 1 << (i % 64))
     }
+
     fn get(&self, i: u64) -> bool {
+        let (chunk, word, bit) = Self::place(i);
         self.0
-            .get(usize::try_from(i / 64).unwrap_or(usize::MAX))
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+            .get(&chunk)
+            .and_then(|words| words.get(word))
+            .is_some_and(|w| w & bit != 0)
     }
+
     fn set(&mut self, i: u64, on: bool) {
-        if let Some(w) = self
-            .0
-            .get_mut(usize::try_from(i / 64).unwrap_or(usize::MAX))
-        {
+        let (chunk, word, bit) = Self::place(i);
+        let words = match (self.0.get_mut(&chunk), on) {
+            (Some(words), _) => words,
+            (None, false) => return,
+            (None, true) => self
+                .0
+                .entry(chunk)
+                .or_insert_with(|| Box::new([0; Self::WORDS])),
+        };
+        if let Some(w) = words.get_mut(word) {
             if on {
-                *w |= 1 << (i % 64);
+                *w |= bit;
             } else {
-                *w &= !(1 << (i % 64));
+                *w &= !bit;
             }
         }
     }
+
     fn count(&self) -> u64 {
-        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.0
+            .values()
+            .flat_map(|words| words.iter())
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+
+    /// The chunks that hold a set bit, as the bytes of a bitmap of little-endian 64-bit
+    /// words (QEMU's mapped-ram bitmap), with the byte offset of each in that bitmap.
+    fn chunks(&self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+        self.0.iter().map(|(chunk, words)| {
+            let bytes = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            (chunk.saturating_mul(Self::CHUNK / 8), bytes)
+        })
     }
 }
 
@@ -102,14 +136,8 @@ pub fn extract_ram(
         ));
     }
     let blocks = ram_blocks(stream);
-    let mut carried: Vec<Bits> = blocks
-        .iter()
-        .map(|(_, len)| Bits::new(len.div_ceil(page_size)))
-        .collect();
-    let mut data: Vec<Bits> = blocks
-        .iter()
-        .map(|(_, len)| Bits::new(len.div_ceil(page_size)))
-        .collect();
+    let mut carried: Vec<Bits> = blocks.iter().map(|_| Bits::default()).collect();
+    let mut data: Vec<Bits> = blocks.iter().map(|_| Bits::default()).collect();
     let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
     stream::visit_page_records(
         stream,
@@ -216,4 +244,147 @@ pub fn extract_ram(
             }
         })
         .collect())
+}
+
+/// What [`write_mapped_ram`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MappedRamWritten {
+    /// Bytes the stream spans in the file.
+    pub len: u64,
+    /// What the input carried of each block whose page records were placed (none when the
+    /// input was mapped-ram already). Mapped-ram cannot tell a page the input did not carry
+    /// from a zero page: `absent_pages` say how many became zero pages.
+    pub placed: Vec<BlockPages>,
+}
+
+/// Writes `stream` (its pages in `source`) to `file` as a QEMU mapped-ram stream, from
+/// the file's current position on, the way `migrate file:` with the `mapped-ram`
+/// capability writes it: every RAM block's bitmap and pages at fixed offsets, holes for
+/// pages that hold no data. Leaves the file positioned after the stream.
+///
+/// A stream that is mapped-ram already is laid out again for its place in `file`. One in
+/// page records has its pages placed after the rest is written: the last copy of each page
+/// wins, as on a destination, and the bitmap marks the pages that hold data.
+pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
+    stream: &Stream,
+    source: &[u8],
+    file: &mut F,
+    progress: &mut dyn FnMut(u64),
+) -> Result<MappedRamWritten> {
+    let start = file.stream_position().map_err(|e| output(e, 0))?;
+    let options = stream::WriteOptions {
+        ram_layout: stream::RamLayout::MappedRam,
+        file_offset: start,
+    };
+    let written = stream::write_seekable(stream, source, file, &options, progress)?;
+    let mut placed = Vec::new();
+    if !written.unplaced.is_empty() {
+        let page_size = stream.page_size.bytes.max(1);
+        let data = written.unplaced.iter().map(|_| Bits::default()).collect();
+        let mut target = PlacedPages {
+            file: &mut *file,
+            start,
+            page_size,
+            data,
+            blocks: &written.unplaced,
+            last: 0,
+        };
+        placed = extract_ram(stream, source, &mut target, &mut |_| {})?;
+        let bitmaps = std::mem::take(&mut target.data);
+        // Only the chunks with a set bit are written: the rest of each bitmap stays a hole.
+        for (block, data) in written.unplaced.iter().zip(&bitmaps) {
+            for (at, mut bytes) in data.chunks() {
+                let room = block.bitmap.len.saturating_sub(at);
+                bytes.truncate(usize::try_from(room).unwrap_or(usize::MAX));
+                let offset = block.bitmap.offset.saturating_add(at);
+                target.put(offset, &bytes).map_err(|e| output(e, offset))?;
+            }
+        }
+    }
+    let end = start.saturating_add(written.len);
+    file.seek(io::SeekFrom::Start(end))
+        .map_err(|e| output(e, written.len))?;
+    Ok(MappedRamWritten {
+        len: written.len,
+        placed,
+    })
+}
+
+/// Pages written into the mapped-ram blocks [`write_mapped_ram`] laid out.
+struct PlacedPages<'f, F> {
+    file: &'f mut F,
+    /// Where the stream starts in the file.
+    start: u64,
+    page_size: u64,
+    blocks: &'f [stream::PlacedBlock],
+    /// Per block, the pages that hold data: its bitmap.
+    data: Vec<Bits>,
+    /// The block of the last page, looked at first.
+    last: usize,
+}
+
+impl<F: io::Read + io::Write + io::Seek> PlacedPages<'_, F> {
+    fn block(&mut self, name: &str) -> io::Result<usize> {
+        let found = match self.blocks.get(self.last) {
+            Some(b) if b.name == name => Some(self.last),
+            _ => self.blocks.iter().position(|b| b.name == name),
+        };
+        let index = found.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("RAM block {name} has no place in the mapped-ram layout"),
+            )
+        })?;
+        self.last = index;
+        Ok(index)
+    }
+
+    /// Where byte `offset` of `block`'s pages is in the file.
+    fn place(&mut self, block: &str, offset: u64) -> io::Result<(usize, u64)> {
+        let index = self.block(block)?;
+        let pages_offset = self.blocks.get(index).map_or(0, |b| b.pages_offset);
+        Ok((
+            index,
+            self.start
+                .saturating_add(pages_offset)
+                .saturating_add(offset),
+        ))
+    }
+
+    fn put(&mut self, stream_offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.seek(io::SeekFrom::Start(
+            self.start.saturating_add(stream_offset),
+        ))?;
+        self.file.write_all(data)
+    }
+
+    fn mark(&mut self, index: usize, offset: u64, on: bool) {
+        if let Some(bits) = self.data.get_mut(index) {
+            bits.set(offset.checked_div(self.page_size).unwrap_or(0), on);
+        }
+    }
+}
+
+impl<F: io::Read + io::Write + io::Seek> PageTarget for PlacedPages<'_, F> {
+    fn write(&mut self, block: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        let (index, at) = self.place(block, offset)?;
+        self.file.seek(io::SeekFrom::Start(at))?;
+        self.file.write_all(data)?;
+        self.mark(index, offset, true);
+        Ok(())
+    }
+
+    fn zero(&mut self, block: &str, offset: u64, len: u64) -> io::Result<()> {
+        let (index, at) = self.place(block, offset)?;
+        self.file.seek(io::SeekFrom::Start(at))?;
+        io::copy(&mut io::repeat(0).take(len), &mut *self.file)?;
+        self.mark(index, offset, false);
+        Ok(())
+    }
+
+    fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let (_, at) = self.place(block, offset)?;
+        self.file.seek(io::SeekFrom::Start(at))?;
+        self.file.read_exact(buf)
+    }
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use vmstate::check;
 use vmstate::devices;
 use vmstate::element::Layout;
+use vmstate::stream::RamLayout;
 use vmstate::virtio::{Framing, NdescsOrder};
 
 use super::devices::DeviceArgs;
@@ -21,6 +22,24 @@ use crate::outcome::{Failure, Outcome};
 pub enum To {
     /// The bare QEMU stream, out of any container.
     Stream,
+}
+
+/// How `convert` writes the guest's pages, when not as they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RamLayoutArg {
+    /// Page records, as every migration but mapped-ram sends them.
+    Ordinary,
+    /// QEMU's mapped-ram: every page at a fixed offset of the file (written to a file).
+    MappedRam,
+}
+
+impl From<RamLayoutArg> for RamLayout {
+    fn from(arg: RamLayoutArg) -> RamLayout {
+        match arg {
+            RamLayoutArg::Ordinary => RamLayout::Records,
+            RamLayoutArg::MappedRam => RamLayout::MappedRam,
+        }
+    }
 }
 
 /// Which guest pages `convert` keeps.
@@ -98,6 +117,12 @@ pub struct ConvertArgs {
     /// than x86 pc and q35 (as for `check`).
     #[arg(long, value_name = "MAP")]
     ram_map: Option<String>,
+    /// How the guest's pages are written: `ordinary` (page records, what any QEMU loads) or
+    /// `mapped-ram` (each page at a fixed offset, as QEMU 9.0+ writes with the mapped-ram
+    /// capability to a `file:` URI; written to a regular file). Without it, as read. A
+    /// libvirt save image becomes "sparse" with mapped-ram, "raw" without.
+    #[arg(long, value_name = "LAYOUT")]
+    ram_layout: Option<RamLayoutArg>,
     /// Write in-flight elements in this host layout: stable (= lp64-le, what x86-64 QEMU
     /// reads), lp64-be, i386, ilp32-le, ilp32-be. Without it the input's layout is kept.
     #[arg(long, value_name = "NAME")]
@@ -156,8 +181,8 @@ pub fn run(args: ConvertArgs) -> Outcome {
     if drops_pages && loaded.stream.has_mapped_ram() {
         return Err(Failure::unreadable(format!(
             "{shown}: a mapped-ram stream keeps its pages at fixed offsets inside the RAM block \
-             list, which is written back as read: --strip-ram and --ram do not drop them \
-             (`vmstate ram extract` takes the memory out)"
+             list: --strip-ram and --ram drop page records, so convert it with --ram-layout \
+             ordinary first (`vmstate ram extract` takes the memory out)"
         )));
     }
     match (args.strip_ram, args.ram) {
@@ -185,5 +210,6 @@ pub fn run(args: ConvertArgs) -> Outcome {
         Some(To::Stream) => None,
         None => loaded.bytes.libvirt_image(),
     };
-    write_stream(&loaded.stream, &loaded.bytes, &args.output, image)
+    let layout = args.ram_layout.map_or(RamLayout::AsRead, RamLayout::from);
+    write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)
 }

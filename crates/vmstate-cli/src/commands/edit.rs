@@ -94,6 +94,7 @@ pub fn run(args: EditArgs) -> Outcome {
         &loaded.bytes,
         &args.output,
         loaded.bytes.libvirt_image(),
+        vmstate::stream::RamLayout::AsRead,
     )
 }
 

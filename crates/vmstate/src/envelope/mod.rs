@@ -83,18 +83,21 @@ impl Envelope {
             Envelope::Bare => Ok((0, None)),
             Envelope::Compressed { compression } => Ok((0, Some(*compression))),
             Envelope::Libvirt(image) => match image.format {
-                SaveFormat::Raw => Ok((image.stream_offset(), None)),
+                // "sparse" is QEMU's mapped-ram stream, uncompressed after the header.
+                SaveFormat::Raw | SaveFormat::Sparse => Ok((image.stream_offset(), None)),
                 SaveFormat::Compressed(c) => Ok((image.stream_offset(), Some(c))),
-                SaveFormat::Sparse => Err(Error::new(
-                    ErrorKind::Unsupported {
-                        what: "a libvirt save image in the \"sparse\" format (QEMU's \
-                               mapped-ram layout inside the image), which is not read yet"
-                            .to_owned(),
-                    },
-                    28,
-                    "libvirt.format",
-                )),
             },
+        }
+    }
+
+    /// Where the stream's first byte is in the file, when the file holds it as it is (a
+    /// libvirt image's stream follows its header and XML); 0 for a compressed stream or a
+    /// qcow2 snapshot's. A mapped-ram stream's block headers count from the file's start
+    /// ([`crate::stream::read_in_file`]).
+    pub fn stream_file_offset(&self) -> u64 {
+        match self.payload() {
+            Ok((offset, None)) => offset,
+            _ => 0,
         }
     }
 

@@ -5,7 +5,7 @@
 //! subsections QEMU defines, found with the same peek rule as every other subsection.
 
 use super::vmstate::read_subsections;
-use super::{Configuration, Field, Span, StructValue, Value};
+use super::{Configuration, Field, Span, StructValue, Subsection, Value};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Reader};
 
@@ -156,4 +156,71 @@ fn capabilities(r: &mut Reader) -> Result<StructValue> {
         fields,
         subsections: Vec::new(),
     })
+}
+
+/// The configuration section `state` with `capability` listed (`on`) or not, as QEMU
+/// would send it: the `configuration/capabilities` subsection is sent only while it lists
+/// one, after `configuration/target-page-bits` and before `configuration/uuid`.
+pub(crate) fn with_capability(state: &StructValue, capability: &str, on: bool) -> StructValue {
+    let mut state = state.clone();
+    let subsection = "configuration/capabilities";
+    let mut listed: Vec<String> = state
+        .subsection(subsection)
+        .map(|sub| {
+            sub.state
+                .fields
+                .iter()
+                .filter_map(|f| match &f.value {
+                    Value::Text(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    listed.retain(|c| c != capability);
+    if on {
+        listed.push(capability.to_owned());
+    }
+    let place = state.subsections.iter().position(|s| s.name == subsection);
+    state.subsections.retain(|s| s.name != subsection);
+    if listed.is_empty() {
+        return state;
+    }
+    let mut fields = vec![Field {
+        name: "caps_count".to_owned(),
+        type_name: "uint32".to_owned(),
+        index: None,
+        offset: 0,
+        size: 4,
+        value: Value::Unsigned(listed.len() as u64),
+    }];
+    fields.extend(listed.into_iter().enumerate().map(|(index, text)| Field {
+        name: "capabilities".to_owned(),
+        type_name: "capability".to_owned(),
+        index: Some(index as u64),
+        offset: 0,
+        size: (text.len() as u64).saturating_add(1),
+        value: Value::Text(text),
+    }));
+    let at = place.unwrap_or_else(|| {
+        state
+            .subsections
+            .iter()
+            .position(|s| s.name == "configuration/uuid")
+            .unwrap_or(state.subsections.len())
+    });
+    state.subsections.insert(
+        at.min(state.subsections.len()),
+        Subsection {
+            offset: 0,
+            name: subsection.to_owned(),
+            version: 1,
+            state: StructValue {
+                vmsd_name: None,
+                fields,
+                subsections: Vec::new(),
+            },
+        },
+    );
+    state
 }

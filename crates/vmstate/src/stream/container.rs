@@ -66,6 +66,18 @@ pub fn read(data: &[u8]) -> Result<Stream> {
 /// offset and keep its resident memory bounded on a stream of any size. The model itself
 /// grows with the number of records and runs, never with the number of pages.
 pub fn read_with_progress(data: &[u8], progress: &mut dyn FnMut(u64)) -> Result<Stream> {
+    read_in_file(data, 0, progress)
+}
+
+/// [`read_with_progress`] for a stream that starts `file_offset` bytes into its file (a
+/// libvirt save image's stream follows its header and XML). Only mapped-ram streams care:
+/// their block headers locate bitmaps and pages by file offset, which the model turns into
+/// offsets of `data` like every other.
+pub fn read_in_file(
+    data: &[u8],
+    file_offset: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Stream> {
     let _budget = super::budget::Budget::start(data.len());
     let mut r = Reader::new(data);
     let magic = r.u32(Endian::Big, "header.magic")?;
@@ -105,6 +117,7 @@ pub fn read_with_progress(data: &[u8], progress: &mut dyn FnMut(u64)) -> Result<
     }
 
     let mut ctx = Context::new(data, progress)?;
+    ctx.file_offset = file_offset;
     let (records, eof_offset) = read_records(&mut r, &mut ctx, true)?;
     let eof_offset = eof_offset.unwrap_or(r.offset());
     let page_size = ctx.page_size.unwrap_or_else(|| ctx.resolve_page_size());
@@ -149,6 +162,8 @@ struct Context<'p> {
     last_block: Option<String>,
     /// Whether a MULTIFD_FLUSH note was given.
     multifd_noted: bool,
+    /// Where the stream starts in its file.
+    file_offset: u64,
     notes: Vec<Note>,
 }
 
@@ -187,6 +202,7 @@ impl<'p> Context<'p> {
             ram_blocks: HashMap::new(),
             last_block: None,
             multifd_noted: false,
+            file_offset: 0,
             notes,
         })
     }
@@ -704,6 +720,7 @@ fn ram_context(ctx: &mut Context) -> Result<RamContext> {
         postcopy_page_sizes: ctx.postcopy_page_sizes,
         ignore_shared: ctx.capabilities.iter().any(|c| c == "x-ignore-shared"),
         mapped_ram: ctx.capabilities.iter().any(|c| c == "mapped-ram"),
+        file_offset: ctx.file_offset,
     })
 }
 

@@ -29,7 +29,7 @@ mod writer;
 
 use serde::Serialize;
 
-pub use container::{read, read_with_progress};
+pub use container::{read, read_in_file, read_with_progress};
 pub use description::{
     render_like_qemu, set_field_size, Description, DeviceDescription, FieldDescription,
     VmsdDescription,
@@ -39,7 +39,8 @@ pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};
 pub use ram::{
     apply_xbzrle, inflate_page, read_page_record, visit_page_records, RamRecord, RamRecordKind,
 };
-pub use writer::{write, write_to};
+pub use writer::{write, write_to, write_with, RamLayout, WriteOptions};
+pub(crate) use writer::{write_seekable, PlacedBlock};
 
 pub use crate::hex::hex;
 use crate::hex::serialize_hex;
@@ -298,6 +299,15 @@ pub struct BlockList {
     pub total_bytes: u64,
     /// The blocks, in stream order.
     pub blocks: Vec<RamBlock>,
+    /// Where the stream started in its file when it was read. Mapped-ram block headers
+    /// give file offsets, the model offsets in the stream: the header says `offset +
+    /// file_offset`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub file_offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One RAMBlock of the block list.
@@ -322,9 +332,9 @@ pub struct RamBlock {
 /// `pages_offset + n * page_size`. A page whose bit is clear reads as zeros.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MappedRam {
-    /// The bitmap's bytes in the file.
+    /// The bitmap's bytes in the stream.
     pub bitmap: Span,
-    /// Where page 0 is in the file.
+    /// Where page 0 is in the stream.
     pub pages_offset: u64,
     /// Pages the bitmap marks as written.
     pub pages_written: u64,

@@ -51,6 +51,8 @@ pub(crate) struct RamContext {
     /// The mapped-ram capability is on: each block list entry carries a header, and the
     /// block's page bitmap and pages sit at fixed offsets of the file after it.
     pub mapped_ram: bool,
+    /// Where the stream starts in its file: mapped-ram headers give file offsets.
+    pub file_offset: u64,
 }
 
 /// One RAM record.
@@ -510,6 +512,7 @@ fn read_block_list(r: &mut Reader, ctx: &RamContext, start: u64, total: u64) -> 
         },
         total_bytes: total,
         blocks,
+        file_offset: ctx.file_offset,
     })
 }
 
@@ -538,17 +541,20 @@ fn read_mapped_ram(r: &mut Reader, ctx: &RamContext, used_length: u64) -> Result
             "ram.block_list.mapped_ram.page_size",
         ));
     }
-    let bitmap_offset = r.u64(Endian::Big, "ram.block_list.mapped_ram.bitmap_offset")?;
-    let pages_offset = r.u64(Endian::Big, "ram.block_list.mapped_ram.pages_offset")?;
+    let bitmap_in_file = r.u64(Endian::Big, "ram.block_list.mapped_ram.bitmap_offset")?;
+    let pages_in_file = r.u64(Endian::Big, "ram.block_list.mapped_ram.pages_offset")?;
     let header_end = r.offset();
     // QEMU marks a block it does not write (x-ignore-shared) with both offsets 0.
-    if bitmap_offset == 0 && pages_offset == 0 {
+    if bitmap_in_file == 0 && pages_in_file == 0 {
         return Ok(MappedRam {
             bitmap: Span { offset: 0, len: 0 },
             pages_offset: 0,
             pages_written: 0,
         });
     }
+    // Offsets before the stream's start become ones no check lets through.
+    let bitmap_offset = bitmap_in_file.saturating_sub(ctx.file_offset);
+    let pages_offset = pages_in_file.saturating_sub(ctx.file_offset);
     let pages = used_length.div_ceil(page_size);
     let bitmap_len = pages.div_ceil(64).saturating_mul(8);
     let bitmap_end = bitmap_offset.saturating_add(bitmap_len);
@@ -559,7 +565,7 @@ fn read_mapped_ram(r: &mut Reader, ctx: &RamContext, used_length: u64) -> Result
     };
     if bitmap_offset < header_end || bitmap_end > inside {
         return Err(bad(
-            bitmap_offset,
+            bitmap_in_file,
             "ram.block_list.mapped_ram.bitmap_offset",
             "a bitmap after the header and inside the file",
             at.saturating_add(12),
@@ -567,7 +573,7 @@ fn read_mapped_ram(r: &mut Reader, ctx: &RamContext, used_length: u64) -> Result
     }
     if pages_offset < bitmap_end || pages_end > inside {
         return Err(bad(
-            pages_offset,
+            pages_in_file,
             "ram.block_list.mapped_ram.pages_offset",
             "pages after the bitmap and inside the file",
             at.saturating_add(20),
@@ -864,6 +870,7 @@ pub fn read_page_record(r: &mut Reader, page_size: u64) -> Result<RamRecord> {
             postcopy_page_sizes: None,
             ignore_shared: false,
             mapped_ram: false,
+            file_offset: 0,
         },
     )
 }

@@ -4,8 +4,9 @@
 //! [`FLUSH_AT`] bytes, so writing a stream of any size takes a bounded amount of memory; page
 //! contents go from the source to the output run by run.
 
-use std::io::Write;
+use std::io::{Seek, Write};
 
+use super::config::with_capability;
 use super::container::{
     TYPE_COMMAND, TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION,
 };
@@ -15,7 +16,8 @@ use super::ram::{
 };
 use super::vmstate::encode_struct;
 use super::{
-    BlockList, Command, RamItem, RamRun, Record, RunKind, Section, SectionBody, Span, Stream, MAGIC,
+    BlockList, Command, MappedRam, RamBlock, RamItem, RamRun, Record, RunKind, Section,
+    SectionBody, Span, Stream, MAGIC,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Writer};
@@ -46,6 +48,130 @@ pub fn write_to(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
+    write_with(stream, source, out, &WriteOptions::default(), progress)
+}
+
+/// How a written stream carries its RAM pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RamLayout {
+    /// As the stream was read.
+    #[default]
+    AsRead,
+    /// In page records: a mapped-ram stream's pages become PAGE records after its block
+    /// list, and the configuration section no longer lists the `mapped-ram` capability.
+    Records,
+    /// QEMU's mapped-ram: each block's bitmap and pages at fixed offsets after its block
+    /// list entry, no page records, and the capability listed. Page records are placed
+    /// there by [`crate::extract::write_mapped_ram`], in a file, as QEMU writes it.
+    MappedRam,
+}
+
+/// What [`write_with`] is asked to do besides writing the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// The RAM layout of the output.
+    pub ram_layout: RamLayout,
+    /// Where the output starts in its file (after a libvirt image's header and XML):
+    /// mapped-ram headers give file offsets.
+    pub file_offset: u64,
+}
+
+/// What the writer wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Written {
+    /// Bytes written.
+    pub len: u64,
+    /// Mapped-ram blocks whose bitmap and pages are still holes: the model carried their
+    /// pages as page records.
+    pub unplaced: Vec<PlacedBlock>,
+}
+
+/// Where a mapped-ram block's bitmap and pages went in the output, in offsets of the
+/// output stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlacedBlock {
+    /// The block's name.
+    pub name: String,
+    /// Its used length.
+    pub used_length: u64,
+    /// Its bitmap.
+    pub bitmap: Span,
+    /// Where its page 0 is.
+    pub pages_offset: u64,
+}
+
+fn output_error(e: std::io::Error, offset: u64) -> Error {
+    Error::new(
+        ErrorKind::Output {
+            reason: e.to_string(),
+        },
+        offset,
+        "output",
+    )
+}
+
+/// QEMU aligns each mapped-ram block's pages to 1 MiB of the file
+/// (`MAPPED_RAM_FILE_OFFSET_ALIGNMENT`).
+const MAPPED_RAM_ALIGNMENT: u64 = 1 << 20;
+/// A mapped-ram block header: version (be32), page size, bitmap and pages offsets (be64).
+const MAPPED_RAM_HEADER_LEN: u64 = 28;
+
+/// [`write_to`] with `options`: another RAM layout than the model's, or a stream placed
+/// further into its file. Returns the number of bytes written.
+///
+/// Page records are made mapped-ram only by [`crate::extract::write_mapped_ram`], which
+/// places the pages in a file after the rest is written; here that is an error.
+pub fn write_with(
+    stream: &Stream,
+    source: &[u8],
+    out: &mut dyn Write,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    if options.ram_layout == RamLayout::MappedRam && !stream.has_mapped_ram() {
+        return Err(Error::new(
+            ErrorKind::Unsupported {
+                what: "page records written as mapped-ram to an output that cannot seek (their \
+                       pages are placed after the rest: extract::write_mapped_ram)"
+                    .to_owned(),
+            },
+            0,
+            "ram",
+        ));
+    }
+    write_any(stream, source, Out::Stream(out), options, progress).map(|w| w.len)
+}
+
+/// An output the writer can leave holes in, by seeking past them.
+pub(crate) trait SeekWrite: Write + Seek {}
+
+impl<T: Write + Seek> SeekWrite for T {}
+
+/// [`write_with`] to a file: holes are sought over (a file keeps them sparse), and blocks
+/// that become mapped-ram are returned to be filled.
+pub(crate) fn write_seekable(
+    stream: &Stream,
+    source: &[u8],
+    out: &mut dyn SeekWrite,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
+    write_any(stream, source, Out::File(out), options, progress)
+}
+
+fn write_any(
+    stream: &Stream,
+    source: &[u8],
+    out: Out,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Written> {
+    let from_mapped = stream.has_mapped_ram();
+    let to_mapped = match options.ram_layout {
+        RamLayout::AsRead => from_mapped,
+        RamLayout::Records => false,
+        RamLayout::MappedRam => true,
+    };
     let mut w = Sink::to(out);
     w.buf.u32(Endian::Big, MAGIC);
     w.buf.u32(Endian::Big, stream.version);
@@ -53,6 +179,10 @@ pub fn write_to(
         source,
         page_size: stream.page_size.bytes,
         progress,
+        capability: (to_mapped != from_mapped).then_some(to_mapped),
+        to_mapped,
+        file_offset: options.file_offset,
+        unplaced: Vec::new(),
     };
     output.records(&mut w, &stream.records)?;
     w.buf.u8(TYPE_EOF);
@@ -62,19 +192,38 @@ pub fn write_to(
         w.buf.uint(4, Endian::Big, len, "vmdescription.length")?;
         w.buf.bytes(&trailer.json);
     }
-    w.finish()
+    let unplaced = std::mem::take(&mut output.unplaced);
+    Ok(Written {
+        len: w.finish()?,
+        unplaced,
+    })
+}
+
+/// Where a sink's full buffers go.
+enum Out<'o> {
+    Stream(&'o mut dyn Write),
+    File(&'o mut dyn SeekWrite),
+}
+
+impl Out<'_> {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::Stream(out) => out.write_all(bytes),
+            Out::File(out) => out.write_all(bytes),
+        }
+    }
 }
 
 /// Where the writer puts bytes: a buffer, handed on to the output whenever it is full, or
 /// kept whole for a PACKAGED command, whose length precedes it.
 struct Sink<'o> {
     buf: Writer,
-    out: Option<&'o mut dyn Write>,
+    out: Option<Out<'o>>,
     written: u64,
 }
 
 impl<'o> Sink<'o> {
-    fn to(out: &'o mut dyn Write) -> Sink<'o> {
+    fn to(out: Out<'o>) -> Sink<'o> {
         Sink {
             buf: Writer::with_capacity(FLUSH_AT),
             out: Some(out),
@@ -104,16 +253,49 @@ impl<'o> Sink<'o> {
             return Ok(());
         };
         let full = std::mem::replace(&mut self.buf, Writer::with_capacity(FLUSH_AT));
-        out.write_all(full.as_bytes()).map_err(|e| {
-            Error::new(
-                ErrorKind::Output {
-                    reason: e.to_string(),
-                },
-                self.written,
-                "output",
-            )
-        })?;
+        out.write_all(full.as_bytes())
+            .map_err(|e| output_error(e, self.written))?;
         self.written = self.written.saturating_add(full.offset());
+        Ok(())
+    }
+
+    /// Offset in the output of the next byte written, for a sink that has an output.
+    fn position(&self) -> Result<u64> {
+        match self.out {
+            Some(_) => Ok(self.written.saturating_add(self.buf.offset())),
+            None => Err(Error::new(
+                ErrorKind::Unsupported {
+                    what: "mapped-ram blocks inside a PACKAGED command".to_owned(),
+                },
+                self.buf.offset(),
+                "ram.block_list",
+            )),
+        }
+    }
+
+    /// Writes `len` zero bytes: a hole in a file, zeros in pieces in a stream. Something is
+    /// always written after a hole (a mapped-ram block's pages are followed by the rest of
+    /// the stream), so a file gets its length.
+    fn zeros(&mut self, len: u64) -> Result<()> {
+        if let Some(Out::File(_)) = &self.out {
+            self.drain()?;
+            let at = self.written;
+            if let Some(Out::File(file)) = self.out.as_mut() {
+                let by = i64::try_from(len)
+                    .map_err(|_| output_error(std::io::ErrorKind::InvalidInput.into(), at))?;
+                file.seek(std::io::SeekFrom::Current(by))
+                    .map_err(|e| output_error(e, at))?;
+            }
+            self.written = at.saturating_add(len);
+            return Ok(());
+        }
+        let mut left = len;
+        while left > 0 {
+            let piece = left.min(FLUSH_AT as u64);
+            self.buf.zeros(usize::try_from(piece).unwrap_or(0));
+            left = left.saturating_sub(piece);
+            self.spill()?;
+        }
         Ok(())
     }
 
@@ -127,6 +309,12 @@ struct Output<'a> {
     source: &'a [u8],
     page_size: u64,
     progress: &'a mut dyn FnMut(u64),
+    /// The `mapped-ram` capability joins (`true`) or leaves the configuration section.
+    capability: Option<bool>,
+    /// Whether the output is a mapped-ram stream.
+    to_mapped: bool,
+    file_offset: u64,
+    unplaced: Vec<PlacedBlock>,
 }
 
 impl Output<'_> {
@@ -135,7 +323,10 @@ impl Output<'_> {
             match record {
                 Record::Configuration(config) => {
                     w.buf.u8(TYPE_CONFIGURATION);
-                    encode_struct(&mut w.buf, &config.state)
+                    let edited = self
+                        .capability
+                        .map(|on| with_capability(&config.state, "mapped-ram", on));
+                    encode_struct(&mut w.buf, edited.as_ref().unwrap_or(&config.state))
                         .map_err(|e| e.within("configuration"))?;
                 }
                 Record::Command(command) => self.command(w, command)?,
@@ -208,12 +399,19 @@ impl Output<'_> {
     }
 
     fn ram_item(&mut self, w: &mut Sink, item: &RamItem) -> Result<()> {
+        let from_mapped = |list: &BlockList| list.blocks.iter().any(|b| b.mapped.is_some());
         match item {
             // With mapped-ram the list holds each block's bitmap and pages, in the source.
-            RamItem::BlockList(list) if list.blocks.iter().any(|b| b.mapped.is_some()) => {
+            RamItem::BlockList(list)
+                if self.to_mapped && from_mapped(list) && list.file_offset == self.file_offset =>
+            {
                 self.copy_span(w, list.span)
             }
+            RamItem::BlockList(list) if self.to_mapped => self.mapped_block_list(w, list),
+            RamItem::BlockList(list) if from_mapped(list) => self.mapped_pages_as_records(w, list),
             RamItem::BlockList(list) => block_list(&mut w.buf, list),
+            // The pages of a stream made mapped-ram are placed after writing.
+            RamItem::Pages(_) if self.to_mapped => Ok(()),
             RamItem::Pages(run) => self.run(w, run),
             RamItem::MultifdFlush { .. } => {
                 w.buf.u64(Endian::Big, FLAG_MULTIFD_FLUSH);
@@ -302,6 +500,156 @@ impl Output<'_> {
         Ok(())
     }
 
+    /// Writes a block list in QEMU's mapped-ram layout at the place it lands in the output:
+    /// each entry's header, its bitmap right after, its pages at the next 1 MiB of the
+    /// file. Bitmaps and pages come from the source's mapped blocks; blocks that had page
+    /// records get zeros and are listed in `unplaced`.
+    fn mapped_block_list(&mut self, w: &mut Sink, list: &BlockList) -> Result<()> {
+        let overflow = |offset| {
+            Error::new(
+                ErrorKind::InvalidValue {
+                    value: offset,
+                    expected: "a mapped-ram layout inside 64-bit file offsets",
+                },
+                offset,
+                "ram.block_list.mapped_ram",
+            )
+        };
+        w.buf.u64(Endian::Big, list.total_bytes | FLAG_MEM_SIZE);
+        for block in &list.blocks {
+            block_entry(&mut w.buf, block)?;
+            let header_at = w.position()?;
+            w.buf.u32(Endian::Big, 1);
+            w.buf.u64(Endian::Big, self.page_size);
+            // A block QEMU did not write (x-ignore-shared) stays marked so.
+            if block
+                .mapped
+                .as_ref()
+                .is_some_and(|m| m.bitmap.len == 0 && m.pages_offset == 0)
+            {
+                w.buf.u64(Endian::Big, 0);
+                w.buf.u64(Endian::Big, 0);
+                continue;
+            }
+            let pages = block.used_length.div_ceil(self.page_size.max(1));
+            let bitmap = Span {
+                offset: header_at.saturating_add(MAPPED_RAM_HEADER_LEN),
+                len: pages.div_ceil(64).saturating_mul(8),
+            };
+            let in_file = |offset: u64| offset.checked_add(self.file_offset);
+            let pages_in_file = in_file(bitmap.end())
+                .and_then(|end| end.checked_next_multiple_of(MAPPED_RAM_ALIGNMENT))
+                .filter(|p| p.checked_add(block.used_length).is_some())
+                .ok_or_else(|| overflow(bitmap.end()))?;
+            let pages_offset = pages_in_file.saturating_sub(self.file_offset);
+            w.buf.u64(
+                Endian::Big,
+                in_file(bitmap.offset).ok_or_else(|| overflow(bitmap.offset))?,
+            );
+            w.buf.u64(Endian::Big, pages_in_file);
+            let gap = pages_offset.saturating_sub(bitmap.end());
+            match &block.mapped {
+                Some(source) => {
+                    self.copy_span(w, source.bitmap)?;
+                    w.zeros(gap)?;
+                    self.copy_marked_pages(w, block.used_length, source)?;
+                }
+                None => {
+                    w.zeros(bitmap.len.saturating_add(gap))?;
+                    w.zeros(block.used_length)?;
+                    self.unplaced.push(PlacedBlock {
+                        name: block.name.clone(),
+                        used_length: block.used_length,
+                        bitmap,
+                        pages_offset,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a mapped block's pages region: the pages its bitmap marks, copied from the
+    /// source in runs, and holes for the others, which read as zeros whatever the source
+    /// held there.
+    fn copy_marked_pages(
+        &mut self,
+        w: &mut Sink,
+        used_length: u64,
+        source: &MappedRam,
+    ) -> Result<()> {
+        let page_size = self.page_size.max(1);
+        let bitmap = Output::bytes_of(self.source, source.bitmap.offset, source.bitmap.len)?;
+        let marked = |n: u64| {
+            bitmap
+                .get(usize::try_from(n / 8).unwrap_or(usize::MAX))
+                .is_some_and(|byte| byte & (1 << (n % 8)) != 0)
+        };
+        let pages = used_length.div_ceil(page_size);
+        let mut n = 0;
+        while n < pages {
+            let set = marked(n);
+            let mut end = n.saturating_add(1);
+            while end < pages && marked(end) == set {
+                end = end.saturating_add(1);
+            }
+            let at = n.saturating_mul(page_size);
+            let len = end
+                .saturating_mul(page_size)
+                .min(used_length)
+                .saturating_sub(at);
+            if set {
+                self.copy_span(
+                    w,
+                    Span {
+                        offset: source.pages_offset.saturating_add(at),
+                        len,
+                    },
+                )?;
+            } else {
+                w.zeros(len)?;
+            }
+            n = end;
+        }
+        Ok(())
+    }
+
+    /// Writes a mapped-ram block list as an ordinary one followed by a PAGE record for
+    /// every page its bitmaps mark, block by block.
+    fn mapped_pages_as_records(&mut self, w: &mut Sink, list: &BlockList) -> Result<()> {
+        block_list(&mut w.buf, list)?;
+        for block in &list.blocks {
+            let Some(mapped) = &block.mapped else {
+                continue;
+            };
+            let source = self.source;
+            let bitmap = Output::bytes_of(source, mapped.bitmap.offset, mapped.bitmap.len)?;
+            let pages = block.used_length.div_ceil(self.page_size.max(1));
+            let mut named = false;
+            for n in 0..pages {
+                let marked = bitmap
+                    .get(usize::try_from(n / 8).unwrap_or(usize::MAX))
+                    .is_some_and(|byte| byte & (1 << (n % 8)) != 0);
+                if !marked {
+                    continue;
+                }
+                let at = n.saturating_mul(self.page_size);
+                let continues = if named { FLAG_CONTINUE } else { 0 };
+                w.buf.u64(Endian::Big, at | FLAG_PAGE | continues);
+                if !named {
+                    w.buf.counted_bytes(block.name.as_bytes(), "ram.block")?;
+                    named = true;
+                }
+                let data = mapped.pages_offset.saturating_add(at);
+                w.buf.bytes(self.source_bytes(data, self.page_size)?);
+                if w.spill()? {
+                    (self.progress)(data);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Copies bytes of the source in pieces, handing each full buffer to the output.
     fn copy_span(&mut self, w: &mut Sink, span: Span) -> Result<()> {
         const PIECE: u64 = 1 << 20;
@@ -361,35 +709,40 @@ impl Output<'_> {
     }
 
     fn source_bytes(&self, offset: u64, len: u64) -> Result<&[u8]> {
-        let span = Span { offset, len };
-        usize::try_from(span.offset)
-            .ok()
-            .zip(usize::try_from(span.end()).ok())
-            .and_then(|(start, end)| self.source.get(start..end))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::UnexpectedEof {
-                        needed: len,
-                        available: (self.source.len() as u64).saturating_sub(offset),
-                    },
-                    offset,
-                    "ram.page (source)",
-                )
-            })
+        Output::bytes_of(self.source, offset, len)
+    }
+
+    fn bytes_of(source: &[u8], offset: u64, len: u64) -> Result<&[u8]> {
+        crate::wire::slice(source, offset, len).ok_or_else(|| {
+            Error::new(
+                ErrorKind::UnexpectedEof {
+                    needed: len,
+                    available: (source.len() as u64).saturating_sub(offset),
+                },
+                offset,
+                "ram.page (source)",
+            )
+        })
     }
 }
 
 fn block_list(w: &mut Writer, list: &BlockList) -> Result<()> {
     w.u64(Endian::Big, list.total_bytes | FLAG_MEM_SIZE);
     for block in &list.blocks {
-        w.counted_bytes(block.name.as_bytes(), "ram.block_list.name")?;
-        w.u64(Endian::Big, block.used_length);
-        if let Some(page_size) = block.page_size {
-            w.u64(Endian::Big, page_size);
-        }
-        if let Some(mr_addr) = block.mr_addr {
-            w.u64(Endian::Big, mr_addr);
-        }
+        block_entry(w, block)?;
+    }
+    Ok(())
+}
+
+/// A block list entry up to where a mapped-ram header would follow.
+fn block_entry(w: &mut Writer, block: &RamBlock) -> Result<()> {
+    w.counted_bytes(block.name.as_bytes(), "ram.block_list.name")?;
+    w.u64(Endian::Big, block.used_length);
+    if let Some(page_size) = block.page_size {
+        w.u64(Endian::Big, page_size);
+    }
+    if let Some(mr_addr) = block.mr_addr {
+        w.u64(Endian::Big, mr_addr);
     }
     Ok(())
 }
