@@ -8,6 +8,11 @@
 # `cat` in the same run, and the peak resident memory (largest "Maximum resident set size"
 # over the runs, from GNU time).
 #
+# Commands that write a file are also given as a ratio to `cp` of the stream. With QEMU's
+# scripts/analyze-migration.py at ANALYZE_MIGRATION (default target/bench/analyze-migration.py;
+# versions before QEMU 8.0 need its -x output files opened in text mode), its `-x` (one raw
+# file per RAM block) runs beside `ram extract`.
+#
 # Prints figures; asserts nothing. Not part of .ci/run.
 #
 # usage: scripts/bench-scale.sh          env: RUNS=5  STREAM=path (use this stream instead)
@@ -41,6 +46,11 @@ if [ ! -s "$STREAM" ]; then
 fi
 size=$(stat -c %s "$STREAM")
 
+ANALYZE_MIGRATION=${ANALYZE_MIGRATION:-$BENCH/analyze-migration.py}
+# The mapped-ram form of the stream, for the rows that read one.
+log "writing $BENCH/mapped.mig (mapped-ram)"
+$VMSTATE convert --ram-layout mapped-ram "$STREAM" "$BENCH/mapped.mig" >/dev/null
+
 log "warming the page cache"
 cat "$STREAM" > /dev/null
 cat "$STREAM" > /dev/null
@@ -59,7 +69,16 @@ benches=(
     "cp --reflink=never|rm -f $BENCH/copy.mig && cp --reflink=never $STREAM $BENCH/copy.mig"
     "ram extract (by block)|rm -rf $BENCH/ram && $VMSTATE ram extract $STREAM $BENCH/ram"
     "ram extract --format elf|rm -f $BENCH/ram.elf && $VMSTATE ram extract --format elf $STREAM $BENCH/ram.elf"
+    "convert --ram-layout mapped-ram|rm -f $BENCH/m.mig && $VMSTATE convert --ram-layout mapped-ram $STREAM $BENCH/m.mig"
+    "convert --ram-layout ordinary (from mapped-ram)|rm -f $BENCH/o.mig && $VMSTATE convert --ram-layout ordinary $BENCH/mapped.mig $BENCH/o.mig"
+    "ram extract (mapped-ram, by block)|rm -rf $BENCH/mram && $VMSTATE ram extract $BENCH/mapped.mig $BENCH/mram"
 )
+if [ -f "$ANALYZE_MIGRATION" ]; then
+    am=$(realpath "$ANALYZE_MIGRATION"); abs=$(realpath "$STREAM")
+    benches+=("analyze-migration.py -x|rm -rf $BENCH/amx && mkdir $BENCH/amx && cd $BENCH/amx && python3 $am -x -f $abs")
+else
+    log "no $ANALYZE_MIGRATION: the analyze-migration.py -x row is left out"
+fi
 
 results=$(mktemp)
 rss=$(mktemp)
@@ -82,19 +101,17 @@ cat_ns=$(awk '$1 == 0 { print $2 }' "$results" | median)
 echo
 echo "stream: $STREAM, $size bytes ($(( size >> 20 )) MiB); $RUNS runs each, alternating"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
-printf '%-26s %10s %14s %14s\n' "command" "median s" "ratio to cat" "peak RSS MiB"
+# The rows after cp write files: each is also a ratio to cp.
+cp_row=8
+cp_ns=$(awk -v i="$cp_row" '$1 == i { print $2 }' "$results" | median)
+printf '%-46s %10s %8s %8s %12s\n' "command" "median s" "x cat" "x cp" "peak RSS MiB"
 for i in "${!benches[@]}"; do
     name=${benches[$i]%%|*}
     ns=$(awk -v i="$i" '$1 == i { print $2 }' "$results" | median)
     kib=$(awk -v i="$i" '$1 == i && $3 > m { m = $3 } END { print m }' "$results")
-    awk -v n="$name" -v ns="$ns" -v c="$cat_ns" -v k="$kib" \
-        'BEGIN { printf "%-26s %10.3f %14.2f %14.1f\n", n, ns / 1e9, ns / c, k / 1024 }'
-done
-cp_ns=$(awk '$1 == 8 { print $2 }' "$results" | median)
-for i in 9 10; do
-    ns=$(awk -v i="$i" '$1 == i { print $2 }' "$results" | median)
-    awk -v n="${benches[$i]%%|*}" -v ns="$ns" -v c="$cp_ns" \
-        'BEGIN { printf "%s: %.2f x cp --reflink=never\n", n, ns / c }'
+    awk -v n="$name" -v ns="$ns" -v c="$cat_ns" -v p="$cp_ns" -v k="$kib" -v w="$(( i > cp_row ))" \
+        'BEGIN { printf "%-46s %10.3f %8.2f %8s %12.1f\n", n, ns / 1e9, ns / c,
+                 w ? sprintf("%.2f", ns / p) : "", k / 1024 }'
 done
 if [ -s "$BENCH/stripped.mig" ]; then
     echo "convert --strip-ram output: $(stat -c %s "$BENCH/stripped.mig") bytes"

@@ -4,12 +4,16 @@
 //!
 //! Invariants: nothing panics; whatever reads writes back to exactly the bytes it was read
 //! from (the model keeps everything, and the writer adds nothing); with its RAM stripped it
-//! still reads, with no pages, and writes back to itself.
+//! still reads, with no pages, and writes back to itself. Written as page records it reads
+//! as a stream without mapped-ram; written as mapped-ram further into a file (when its RAM is
+//! small enough to hold) it reads there, with mapped-ram, and its block list unchanged.
 
 #![no_main]
 
+use std::io::Cursor;
+
 use libfuzzer_sys::fuzz_target;
-use vmstate::stream;
+use vmstate::stream::{self, RamLayout, Stream, WriteOptions};
 
 fuzz_target!(|data: &[u8]| {
     check(data);
@@ -36,6 +40,7 @@ fn check(data: &[u8]) {
     };
     let written = stream::write(&parsed, data).expect("a stream that reads writes back");
     assert!(written == data, "written stream differs from the input");
+    layouts(&parsed, data);
     // Without its pages a stream is still a stream, and stripping it again changes nothing.
     let mut stripped = parsed;
     stripped.strip_ram();
@@ -46,4 +51,36 @@ fn check(data: &[u8]) {
         .iter()
         .all(|b| b.pages + b.zero_pages + b.xbzrle_pages == 0));
     assert!(stream::write(&reread, &bytes).expect("writes again") == bytes);
+}
+
+/// Where the mapped-ram output is placed in its file, as after a libvirt image's header.
+const FILE_OFFSET: u64 = 1000;
+
+fn layouts(parsed: &Stream, data: &[u8]) {
+    let options = WriteOptions {
+        ram_layout: RamLayout::Records,
+        file_offset: 0,
+    };
+    let mut records = Vec::new();
+    if stream::write_with(parsed, data, &mut records, &options, &mut |_| {}).is_ok() {
+        let reread = stream::read(&records).expect("page records written from a stream read");
+        assert!(!reread.has_mapped_ram());
+    }
+    // Holes are zeros in memory: only streams that claim little RAM are laid out there.
+    let blocks = vmstate::memory::ram_blocks(parsed);
+    let ram: u64 = blocks.iter().map(|(_, len)| *len).fold(0, u64::saturating_add);
+    if blocks.is_empty() || ram > 256 << 10 {
+        return;
+    }
+    let mut file = Cursor::new(vec![0xAA; FILE_OFFSET as usize]);
+    file.set_position(FILE_OFFSET);
+    if vmstate::extract::write_mapped_ram(parsed, data, &mut file, &mut |_| {}).is_err() {
+        return;
+    }
+    let bytes = file.into_inner();
+    let inner = &bytes[FILE_OFFSET as usize..];
+    let reread = stream::read_in_file(inner, FILE_OFFSET, &mut |_| {})
+        .expect("a mapped-ram stream written reads where it was placed");
+    assert!(reread.has_mapped_ram());
+    assert!(vmstate::memory::ram_blocks(&reread) == blocks);
 }

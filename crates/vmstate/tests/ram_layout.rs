@@ -112,7 +112,7 @@ fn mapped_ram_becomes_page_records_and_back_byte_for_byte() {
     let ordinary = stream::read(&records).unwrap();
     assert!(!ordinary.has_mapped_ram());
     assert!(capabilities(&ordinary).is_empty());
-    let written: u64 = ordinary_blocks(&parsed)
+    let written: u64 = blocks(&parsed)
         .iter()
         .map(|b| b.mapped.as_ref().unwrap().pages_written)
         .sum();
@@ -128,15 +128,9 @@ fn mapped_ram_becomes_page_records_and_back_byte_for_byte() {
     assert_eq!(to_mapped(&ordinary, &records, 0), data);
 }
 
-fn ordinary_blocks(parsed: &Stream) -> Vec<stream::RamBlock> {
-    parsed
-        .sections()
+fn blocks(parsed: &Stream) -> Vec<stream::RamBlock> {
+    stream_checks::ram_items(parsed)
         .into_iter()
-        .filter_map(|s| match &s.body {
-            SectionBody::Ram(ram) => Some(ram.items.clone()),
-            _ => None,
-        })
-        .flatten()
         .filter_map(|i| match i {
             RamItem::BlockList(list) => Some(list.blocks),
             _ => None,
@@ -160,7 +154,7 @@ fn ordinary_streams_become_mapped_ram_with_the_same_memory() {
             stream_checks::ram_runs(&reread).is_empty(),
             "{name}: no page records"
         );
-        for block in ordinary_blocks(&reread) {
+        for block in blocks(&reread) {
             let m = block.mapped.unwrap();
             assert_eq!(m.pages_offset % (1 << 20), 0, "{name}: {}", block.name);
         }

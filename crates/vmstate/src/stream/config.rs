@@ -84,18 +84,23 @@ impl Configuration {
 
     /// The capabilities listed by `configuration/capabilities`.
     pub fn capabilities(&self) -> Vec<&str> {
-        let Some(sub) = self.state.subsection("configuration/capabilities") else {
-            return Vec::new();
-        };
-        sub.state
-            .fields
-            .iter()
-            .filter_map(|f| match &f.value {
-                Value::Text(t) => Some(t.as_str()),
-                _ => None,
-            })
-            .collect()
+        listed_capabilities(&self.state)
     }
+}
+
+/// The capabilities `configuration/capabilities` lists in the configuration `state`.
+fn listed_capabilities(state: &StructValue) -> Vec<&str> {
+    let Some(sub) = state.subsection("configuration/capabilities") else {
+        return Vec::new();
+    };
+    sub.state
+        .fields
+        .iter()
+        .filter_map(|f| match &f.value {
+            Value::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn fixed(r: &mut Reader, layout: &[(&str, &str, usize)]) -> Result<StructValue> {
@@ -162,21 +167,12 @@ fn capabilities(r: &mut Reader) -> Result<StructValue> {
 /// would send it: the `configuration/capabilities` subsection is sent only while it lists
 /// one, after `configuration/target-page-bits` and before `configuration/uuid`.
 pub(crate) fn with_capability(state: &StructValue, capability: &str, on: bool) -> StructValue {
-    let mut state = state.clone();
     let subsection = "configuration/capabilities";
-    let mut listed: Vec<String> = state
-        .subsection(subsection)
-        .map(|sub| {
-            sub.state
-                .fields
-                .iter()
-                .filter_map(|f| match &f.value {
-                    Value::Text(t) => Some(t.clone()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut listed: Vec<String> = listed_capabilities(state)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut state = state.clone();
     listed.retain(|c| c != capability);
     if on {
         listed.push(capability.to_owned());

@@ -18,18 +18,25 @@ pub fn read_stream_file(path: &Path) -> Vec<u8> {
         .into_owned()
 }
 
-/// Every run of page records of a stream, in stream order.
-pub fn ram_runs(stream: &Stream) -> Vec<stream::RamRun> {
+/// Every item of a stream's RAM sections, in stream order.
+pub fn ram_items(stream: &Stream) -> Vec<RamItem> {
     stream
         .sections()
         .into_iter()
         .filter_map(|s| match &s.body {
-            SectionBody::Ram(ram) => Some(ram.items.iter()),
+            SectionBody::Ram(ram) => Some(ram.items.iter().cloned()),
             _ => None,
         })
         .flatten()
+        .collect()
+}
+
+/// Every run of page records of a stream, in stream order.
+pub fn ram_runs(stream: &Stream) -> Vec<stream::RamRun> {
+    ram_items(stream)
+        .into_iter()
         .filter_map(|item| match item {
-            RamItem::Pages(run) => Some(run.clone()),
+            RamItem::Pages(run) => Some(run),
             _ => None,
         })
         .collect()
