@@ -276,7 +276,12 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
         ram_layout: stream::RamLayout::MappedRam,
         file_offset: start,
     };
-    let written = stream::write_seekable(stream, source, file, &options, progress)?;
+    // Page records are read in the second pass, which alone tells `progress`: offsets it
+    // is given never go back.
+    let placing = !stream.has_mapped_ram();
+    let mut quiet = |_| {};
+    let first: &mut dyn FnMut(u64) = if placing { &mut quiet } else { &mut *progress };
+    let written = stream::write_seekable(stream, source, file, &options, first)?;
     let mut placed = Vec::new();
     if !written.unplaced.is_empty() {
         let page_size = stream.page_size.bytes.max(1);
@@ -289,7 +294,7 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
             blocks: &written.unplaced,
             last: 0,
         };
-        placed = extract_ram(stream, source, &mut target, &mut |_| {})?;
+        placed = extract_ram(stream, source, &mut target, progress)?;
         let bitmaps = std::mem::take(&mut target.data);
         // Only the chunks with a set bit are written: the rest of each bitmap stays a hole.
         for (block, data) in written.unplaced.iter().zip(&bitmaps) {

@@ -123,6 +123,12 @@ fn mapped_ram_becomes_page_records_and_back_byte_for_byte() {
         records.len() < data.len() / 4,
         "no room kept for absent pages"
     );
+    // The description describes the configuration section as it now is.
+    let described = |s: &Stream| {
+        let json = &s.trailer.as_ref().unwrap().json;
+        String::from_utf8_lossy(json).contains("configuration/capabilities")
+    };
+    assert!(described(&parsed) && !described(&ordinary));
 
     // Back to mapped-ram: QEMU's layout again, so the very bytes QEMU wrote.
     assert_eq!(to_mapped(&ordinary, &records, 0), data);

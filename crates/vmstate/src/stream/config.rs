@@ -89,7 +89,7 @@ impl Configuration {
 }
 
 /// The capabilities `configuration/capabilities` lists in the configuration `state`.
-fn listed_capabilities(state: &StructValue) -> Vec<&str> {
+pub(crate) fn listed_capabilities(state: &StructValue) -> Vec<&str> {
     let Some(sub) = state.subsection("configuration/capabilities") else {
         return Vec::new();
     };

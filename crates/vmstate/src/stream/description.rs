@@ -226,6 +226,49 @@ pub fn set_field_size(
     Ok(render_like_qemu(&root).into_bytes())
 }
 
+/// Describes the configuration section's `configuration/capabilities` subsection in the
+/// JSON text of a description as the stream now carries it: listing `capabilities`, or
+/// gone when they are none, and renders the text again as QEMU writes it. A description
+/// without the configuration section (QEMU before 8.0 wrote none) is given back as it is.
+pub fn set_configuration_capabilities(json: &[u8], capabilities: &[&str]) -> Result<Vec<u8>> {
+    const NAME: &str = "configuration/capabilities";
+    let bad = |reason: String| Error::new(ErrorKind::BadDescription { reason }, 0, "vmdescription");
+    let mut root: Json = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let Some(config) = root.get_mut("configuration").and_then(Json::as_object_mut) else {
+        return Ok(json.to_vec());
+    };
+    let mut subsections = match config.remove("subsections") {
+        Some(Json::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    let named = |s: &Json, name: &str| s.get("vmsd_name").and_then(Json::as_str) == Some(name);
+    subsections.retain(|s| !named(s, NAME));
+    if let Some(first) = capabilities.first() {
+        let mut field = serde_json::Map::new();
+        field.insert("name".to_owned(), Json::from("capabilities"));
+        field.insert("type".to_owned(), Json::from("capability"));
+        if capabilities.len() > 1 {
+            field.insert("array_len".to_owned(), Json::from(capabilities.len()));
+        }
+        field.insert("size".to_owned(), Json::from(first.len().saturating_add(1)));
+        let described = serde_json::json!({
+            "vmsd_name": NAME,
+            "version": 1,
+            "fields": [{"name": "caps_count", "type": "uint32", "size": 4}, Json::Object(field)],
+        });
+        // QEMU sends them in this order: target-page-bits, capabilities, uuid.
+        let at = subsections
+            .iter()
+            .position(|s| named(s, "configuration/uuid"))
+            .unwrap_or(subsections.len());
+        subsections.insert(at, described);
+    }
+    if !subsections.is_empty() {
+        config.insert("subsections".to_owned(), Json::Array(subsections));
+    }
+    Ok(render_like_qemu(&root).into_bytes())
+}
+
 /// Renders JSON the way QEMU's JSON writer does: keys in their original order, `": "` after
 /// a key and `", "` between members, no other white space. Re-rendering a description QEMU
 /// wrote gives back its exact bytes.

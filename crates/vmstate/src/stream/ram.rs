@@ -765,7 +765,11 @@ fn visit_mapped_pages(
     page_size: u64,
     source: &[u8],
     visit: &mut dyn FnMut(&str, &RamRecord) -> Result<()>,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<()> {
+    // How often the caller hears how far the pages have been read: a block can be all of
+    // the guest's memory, and the mapping behind the reader is released as it goes.
+    const PROGRESS_EVERY: u64 = 256;
     if mapped.bitmap.len == 0 {
         return Ok(());
     }
@@ -806,6 +810,9 @@ fn visit_mapped_pages(
             },
         };
         visit(&block.name, &record)?;
+        if n % PROGRESS_EVERY == PROGRESS_EVERY - 1 {
+            progress(data.end());
+        }
     }
     Ok(())
 }
@@ -830,7 +837,7 @@ pub fn visit_page_records(
             if let RamItem::BlockList(list) = item {
                 for block in &list.blocks {
                     if let Some(mapped) = &block.mapped {
-                        visit_mapped_pages(block, mapped, page_size, source, visit)?;
+                        visit_mapped_pages(block, mapped, page_size, source, visit, progress)?;
                     }
                 }
                 progress(list.span.end());

@@ -6,10 +6,11 @@
 
 use std::io::{Seek, Write};
 
-use super::config::with_capability;
+use super::config::{listed_capabilities, with_capability};
 use super::container::{
     TYPE_COMMAND, TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION,
 };
+use super::description::set_configuration_capabilities;
 use super::ram::{
     FLAG_COMPRESS_PAGE, FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_MULTIFD_FLUSH, FLAG_PAGE,
     FLAG_XBZRLE, FLAG_ZERO, XBZRLE_ENCODING,
@@ -179,7 +180,10 @@ fn write_any(
         source,
         page_size: stream.page_size.bytes,
         progress,
-        capability: (to_mapped != from_mapped).then_some(to_mapped),
+        configuration: (to_mapped != from_mapped)
+            .then(|| stream.configuration())
+            .flatten()
+            .map(|config| with_capability(&config.state, "mapped-ram", to_mapped)),
         to_mapped,
         file_offset: options.file_offset,
         unplaced: Vec::new(),
@@ -187,10 +191,20 @@ fn write_any(
     output.records(&mut w, &stream.records)?;
     w.buf.u8(TYPE_EOF);
     if let Some(trailer) = &stream.trailer {
+        // The description lists the configuration's subsections: it follows the edit.
+        let edited = output
+            .configuration
+            .as_ref()
+            .map(|state| {
+                set_configuration_capabilities(&trailer.json, &listed_capabilities(state))
+                    .map_err(|e| e.within("vmdescription"))
+            })
+            .transpose()?;
+        let json = edited.as_deref().unwrap_or(&trailer.json);
         w.buf.u8(TYPE_VMDESCRIPTION);
-        let len = u64::try_from(trailer.json.len()).unwrap_or(u64::MAX);
+        let len = u64::try_from(json.len()).unwrap_or(u64::MAX);
         w.buf.uint(4, Endian::Big, len, "vmdescription.length")?;
-        w.buf.bytes(&trailer.json);
+        w.buf.bytes(json);
     }
     let unplaced = std::mem::take(&mut output.unplaced);
     Ok(Written {
@@ -309,8 +323,9 @@ struct Output<'a> {
     source: &'a [u8],
     page_size: u64,
     progress: &'a mut dyn FnMut(u64),
-    /// The `mapped-ram` capability joins (`true`) or leaves the configuration section.
-    capability: Option<bool>,
+    /// The configuration section's state when the `mapped-ram` capability joins or leaves
+    /// its list.
+    configuration: Option<super::StructValue>,
     /// Whether the output is a mapped-ram stream.
     to_mapped: bool,
     file_offset: u64,
@@ -323,11 +338,8 @@ impl Output<'_> {
             match record {
                 Record::Configuration(config) => {
                     w.buf.u8(TYPE_CONFIGURATION);
-                    let edited = self
-                        .capability
-                        .map(|on| with_capability(&config.state, "mapped-ram", on));
-                    encode_struct(&mut w.buf, edited.as_ref().unwrap_or(&config.state))
-                        .map_err(|e| e.within("configuration"))?;
+                    let state = self.configuration.as_ref().unwrap_or(&config.state);
+                    encode_struct(&mut w.buf, state).map_err(|e| e.within("configuration"))?;
                 }
                 Record::Command(command) => self.command(w, command)?,
                 Record::Section(section) => self.section(w, section)?,
