@@ -8,7 +8,7 @@
 //! written as zeros and all others are left as holes.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read as _};
+use std::io;
 
 use serde::Serialize;
 
@@ -287,7 +287,7 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
         let page_size = stream.page_size.bytes.max(1);
         let data = written.unplaced.iter().map(|_| Bits::default()).collect();
         let mut target = PlacedPages {
-            file: &mut *file,
+            out: Combined::new(vec![&mut *file]),
             start,
             page_size,
             data,
@@ -305,6 +305,7 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
                 target.put(offset, &bytes).map_err(|e| output(e, offset))?;
             }
         }
+        target.out.flush().map_err(|e| output(e, written.len))?;
     }
     let end = start.saturating_add(written.len);
     file.seek(io::SeekFrom::Start(end))
@@ -315,9 +316,73 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
     })
 }
 
+/// Writes to positions of files, held back while they follow one another so that runs of
+/// pages reach a file in large writes rather than a page at a time.
+pub struct Combined<F> {
+    files: Vec<F>,
+    /// The file, and where the held bytes start in it.
+    held: Option<(usize, u64)>,
+    buf: Vec<u8>,
+}
+
+impl<F: io::Read + io::Write + io::Seek> Combined<F> {
+    /// How many bytes are held back at most.
+    const HOLD: usize = 1 << 20;
+
+    /// Writes to `files`, by their index.
+    pub fn new(files: Vec<F>) -> Combined<F> {
+        Combined {
+            files,
+            held: None,
+            buf: Vec::with_capacity(Self::HOLD),
+        }
+    }
+
+    /// Writes `data` at `pos` of file `file`, or holds it to write with what follows.
+    pub fn write(&mut self, file: usize, pos: u64, data: &[u8]) -> io::Result<()> {
+        let follows = self.held.is_some_and(|(f, start)| {
+            f == file && start.saturating_add(self.buf.len() as u64) == pos
+        });
+        if !follows || self.buf.len().saturating_add(data.len()) > Self::HOLD {
+            self.flush()?;
+            self.held = Some((file, pos));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `pos` of file `file`, what is held written first.
+    pub fn read(&mut self, file: usize, pos: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.flush()?;
+        let f = self.file(file)?;
+        f.seek(io::SeekFrom::Start(pos))?;
+        f.read_exact(buf)
+    }
+
+    /// Writes what is held.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some((file, pos)) = self.held.take() {
+            let buf = std::mem::take(&mut self.buf);
+            let f = self.file(file)?;
+            f.seek(io::SeekFrom::Start(pos))?;
+            let written = f.write_all(&buf);
+            self.buf = buf;
+            written?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn file(&mut self, file: usize) -> io::Result<&mut F> {
+        self.files
+            .get_mut(file)
+            .ok_or_else(|| io::Error::other("no file for this block"))
+    }
+}
+
 /// Pages written into the mapped-ram blocks [`write_mapped_ram`] laid out.
-struct PlacedPages<'f, F> {
-    file: &'f mut F,
+struct PlacedPages<'f, F: io::Read + io::Write + io::Seek> {
+    out: Combined<&'f mut F>,
     /// Where the stream starts in the file.
     start: u64,
     page_size: u64,
@@ -357,10 +422,8 @@ impl<F: io::Read + io::Write + io::Seek> PlacedPages<'_, F> {
     }
 
     fn put(&mut self, stream_offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.seek(io::SeekFrom::Start(
-            self.start.saturating_add(stream_offset),
-        ))?;
-        self.file.write_all(data)
+        self.out
+            .write(0, self.start.saturating_add(stream_offset), data)
     }
 
     fn mark(&mut self, index: usize, offset: u64, on: bool) {
@@ -373,23 +436,25 @@ impl<F: io::Read + io::Write + io::Seek> PlacedPages<'_, F> {
 impl<F: io::Read + io::Write + io::Seek> PageTarget for PlacedPages<'_, F> {
     fn write(&mut self, block: &str, offset: u64, data: &[u8]) -> io::Result<()> {
         let (index, at) = self.place(block, offset)?;
-        self.file.seek(io::SeekFrom::Start(at))?;
-        self.file.write_all(data)?;
+        self.out.write(0, at, data)?;
         self.mark(index, offset, true);
         Ok(())
     }
 
     fn zero(&mut self, block: &str, offset: u64, len: u64) -> io::Result<()> {
         let (index, at) = self.place(block, offset)?;
-        self.file.seek(io::SeekFrom::Start(at))?;
-        io::copy(&mut io::repeat(0).take(len), &mut *self.file)?;
+        self.out
+            .write(0, at, &vec![0; usize::try_from(len).unwrap_or(0)])?;
         self.mark(index, offset, false);
         Ok(())
     }
 
     fn read(&mut self, block: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let (_, at) = self.place(block, offset)?;
-        self.file.seek(io::SeekFrom::Start(at))?;
-        self.file.read_exact(buf)
+        self.out.read(0, at, buf)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand, ValueEnum};
-use vmstate::extract::{self, BlockPages, PageTarget};
+use vmstate::extract::{self, BlockPages, Combined, PageTarget};
 use vmstate::machine::Board;
 use vmstate::memory::{self, MapRegion, RamMap};
 use vmstate::wire::{Endian, Writer};
@@ -91,69 +91,16 @@ fn cannot(what: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| Failure::unreadable(format!("cannot write {}: {e}", what.display()))
 }
 
-/// Writes to positions of files, held back while they follow one another so that runs of
-/// pages reach the file in large writes rather than a page at a time.
-struct Combined {
-    files: Vec<File>,
-    /// The file, where the held bytes start, and the bytes.
-    held: Option<(usize, u64)>,
-    buf: Vec<u8>,
-}
-
-/// How many bytes are held back at most.
-const COMBINE: usize = 1 << 20;
-
-impl Combined {
-    fn new(files: Vec<File>) -> Combined {
-        Combined {
-            files,
-            held: None,
-            buf: Vec::with_capacity(COMBINE),
-        }
-    }
-
-    fn write(&mut self, file: usize, pos: u64, data: &[u8]) -> std::io::Result<()> {
-        let follows = self.held.is_some_and(|(f, start)| {
-            f == file && start.saturating_add(self.buf.len() as u64) == pos
-        });
-        if !follows || self.buf.len().saturating_add(data.len()) > COMBINE {
-            self.flush()?;
-            self.held = Some((file, pos));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn read(&mut self, file: usize, pos: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.flush()?;
-        self.files
-            .get(file)
-            .ok_or_else(not_here)?
-            .read_exact_at(buf, pos)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if let Some((file, pos)) = self.held.take() {
-            self.files
-                .get(file)
-                .ok_or_else(not_here)?
-                .write_all_at(&self.buf, pos)?;
-        }
-        self.buf.clear();
-        Ok(())
-    }
-}
-
 /// One file per block, each as long as its block, with holes where nothing was written.
 struct BlockFiles {
     index: HashMap<String, usize>,
-    out: Combined,
+    out: Combined<File>,
 }
 
 /// One file in which each (block, offset) has a place: `base + (offset - block_offset)` of
 /// the region that holds it (the guest-physical address, or the offset in an ELF core).
 struct Placed {
-    out: Combined,
+    out: Combined<File>,
     places: Vec<(MapRegion, u64)>,
 }
 
