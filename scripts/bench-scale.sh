@@ -51,9 +51,16 @@ ANALYZE_MIGRATION=${ANALYZE_MIGRATION:-$BENCH/analyze-migration.py}
 log "writing $BENCH/mapped.mig (mapped-ram)"
 $VMSTATE convert --ram-layout mapped-ram "$STREAM" "$BENCH/mapped.mig" >/dev/null
 
+# gzip -1 of the stream, for the rows that read one (made once, like the stream).
+if [ ! -s "$STREAM.gz" ] || [ "$STREAM.gz" -ot "$STREAM" ]; then
+    log "writing $STREAM.gz (gzip -1)"
+    gzip -1 -c "$STREAM" > "$STREAM.gz"
+fi
+
 log "warming the page cache"
 cat "$STREAM" > /dev/null
 cat "$STREAM" > /dev/null
+cat "$STREAM.gz" > /dev/null
 
 # name|command; the first is the reference.
 benches=(
@@ -65,6 +72,9 @@ benches=(
     "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
+    "cat | cat (the pipe's floor)|cat $STREAM | cat"
+    "dump FILE.gz (gzip -1)|$VMSTATE dump $STREAM.gz"
+    "zcat FILE.gz (gzip's floor)|zcat $STREAM.gz"
     # Each writes a new file (the old one removed first, in the timing too).
     "cp --reflink=never|rm -f $BENCH/copy.mig && cp --reflink=never $STREAM $BENCH/copy.mig"
     "ram extract (by block)|rm -rf $BENCH/ram && $VMSTATE ram extract $STREAM $BENCH/ram"
@@ -102,7 +112,9 @@ echo
 echo "stream: $STREAM, $size bytes ($(( size >> 20 )) MiB); $RUNS runs each, alternating"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); $(uname -sr)"
 # The rows after cp write files: each is also a ratio to cp.
-cp_row=8
+for i in "${!benches[@]}"; do
+    [ "${benches[$i]%%|*}" = "cp --reflink=never" ] && cp_row=$i
+done
 cp_ns=$(awk -v i="$cp_row" '$1 == i { print $2 }' "$results" | median)
 printf '%-46s %10s %8s %8s %12s\n' "command" "median s" "x cat" "x cp" "peak RSS MiB"
 for i in "${!benches[@]}"; do

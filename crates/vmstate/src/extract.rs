@@ -7,13 +7,13 @@
 //! two bits per page carried (carried, holds data), so a zero page sent after a data page is
 //! written as zeros and all others are left as holes.
 
-use std::collections::BTreeMap;
 use std::io;
 
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::ram_blocks;
+use crate::pages::PageBits;
 use crate::stream::{self, RamRecordKind, Stream};
 use crate::wire::slice;
 
@@ -46,66 +46,6 @@ pub struct BlockPages {
     pub absent_pages: u64,
 }
 
-/// A set of page numbers, kept in chunks of [`Bits::CHUNK`] bits that exist once a bit in
-/// them is set: its memory follows the pages a stream carries, not the length its block
-/// list claims.
-#[derive(Default)]
-struct Bits(BTreeMap<u64, Box<[u64; Bits::WORDS]>>);
-
-impl Bits {
-    const WORDS: usize = 512;
-    const CHUNK: u64 = 512 * 64;
-
-    fn place(i: u64) -> (u64, usize, u64) {
-        let word = usize::try_from(i % Self::CHUNK / 64).unwrap_or(0);
-        (i / Self::CHUNK, word, 1 << (i % 64))
-    }
-
-    fn get(&self, i: u64) -> bool {
-        let (chunk, word, bit) = Self::place(i);
-        self.0
-            .get(&chunk)
-            .and_then(|words| words.get(word))
-            .is_some_and(|w| w & bit != 0)
-    }
-
-    fn set(&mut self, i: u64, on: bool) {
-        let (chunk, word, bit) = Self::place(i);
-        let words = match (self.0.get_mut(&chunk), on) {
-            (Some(words), _) => words,
-            (None, false) => return,
-            (None, true) => self
-                .0
-                .entry(chunk)
-                .or_insert_with(|| Box::new([0; Self::WORDS])),
-        };
-        if let Some(w) = words.get_mut(word) {
-            if on {
-                *w |= bit;
-            } else {
-                *w &= !bit;
-            }
-        }
-    }
-
-    fn count(&self) -> u64 {
-        self.0
-            .values()
-            .flat_map(|words| words.iter())
-            .map(|w| u64::from(w.count_ones()))
-            .sum()
-    }
-
-    /// The chunks that hold a set bit, as the bytes of a bitmap of little-endian 64-bit
-    /// words (QEMU's mapped-ram bitmap), with the byte offset of each in that bitmap.
-    fn chunks(&self) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
-        self.0.iter().map(|(chunk, words)| {
-            let bytes = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            (chunk.saturating_mul(Self::CHUNK / 8), bytes)
-        })
-    }
-}
-
 fn output(e: io::Error, offset: u64) -> Error {
     Error::new(
         ErrorKind::Output {
@@ -136,8 +76,8 @@ pub fn extract_ram(
         ));
     }
     let blocks = ram_blocks(stream);
-    let mut carried: Vec<Bits> = blocks.iter().map(|_| Bits::default()).collect();
-    let mut data: Vec<Bits> = blocks.iter().map(|_| Bits::default()).collect();
+    let mut carried: Vec<PageBits> = blocks.iter().map(|_| PageBits::default()).collect();
+    let mut data: Vec<PageBits> = blocks.iter().map(|_| PageBits::default()).collect();
     let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
     stream::visit_page_records(
         stream,
@@ -285,7 +225,11 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
     let mut placed = Vec::new();
     if !written.unplaced.is_empty() {
         let page_size = stream.page_size.bytes.max(1);
-        let data = written.unplaced.iter().map(|_| Bits::default()).collect();
+        let data = written
+            .unplaced
+            .iter()
+            .map(|_| PageBits::default())
+            .collect();
         let mut target = PlacedPages {
             out: Combined::new(vec![&mut *file]),
             start,
@@ -298,7 +242,7 @@ pub fn write_mapped_ram<F: io::Read + io::Write + io::Seek>(
         let bitmaps = std::mem::take(&mut target.data);
         // Only the chunks with a set bit are written: the rest of each bitmap stays a hole.
         for (block, data) in written.unplaced.iter().zip(&bitmaps) {
-            for (at, mut bytes) in data.chunks() {
+            for (at, mut bytes) in data.bitmap_pieces() {
                 let room = block.bitmap.len.saturating_sub(at);
                 bytes.truncate(usize::try_from(room).unwrap_or(usize::MAX));
                 let offset = block.bitmap.offset.saturating_add(at);
@@ -388,7 +332,7 @@ struct PlacedPages<'f, F: io::Read + io::Write + io::Seek> {
     page_size: u64,
     blocks: &'f [stream::PlacedBlock],
     /// Per block, the pages that hold data: its bitmap.
-    data: Vec<Bits>,
+    data: Vec<PageBits>,
     /// The block of the last page, looked at first.
     last: usize,
 }

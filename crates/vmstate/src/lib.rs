@@ -50,6 +50,7 @@ pub mod hex;
 pub mod machine;
 pub mod memory;
 pub mod note;
+mod pages;
 pub mod schema;
 pub mod stream;
 pub mod virtio;

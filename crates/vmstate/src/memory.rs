@@ -9,7 +9,7 @@
 //! that a stripped stream left out is *unknown*, not zero, and reading it says so.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+
 use std::fmt;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::devices::VirtioSection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::machine::Board;
+use crate::pages::PageTable;
 use crate::stream::{self, RamItem, RamRecordKind, SectionBody, Stream};
 use crate::virtio::{DeviceState, MemRegion, MemState};
 use crate::wire::slice;
@@ -126,6 +127,37 @@ impl fmt::Display for ReadError {
     }
 }
 
+/// Where a page's content is, stored in a [`PageTable`] as one word: 0 nothing to do (the
+/// memory's zeros are right, or the page is unknown), `u64::MAX` copied into guest memory,
+/// else in the stream at the word minus one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Untouched,
+    InStream(u64),
+    Copied,
+}
+
+impl From<u64> for Slot {
+    fn from(word: u64) -> Slot {
+        match word {
+            0 => Slot::Untouched,
+            u64::MAX => Slot::Copied,
+            n => Slot::InStream(n.saturating_sub(1)),
+        }
+    }
+}
+
+impl From<Slot> for u64 {
+    fn from(slot: Slot) -> u64 {
+        match slot {
+            Slot::Untouched => 0,
+            Slot::Copied => u64::MAX,
+            // A stream offset is below the length of a slice: it never reaches u64::MAX - 1.
+            Slot::InStream(offset) => offset.saturating_add(1),
+        }
+    }
+}
+
 /// Guest RAM as the stream carries it.
 ///
 /// Pages are not copied when the RAM is rebuilt: an index records where each page's latest
@@ -139,11 +171,9 @@ pub struct GuestRam<'s> {
     source: &'s [u8],
     /// Per map region, one bit per page: the stream carried the page (data or zero).
     known: Vec<Vec<u64>>,
-    /// Pages whose content is in the stream and not yet copied: (region, page) to the
-    /// offset of their bytes in `source`.
-    pending: RefCell<HashMap<(usize, u64), u64>>,
-    /// Pages copied into `memory` (from the stream, or decoded from XBZRLE).
-    copied: RefCell<HashSet<(usize, u64)>>,
+    /// Per map region, where each page's content is ([`Slot`]): still in the stream, or
+    /// copied into `memory`.
+    slots: RefCell<Vec<PageTable>>,
     /// Pages the stream carried, zero pages included.
     pub pages_known: u64,
 }
@@ -190,14 +220,14 @@ impl<'s> GuestRam<'s> {
                 vec![0u64; usize::try_from(pages).unwrap_or(0)]
             })
             .collect();
+        let map_regions = map.regions.len();
         let mut ram = GuestRam {
             memory,
             map,
             page_size,
             source,
             known,
-            pending: RefCell::new(HashMap::new()),
-            copied: RefCell::new(HashSet::new()),
+            slots: RefCell::new(vec![PageTable::default(); map_regions]),
             pages_known: 0,
         };
         let mut scratch = vec![0u8; usize::try_from(page_size).unwrap_or(4096)];
@@ -335,45 +365,60 @@ impl<'s> GuestRam<'s> {
         }
     }
 
+    fn slot(&self, (region, page): (usize, u64)) -> Slot {
+        Slot::from(
+            self.slots
+                .borrow()
+                .get(region)
+                .map_or(0, |table| table.get(page)),
+        )
+    }
+
+    fn set_slot(&self, (region, page): (usize, u64), slot: Slot) {
+        if let Some(table) = self.slots.borrow_mut().get_mut(region) {
+            table.set(page, slot.into());
+        }
+    }
+
     /// The page's latest content is a page of the stream at `offset`.
     fn set_source(&mut self, page: (usize, u64), offset: u64) {
         self.mark_known(page);
-        self.copied.get_mut().remove(&page);
-        self.pending.get_mut().insert(page, offset);
+        self.set_slot(page, Slot::InStream(offset));
     }
 
     /// The page's latest content is zeros.
     fn set_zero(&mut self, page: (usize, u64), zeros: &[u8]) {
         self.mark_known(page);
-        self.pending.get_mut().remove(&page);
         // Anonymous memory starts zeroed: only a page that was copied needs clearing.
-        if self.copied.get_mut().remove(&page) {
+        if self.slot(page) == Slot::Copied {
             if let Some(gpa) = self.page_gpa(page) {
                 let _ = self.memory.write_slice(zeros, GuestAddress(gpa));
             }
         }
+        self.set_slot(page, Slot::Untouched);
     }
 
     /// The page's latest content is `content` (a decoded XBZRLE page).
     fn set_content(&mut self, page: (usize, u64), content: &[u8]) {
         self.mark_known(page);
-        self.pending.get_mut().remove(&page);
+        self.set_slot(page, Slot::Untouched);
         if let Some(gpa) = self.page_gpa(page) {
             if self.memory.write_slice(content, GuestAddress(gpa)).is_ok() {
-                self.copied.get_mut().insert(page);
+                self.set_slot(page, Slot::Copied);
             }
         }
     }
 
     /// Copies a page that is still only in the stream into guest memory.
     fn materialize(&self, page: (usize, u64)) {
-        let Some(offset) = self.pending.borrow_mut().remove(&page) else {
+        let Slot::InStream(offset) = self.slot(page) else {
             return;
         };
+        self.set_slot(page, Slot::Untouched);
         let bytes = slice(self.source, offset, self.page_size);
         if let (Some(bytes), Some(gpa)) = (bytes, self.page_gpa(page)) {
             if self.memory.write_slice(bytes, GuestAddress(gpa)).is_ok() {
-                self.copied.borrow_mut().insert(page);
+                self.set_slot(page, Slot::Copied);
             }
         }
     }

@@ -239,7 +239,9 @@ struct Sink<'o> {
 impl<'o> Sink<'o> {
     fn to(out: Out<'o>) -> Sink<'o> {
         Sink {
-            buf: Writer::with_capacity(FLUSH_AT),
+            // Room for a full buffer and the largest piece added before it is spilled (a
+            // copied span of up to 1 MiB, or a page).
+            buf: Writer::with_capacity(FLUSH_AT.saturating_mul(2)),
             out: Some(out),
             written: 0,
         }
@@ -266,10 +268,12 @@ impl<'o> Sink<'o> {
         let Some(out) = self.out.as_mut() else {
             return Ok(());
         };
-        let full = std::mem::replace(&mut self.buf, Writer::with_capacity(FLUSH_AT));
-        out.write_all(full.as_bytes())
+        // One buffer for the whole output: it grows once past FLUSH_AT (by the last piece
+        // added before a spill) and is reused, never reallocated per flush.
+        out.write_all(self.buf.as_bytes())
             .map_err(|e| output_error(e, self.written))?;
-        self.written = self.written.saturating_add(full.offset());
+        self.written = self.written.saturating_add(self.buf.offset());
+        self.buf.clear();
         Ok(())
     }
 

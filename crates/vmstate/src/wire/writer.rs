@@ -41,6 +41,11 @@ impl Writer {
         self.buf
     }
 
+    /// Forgets the bytes written, keeping the room they took: offsets start at 0 again.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+    }
+
     /// Appends raw bytes.
     pub fn bytes(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
