@@ -68,7 +68,10 @@ fn layouts(parsed: &Stream, data: &[u8]) {
     }
     // Holes are zeros in memory: only streams that claim little RAM are laid out there.
     let blocks = vmstate::memory::ram_blocks(parsed);
-    let ram: u64 = blocks.iter().map(|(_, len)| *len).fold(0, u64::saturating_add);
+    let ram: u64 = blocks
+        .iter()
+        .map(|(_, len)| *len)
+        .fold(0, u64::saturating_add);
     if blocks.is_empty() || ram > 256 << 10 {
         return;
     }
