@@ -62,7 +62,7 @@ cat "$STREAM" > /dev/null
 cat "$STREAM" > /dev/null
 cat "$STREAM.gz" > /dev/null
 
-# name|command; the first is the reference.
+# name|command (no | in a name); the first is the reference.
 benches=(
     "cat|cat $STREAM"
     "dump|$VMSTATE dump $STREAM"
@@ -72,7 +72,7 @@ benches=(
     "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
-    "cat | cat (the pipe's floor)|cat $STREAM | cat"
+    "cat piped to cat (the pipe's floor)|cat $STREAM | cat"
     "dump FILE.gz (gzip -1)|$VMSTATE dump $STREAM.gz"
     "zcat FILE.gz (gzip's floor)|zcat $STREAM.gz"
     # Each writes a new file (the old one removed first, in the timing too).
