@@ -491,11 +491,7 @@ pub fn write_stream(
 ) -> Result<(), Failure> {
     let shown = path.display();
     let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
-    let to_mapped = match layout {
-        stream::RamLayout::AsRead => stream.has_mapped_ram(),
-        stream::RamLayout::Records => false,
-        stream::RamLayout::MappedRam => true,
-    };
+    let to_mapped = layout.writes_mapped_ram(stream);
     // Pages of page records are placed after the rest is written: that takes a file.
     let places_pages = to_mapped && !stream.has_mapped_ram();
     let image = image

@@ -67,6 +67,17 @@ pub enum RamLayout {
     MappedRam,
 }
 
+impl RamLayout {
+    /// Whether `stream` written in this layout is a mapped-ram stream.
+    pub fn writes_mapped_ram(self, stream: &Stream) -> bool {
+        match self {
+            RamLayout::AsRead => stream.has_mapped_ram(),
+            RamLayout::Records => false,
+            RamLayout::MappedRam => true,
+        }
+    }
+}
+
 /// What [`write_with`] is asked to do besides writing the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOptions {
@@ -168,11 +179,7 @@ fn write_any(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
     let from_mapped = stream.has_mapped_ram();
-    let to_mapped = match options.ram_layout {
-        RamLayout::AsRead => from_mapped,
-        RamLayout::Records => false,
-        RamLayout::MappedRam => true,
-    };
+    let to_mapped = options.ram_layout.writes_mapped_ram(stream);
     let mut w = Sink::to(out);
     w.buf.u32(Endian::Big, MAGIC);
     w.buf.u32(Endian::Big, stream.version);
