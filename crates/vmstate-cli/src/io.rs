@@ -21,10 +21,11 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::ops::Deref;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::rc::Rc;
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 use vmstate::envelope::{
-    Compression, Envelope, LibvirtImage, Qcow2Image, SaveFormat, LIBVIRT_HEADER_LEN, QCOW2_MAGIC,
+    Envelope, LibvirtImage, Qcow2Image, SaveFormat, LIBVIRT_HEADER_LEN, QCOW2_MAGIC,
 };
 use vmstate::stream;
 
@@ -115,11 +116,78 @@ impl Deref for Input {
     }
 }
 
+/// A stream read once, front to back, as it arrives: from a pipe, or decompressed as it is
+/// read. The envelope around it has been read already.
+pub struct Flowing {
+    reader: Box<dyn Read>,
+    /// What wrapped the stream.
+    pub envelope: Envelope,
+    /// Bytes of the input read so far, counted by the reader beneath any decompressor.
+    consumed: Rc<Cell<u64>>,
+}
+
+impl Read for Flowing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Flowing {
+    /// Bytes of the input as given (compressed, wrapped) read so far: all of it at the end.
+    pub fn file_size(&self) -> u64 {
+        self.consumed.get()
+    }
+
+    /// Whether the stream was compressed in the input.
+    pub fn compressed(&self) -> bool {
+        matches!(self.envelope.payload(), Ok((_, Some(_))))
+    }
+
+    /// The libvirt save image the stream came in, if it did.
+    pub fn libvirt_image(&self) -> Option<&LibvirtImage> {
+        match &self.envelope {
+            Envelope::Libvirt(image) => Some(image),
+            _ => None,
+        }
+    }
+}
+
+/// A stream opened for reading: mapped, or arriving in one pass.
+pub enum Opened {
+    /// A file (or a spooled copy) mapped whole.
+    Mapped(Input),
+    /// A pipe or a decompressor, read front to back.
+    Flowing(Flowing),
+}
+
+/// How much of a flowing stream is looked at before it is read, to see whether it can be
+/// read in one pass: its header and configuration section.
+const HEAD_LOOK: usize = 4096;
+
 impl Input {
-    /// Opens the stream in `path` (`-` for standard input): a regular file is mapped as it
-    /// is; a compressed stream and anything that is not a regular file are spooled to a
-    /// temporary file first. `snapshot` picks a qcow2 image's internal snapshot.
+    /// Opens the stream in `path` (`-` for standard input) for a command that reads it out
+    /// of order: a regular file is mapped as it is; a compressed stream and anything that is
+    /// not a regular file are spooled to a temporary file first, which is said on stderr.
+    /// `snapshot` picks a qcow2 image's internal snapshot.
     pub fn open(path: &Path, snapshot: Option<&str>) -> Result<Input, Failure> {
+        match Input::open_flowing(path, snapshot)? {
+            Opened::Mapped(input) => Ok(input),
+            Opened::Flowing(flowing) => {
+                eprintln!(
+                    "vmstate: {}: copying the stream to a temporary file first: this command \
+                     reads it out of order",
+                    path.display()
+                );
+                Input::spool(flowing, path)
+            }
+        }
+    }
+
+    /// Opens the stream in `path` (`-` for standard input) for a command that can read it
+    /// front to back: a regular file is mapped, a pipe or a compressed stream is left to be
+    /// read as it arrives (except a mapped-ram stream and a qcow2 image, which are read out
+    /// of order and spooled).
+    pub fn open_flowing(path: &Path, snapshot: Option<&str>) -> Result<Opened, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
         if path == Path::new("-") {
@@ -136,7 +204,7 @@ impl Input {
                 Some(file) => Input::from_file(file, path, snapshot),
                 None => {
                     widen_pipe(stdin.as_fd());
-                    Input::spool(stdin.lock(), path, None, snapshot)
+                    Input::from_pipe(Box::new(stdin.lock()), path, snapshot)
                 }
             };
         }
@@ -146,18 +214,18 @@ impl Input {
             Input::from_file(file, path, snapshot)
         } else {
             widen_pipe(file.as_fd());
-            Input::spool(file, path, None, snapshot)
+            Input::from_pipe(Box::new(file), path, snapshot)
         }
     }
 
-    fn from_file(mut file: File, path: &Path, snapshot: Option<&str>) -> Result<Input, Failure> {
+    fn from_file(mut file: File, path: &Path, snapshot: Option<&str>) -> Result<Opened, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
         let map = map(&file).map_err(cannot)?;
         let envelope =
             Envelope::identify(&map).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         if let Envelope::Qcow2 { image, .. } = envelope {
-            return Input::from_snapshot(&map, image, path, snapshot);
+            return Input::from_snapshot(&map, image, path, snapshot).map(Opened::Mapped);
         }
         if snapshot.is_some() {
             return Err(Failure::unreadable(format!(
@@ -170,11 +238,11 @@ impl Input {
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         let size = map.len() as u64;
         match compression {
-            None => Ok(Input::new(size, envelope, map, offset)),
-            Some(compression) => {
+            None => Ok(Opened::Mapped(Input::new(size, envelope, map, offset))),
+            Some(_) => {
                 drop(map);
                 file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
-                Input::spool_payload(file, path, Some(size), envelope, Some(compression), offset)
+                Input::flowing(Box::new(file), path, envelope, offset)
             }
         }
     }
@@ -238,32 +306,25 @@ impl Input {
         Ok(Input::new(data.len() as u64, envelope, map, 0))
     }
 
-    /// Reads what wraps the stream from the start of `source` (a pipe), then spools the
-    /// stream after it. A qcow2 image, which must be read out of order, is spooled whole
+    /// Reads what wraps the stream from the start of `source` (a pipe), leaving the stream
+    /// after it to flow. A qcow2 image, which must be read out of order, is spooled whole
     /// and read as a file.
-    fn spool(
-        source: impl Read,
+    fn from_pipe(
+        source: Box<dyn Read>,
         path: &Path,
-        size: Option<u64>,
         snapshot: Option<&str>,
-    ) -> Result<Input, Failure> {
+    ) -> Result<Opened, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
         let mut source = BufReader::with_capacity(SPOOL_CHUNK, source);
         let mut head = Vec::new();
         fill(&mut source, &mut head, 16).map_err(cannot)?;
         if head.starts_with(QCOW2_MAGIC) {
-            let whole = Input::spool_payload(
-                head.as_slice().chain(source),
-                path,
-                size,
-                Envelope::Bare,
-                None,
-                0,
-            )?;
+            let whole = Input::flowing_as_is(Box::new(std::io::Cursor::new(head).chain(source)));
+            let whole = Input::spool(whole, path)?;
             let image = Qcow2Image::parse(&whole)
                 .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-            return Input::from_snapshot(&whole, image, path, snapshot);
+            return Input::from_snapshot(&whole, image, path, snapshot).map(Opened::Mapped);
         }
         if snapshot.is_some() {
             return Err(Failure::unreadable(format!(
@@ -299,66 +360,101 @@ impl Input {
         }
         let envelope =
             Envelope::identify(&head).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-        let (offset, compression) = envelope
+        let (offset, _) = envelope
             .payload()
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         let rest = head
             .get(usize::try_from(offset).unwrap_or(usize::MAX)..)
-            .unwrap_or(&[]);
-        Input::spool_payload(
-            rest.chain(source),
+            .unwrap_or(&[])
+            .to_vec();
+        Input::flowing(
+            Box::new(std::io::Cursor::new(rest).chain(source)),
             path,
-            size,
             envelope,
-            compression,
             offset,
         )
     }
 
-    /// Copies the stream in `source` (decompressing it with `compression`) to an anonymous
-    /// temporary file, a chunk at a time, and maps that. `size`, when known, drives the
-    /// progress bar; `skipped` bytes of the input came before `source`.
-    fn spool_payload(
-        source: impl Read,
+    /// The stream in `source` (what follows the envelope's `skipped` bytes), decompressed as
+    /// the envelope says. A stream that cannot be read in one pass (mapped-ram, found in its
+    /// configuration section) is spooled.
+    fn flowing(
+        source: Box<dyn Read>,
         path: &Path,
-        size: Option<u64>,
         envelope: Envelope,
-        compression: Option<Compression>,
         skipped: u64,
-    ) -> Result<Input, Failure> {
+    ) -> Result<Opened, Failure> {
+        let shown = path.display();
+        let consumed = Rc::new(Cell::new(skipped));
+        let counted = Counted {
+            inner: source,
+            count: Rc::clone(&consumed),
+        };
+        let (_, compression) = envelope
+            .payload()
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+        let mut reader: Box<dyn Read> = match compression {
+            Some(compression) => Box::new(
+                compression
+                    .reader(counted, SPOOL_LIMIT)
+                    .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?,
+            ),
+            None => Box::new(counted),
+        };
+        let mut head = Vec::new();
+        fill(&mut reader, &mut head, HEAD_LOOK)
+            .map_err(|e| Failure::unreadable(format!("cannot read {shown}: {e}")))?;
+        let refusal = stream::one_pass_refusal(&head);
+        let flowing = Flowing {
+            reader: Box::new(std::io::Cursor::new(head).chain(reader)),
+            envelope,
+            consumed,
+        };
+        match refusal {
+            None => Ok(Opened::Flowing(flowing)),
+            Some(reason) => {
+                eprintln!(
+                    "vmstate: {shown}: copying the stream to a temporary file first: {reason}"
+                );
+                Input::spool(flowing, path).map(Opened::Mapped)
+            }
+        }
+    }
+
+    /// A stream with no envelope, read as it comes.
+    fn flowing_as_is(source: Box<dyn Read>) -> Flowing {
+        let consumed = Rc::new(Cell::new(0));
+        Flowing {
+            reader: Box::new(Counted {
+                inner: source,
+                count: Rc::clone(&consumed),
+            }),
+            envelope: Envelope::Bare,
+            consumed,
+        }
+    }
+
+    /// Copies a flowing stream to an anonymous temporary file, a chunk at a time, and maps
+    /// that.
+    fn spool(mut flowing: Flowing, path: &Path) -> Result<Input, Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot read {shown}: {e}"));
-        let mut bar = Progress::new("spooling", size.unwrap_or(0));
-        let mut input = Counted {
-            inner: BufReader::with_capacity(SPOOL_CHUNK, source),
-            count: skipped,
-            bar: &mut bar,
-        };
         let spool = tempfile::tempfile()
             .map_err(|e| Failure::unreadable(format!("cannot create a temporary file: {e}")))?;
         let mut out = BufWriter::with_capacity(SPOOL_CHUNK, &spool);
-        if let Some(compression) = compression {
-            compression
-                .decompress(&mut input, &mut out, SPOOL_LIMIT)
-                .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-        } else {
-            let copied =
-                std::io::copy(&mut (&mut input).take(SPOOL_LIMIT), &mut out).map_err(cannot)?;
-            let more = input.read(&mut [0u8]).map_err(cannot)?;
-            if copied >= SPOOL_LIMIT && more > 0 {
-                return Err(Failure::unreadable(format!(
-                    "{shown} is larger than {SPOOL_LIMIT} bytes, more than this command spools"
-                )));
-            }
+        let copied =
+            std::io::copy(&mut (&mut flowing).take(SPOOL_LIMIT), &mut out).map_err(cannot)?;
+        let more = flowing.read(&mut [0u8]).map_err(cannot)?;
+        if copied >= SPOOL_LIMIT && more > 0 {
+            return Err(Failure::unreadable(format!(
+                "{shown} is larger than {SPOOL_LIMIT} bytes, more than this command spools"
+            )));
         }
         out.flush()
             .map_err(|e| Failure::unreadable(format!("cannot write a temporary file: {e}")))?;
         drop(out);
-        let file_size = input.count;
-        drop(input);
-        bar.finish();
         let map = map(&spool).map_err(cannot)?;
-        Ok(Input::new(file_size, envelope, map, 0))
+        Ok(Input::new(flowing.file_size(), flowing.envelope, map, 0))
     }
 
     /// Whether the stream was compressed in the input.
@@ -441,18 +537,16 @@ fn map(file: &File) -> std::io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
-/// A reader that counts the bytes read through it and moves a progress bar.
-struct Counted<'b, R> {
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
     inner: R,
-    count: u64,
-    bar: &'b mut Progress,
+    count: Rc<Cell<u64>>,
 }
 
-impl<R: Read> Read for Counted<'_, R> {
+impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count = self.count.saturating_add(n as u64);
-        self.bar.update(self.count);
+        self.count.set(self.count.get().saturating_add(n as u64));
         Ok(n)
     }
 }
@@ -494,17 +588,9 @@ pub fn write_stream(
     let to_mapped = layout.writes_mapped_ram(stream);
     // Pages of page records are placed after the rest is written: that takes a file.
     let places_pages = to_mapped && !stream.has_mapped_ram();
-    let image = image
-        .map(|image| image_holding(image, to_mapped))
-        .transpose()
-        .map_err(|reason| Failure::unreadable(format!("cannot write {shown}: {reason}")))?;
-    let header = image
-        .as_ref()
-        .map(LibvirtImage::encode)
-        .transpose()
-        .map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))?;
-    let to_file = path != Path::new("-") && !std::fs::metadata(path).is_ok_and(|m| !m.is_file());
-    if places_pages && !to_file {
+    let wrapping = Wrapping::new(image, to_mapped, path)?;
+    let target = Target::open(path)?;
+    if places_pages && !matches!(target, Target::Temporary(_)) {
         return Err(Failure::unreadable(format!(
             "cannot write {shown}: a mapped-ram stream made from page records is written to a \
              regular file (its pages are placed at fixed offsets after the rest), not to a pipe \
@@ -512,56 +598,17 @@ pub fn write_stream(
         )));
     }
     let failed = |e: vmstate::Error| Failure::unreadable(format!("cannot write the stream: {e}"));
-    let body = |out: &mut dyn Write, progress: &mut dyn FnMut(u64)| -> Result<(), Failure> {
-        let header = header.as_deref().unwrap_or_default();
-        out.write_all(header).map_err(cannot)?;
-        let mut options = stream::WriteOptions {
-            ram_layout: layout,
-            file_offset: header.len() as u64,
-        };
-        match image.as_ref().map(|i| i.format) {
-            Some(SaveFormat::Compressed(compression)) => {
-                options.file_offset = 0;
-                let mut packed = compression
-                    .compressor(Box::new(&mut *out))
-                    .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-                stream::write_with(stream, input, &mut packed, &options, progress)
-                    .map_err(failed)?;
-                packed.finish().map_err(cannot)?;
-            }
-            _ => {
-                stream::write_with(stream, input, out, &options, progress).map_err(failed)?;
-            }
-        }
-        out.flush().map_err(cannot)
-    };
     let mut bar = Progress::new("writing", input.len() as u64);
     input.rewind();
     let mut progress = |offset| {
         bar.update(offset);
         input.release_before(offset);
     };
-    if path == Path::new("-") {
-        body(&mut std::io::stdout().lock(), &mut progress)?;
-    } else if !to_file {
-        // A device or a pipe (`/dev/null`, a FIFO): written in place.
-        let mut file = File::create(path).map_err(cannot)?;
-        body(&mut file, &mut progress)?;
-    } else {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let temp = tempfile::Builder::new()
-            .prefix(".vmstate-")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .tempfile_in(dir)
-            .map_err(cannot)?;
-        if to_mapped {
+    match &target {
+        Target::Temporary(temp) if to_mapped => {
             // Pages at fixed offsets, holes where they hold nothing, as QEMU writes them.
             let mut file = temp.as_file();
-            file.write_all(header.as_deref().unwrap_or_default())
-                .map_err(cannot)?;
+            file.write_all(&wrapping.header).map_err(cannot)?;
             let written =
                 vmstate::extract::write_mapped_ram(stream, input, &mut file, &mut progress)
                     .map_err(failed)?;
@@ -572,14 +619,159 @@ pub fn write_stream(
                      mapped-ram output (it has no way to say a page is missing)"
                 );
             }
-        } else {
-            body(&mut temp.as_file(), &mut progress)?;
         }
-        temp.persist(path).map_err(|e| cannot(e.error))?;
+        _ => wrapping.write(&mut target.writer(), path, |out, file_offset| {
+            let options = stream::WriteOptions {
+                ram_layout: layout,
+                file_offset,
+            };
+            stream::write_with(stream, input, out, &options, &mut progress).map_err(failed)?;
+            Ok(())
+        })?,
     }
+    target.finish(path)?;
     input.release_all();
     bar.finish();
     Ok(())
+}
+
+/// Converts a stream as it arrives: every byte before its device sections is written to
+/// `path` as soon as it has been read, then `edit` changes the model of the device
+/// sections, which are written from it. In `image`, when given, as [`write_stream`] writes.
+/// What is written equals what [`write_stream`] writes of the same stream and edit.
+pub fn convert_flowing(
+    mut flowing: Flowing,
+    input: &Path,
+    path: &Path,
+    image: Option<&LibvirtImage>,
+    edit: impl FnOnce(&mut stream::Stream) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let shown_in = input.display();
+    let wrapping = Wrapping::new(image, false, path)?;
+    let target = Target::open(path)?;
+    let file_offset = flowing.envelope.stream_file_offset();
+    wrapping.write(&mut target.writer(), path, |out, _| {
+        let mut read =
+            stream::read_one_pass(&mut flowing, file_offset, &mut |bytes| out.write_all(bytes))
+                .map_err(|e| match e.kind() {
+                    vmstate::ErrorKind::Output { .. } => {
+                        Failure::unreadable(format!("cannot write {}: {e}", path.display()))
+                    }
+                    _ => Failure::unreadable(format!("{shown_in}: {e}")),
+                })?;
+        edit(&mut read.stream)?;
+        stream::write_held(&read.stream, &read.held, out)
+            .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
+        Ok(())
+    })?;
+    target.finish(path)
+}
+
+/// What goes around a stream written into a libvirt save image: the header and XML, and
+/// the image's compression.
+struct Wrapping {
+    header: Vec<u8>,
+    format: Option<SaveFormat>,
+}
+
+impl Wrapping {
+    /// The wrapping of `image` made to hold a stream that is mapped-ram or not; none
+    /// without an image.
+    fn new(image: Option<&LibvirtImage>, mapped: bool, path: &Path) -> Result<Wrapping, Failure> {
+        let shown = path.display();
+        let image = image
+            .map(|image| image_holding(image, mapped))
+            .transpose()
+            .map_err(|reason| Failure::unreadable(format!("cannot write {shown}: {reason}")))?;
+        let header = image
+            .as_ref()
+            .map(LibvirtImage::encode)
+            .transpose()
+            .map_err(|e| Failure::unreadable(format!("cannot write {shown}: {e}")))?
+            .unwrap_or_default();
+        Ok(Wrapping {
+            header,
+            format: image.map(|i| i.format),
+        })
+    }
+
+    /// Writes the header, then what `body` writes, compressed as the image says; `body`
+    /// is told where the stream starts in the file.
+    fn write(
+        &self,
+        out: &mut dyn Write,
+        path: &Path,
+        body: impl FnOnce(&mut dyn Write, u64) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
+        out.write_all(&self.header).map_err(cannot)?;
+        match self.format {
+            Some(SaveFormat::Compressed(compression)) => {
+                let mut packed = compression
+                    .compressor(Box::new(&mut *out))
+                    .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+                body(&mut packed, 0)?;
+                packed.finish().map_err(cannot)?;
+            }
+            _ => body(out, self.header.len() as u64)?,
+        }
+        out.flush().map_err(cannot)
+    }
+}
+
+/// Where an output stream goes.
+enum Target {
+    /// Standard output, written unbuffered (the writer gathers its own pieces).
+    Stdout(File),
+    /// A device or a pipe (`/dev/null`, a FIFO), written in place.
+    InPlace(File),
+    /// A regular file, written under a temporary name beside it and renamed at the end.
+    Temporary(tempfile::NamedTempFile),
+}
+
+impl Target {
+    fn open(path: &Path) -> Result<Target, Failure> {
+        let shown = path.display();
+        let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
+        if path == Path::new("-") {
+            let stdout = std::io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(cannot)?;
+            return Ok(Target::Stdout(File::from(stdout)));
+        }
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return File::create(path).map(Target::InPlace).map_err(cannot);
+        }
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        tempfile::Builder::new()
+            .prefix(".vmstate-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .tempfile_in(dir)
+            .map(Target::Temporary)
+            .map_err(cannot)
+    }
+
+    fn writer(&self) -> &File {
+        match self {
+            Target::Stdout(file) | Target::InPlace(file) => file,
+            Target::Temporary(temp) => temp.as_file(),
+        }
+    }
+
+    /// Puts a temporary file in place; the others are written already.
+    fn finish(self, path: &Path) -> Result<(), Failure> {
+        match self {
+            Target::Temporary(temp) => temp.persist(path).map(|_| ()).map_err(|e| {
+                Failure::unreadable(format!("cannot write {}: {}", path.display(), e.error))
+            }),
+            Target::Stdout(_) | Target::InPlace(_) => Ok(()),
+        }
+    }
 }
 
 /// `image` with the format that holds the stream written: "sparse" for a mapped-ram

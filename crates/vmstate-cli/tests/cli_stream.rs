@@ -107,9 +107,26 @@ fn truncated_stream_exits_2_naming_the_offset() {
         assert!(message.starts_with("error: "), "{message}");
         assert!(message.contains("offset"), "{message}");
         assert_eq!(message.lines().count(), 1, "{message}");
+        // As a filter, convert writes what it has read before it fails; into a file, it
+        // writes nothing.
         let output = vmstate(&["convert", "-", "-"], Some(&data[..cut]));
         assert_eq!(output.status.code(), Some(2), "convert, cut at {cut}");
-        assert!(output.stdout.is_empty());
+        assert!(
+            data[..cut].starts_with(&output.stdout),
+            "convert, cut at {cut}"
+        );
+        let out =
+            std::env::temp_dir().join(format!("vmstate-cut-{}-{cut}.mig", std::process::id()));
+        let output = vmstate(&["convert", "-", out.to_str().unwrap()], Some(&data[..cut]));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "convert to a file, cut at {cut}"
+        );
+        assert!(
+            !out.exists(),
+            "convert to a file, cut at {cut}: the file was written"
+        );
     }
 }
 

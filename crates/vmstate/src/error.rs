@@ -173,6 +173,11 @@ pub enum ErrorKind {
         /// The decompressor's complaint.
         reason: String,
     },
+    /// Reading the input failed (a reset connection, a device error).
+    Input {
+        /// The operating system's complaint.
+        reason: String,
+    },
     /// Writing the output failed (a full disk, a closed pipe).
     Output {
         /// The operating system's complaint.
@@ -299,6 +304,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Decompress { format, reason } => {
                 write!(f, "cannot decompress {format} input: {reason}")
             }
+            ErrorKind::Input { reason } => write!(f, "cannot read the input: {reason}"),
             ErrorKind::Output { reason } => write!(f, "cannot write the output: {reason}"),
             ErrorKind::InconsistentFraming { readings, reason } => write!(
                 f,

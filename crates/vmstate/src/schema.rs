@@ -44,7 +44,7 @@ pub fn next_subsection_if<'a>(
     parent: &str,
     is_known: impl Fn(&str) -> bool,
 ) -> Result<Option<SubsectionHeader<'a>>> {
-    let head = reader.peek(2);
+    let head = reader.lookahead(2, "subsection")?;
     let (Some(&SUBSECTION_MARKER), Some(&len)) = (head.first(), head.get(1)) else {
         return Ok(None);
     };
@@ -52,7 +52,10 @@ pub fn next_subsection_if<'a>(
     if len < parent.len().saturating_add(1) {
         return Ok(None);
     }
-    let Some(name) = reader.peek(len.saturating_add(2)).get(2..) else {
+    let Some(name) = reader
+        .lookahead(len.saturating_add(2), "subsection")?
+        .get(2..)
+    else {
         return Ok(None);
     };
     if name.len() != len || !name.starts_with(parent.as_bytes()) {

@@ -8,13 +8,13 @@ use clap::Args;
 use vmstate::check;
 use vmstate::devices;
 use vmstate::element::Layout;
-use vmstate::stream::RamLayout;
+use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
 use super::devices::DeviceArgs;
-use super::dump::{load_stream, LoadedStream, SourceArgs};
+use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
-use crate::io::write_stream;
+use crate::io::{convert_flowing, write_stream, Input, Opened};
 use crate::outcome::{Failure, Outcome};
 
 /// What `convert` writes, when not what it read.
@@ -174,10 +174,37 @@ impl ConvertArgs {
 /// so an unchanged stream comes out byte for byte as it went in (decompressed). Options that
 /// concern devices decode every virtio device and write it from its typed state, rewriting
 /// the description's sizes where a field's length changes.
+///
+/// A stream from a pipe or a decompressor is converted as it arrives unless the options
+/// change its pages: what precedes the device sections is written out as soon as it has
+/// been read (a migration filter, `exec:vmstate convert - - | ...`, adds no copy of guest
+/// memory), the device sections once the description at the end has arrived.
 pub fn run(args: ConvertArgs) -> Outcome {
     let shown = args.input.display().to_string();
-    let mut loaded = load_stream(&args.input, &args.source)?;
     let drops_pages = args.strip_ram || matches!(args.ram, Some(RamPages::None | RamPages::Rings));
+    let flows = !drops_pages && args.ram_layout != Some(RamLayoutArg::MappedRam);
+    let snapshot = args.source.snapshot.as_deref();
+    let bytes = if flows {
+        match Input::open_flowing(&args.input, snapshot)? {
+            Opened::Mapped(bytes) => bytes,
+            Opened::Flowing(flowing) => {
+                let image = match args.to {
+                    Some(To::Stream) => None,
+                    None => flowing.libvirt_image().cloned(),
+                };
+                return convert_flowing(
+                    flowing,
+                    &args.input,
+                    &args.output,
+                    image.as_ref(),
+                    |stream| store_devices(stream, &args, &shown),
+                );
+            }
+        }
+    } else {
+        Input::open(&args.input, snapshot)?
+    };
+    let mut loaded = read_loaded(bytes, &args.input)?;
     if drops_pages && loaded.stream.has_mapped_ram() {
         return Err(Failure::unreadable(format!(
             "{shown}: a mapped-ram stream keeps its pages at fixed offsets inside the RAM block \
@@ -192,24 +219,32 @@ pub fn run(args: ConvertArgs) -> Outcome {
         (_, Some(RamPages::Rings)) => keep_ring_pages(&mut loaded, &args, &shown)?,
         _ => {}
     }
-    if args.touches_devices() {
-        let found = args.devices.decode(&loaded.stream, &shown)?;
-        let scsi = args.devices.decode_scsi(&loaded.stream, &found, &shown)?;
-        for section in &found {
-            let framing = section.device.framing().map(|f| args.reframe(f));
-            devices::store_virtio(&mut loaded.stream, section, framing)
-                .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-        }
-        for disk in &scsi {
-            let framing = args.reframe(disk.requests.framing);
-            devices::store_scsi_requests(&mut loaded.stream, disk, Some(framing))
-                .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-        }
-    }
+    store_devices(&mut loaded.stream, &args, &shown)?;
     let image = match args.to {
         Some(To::Stream) => None,
         None => loaded.bytes.libvirt_image(),
     };
     let layout = args.ram_layout.map_or(RamLayout::AsRead, RamLayout::from);
     write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)
+}
+
+/// Writes every virtio device (and virtio-scsi's requests) back from its typed state, as
+/// the options ask, when they concern devices.
+fn store_devices(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
+    if !args.touches_devices() {
+        return Ok(());
+    }
+    let found = args.devices.decode(stream, shown)?;
+    let scsi = args.devices.decode_scsi(stream, &found, shown)?;
+    for section in &found {
+        let framing = section.device.framing().map(|f| args.reframe(f));
+        devices::store_virtio(stream, section, framing)
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    }
+    for disk in &scsi {
+        let framing = args.reframe(disk.requests.framing);
+        devices::store_scsi_requests(stream, disk, Some(framing))
+            .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@ use vmstate::stream::{
 use vmstate::envelope::Envelope;
 
 use super::devices::{self, DeviceArgs, ScsiJson, VirtioJson};
-use crate::io::{read_stream, write_output, Input};
+use crate::io::{read_stream, write_output, Input, Opened};
 use crate::outcome::{Failure, Outcome};
 
 /// Arguments of `vmstate dump`.
@@ -34,10 +34,6 @@ pub struct DumpArgs {
 pub struct LoadedStream {
     /// The stream's bytes, decompressed, mapped rather than read into memory.
     pub bytes: Input,
-    /// Bytes in the file, before decompression.
-    pub file_size: u64,
-    /// Whether the stream was compressed in the file.
-    pub compressed: bool,
     /// The model.
     pub stream: Stream,
 }
@@ -48,25 +44,72 @@ pub struct SourceArgs {
     /// For a qcow2 image: the internal snapshot whose VM state to read, by id or name
     /// (default: the newest one with VM state, named on stderr).
     #[arg(long, value_name = "ID|NAME")]
-    snapshot: Option<String>,
+    pub snapshot: Option<String>,
 }
 
 /// Reads and parses the stream in `path` (`-` for standard input).
 pub fn load_stream(path: &Path, source: &SourceArgs) -> Result<LoadedStream, Failure> {
+    read_loaded(Input::open(path, source.snapshot.as_deref())?, path)
+}
+
+/// Parses the stream in `bytes`, which came from `path`.
+pub fn read_loaded(bytes: Input, path: &Path) -> Result<LoadedStream, Failure> {
     let shown = path.display();
-    let bytes = Input::open(path, source.snapshot.as_deref())?;
     let stream = read_stream(&bytes).map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-    Ok(LoadedStream {
-        file_size: bytes.file_size,
-        compressed: bytes.compressed(),
-        bytes,
-        stream,
-    })
+    Ok(LoadedStream { bytes, stream })
+}
+
+/// A stream's model and what its input was, for commands that need no page contents.
+pub struct LoadedModel {
+    /// The model.
+    pub stream: Stream,
+    /// Bytes of the (decompressed) stream.
+    pub size: u64,
+    /// Bytes in the file, before decompression.
+    pub file_size: u64,
+    /// Whether the stream was compressed in the file.
+    pub compressed: bool,
+    /// What wrapped the stream.
+    pub envelope: Envelope,
+}
+
+/// Reads the model of the stream in `path` (`-` for standard input) in one pass: a file is
+/// mapped, a pipe or a compressed stream read as it arrives, never copied.
+pub fn load_model(path: &Path, source: &SourceArgs) -> Result<LoadedModel, Failure> {
+    let shown = path.display();
+    let unreadable = |e: vmstate::Error| Failure::unreadable(format!("{shown}: {e}"));
+    match Input::open_flowing(path, source.snapshot.as_deref())? {
+        Opened::Mapped(bytes) => {
+            let stream = read_stream(&bytes).map_err(unreadable)?;
+            Ok(LoadedModel {
+                stream,
+                size: bytes.len() as u64,
+                file_size: bytes.file_size,
+                compressed: bytes.compressed(),
+                envelope: bytes.envelope.clone(),
+            })
+        }
+        Opened::Flowing(mut flowing) => {
+            let file_offset = flowing.envelope.stream_file_offset();
+            let read = stream::read_one_pass(&mut flowing, file_offset, &mut |_| Ok(()))
+                .map_err(unreadable)?;
+            Ok(LoadedModel {
+                stream: read.stream,
+                size: read
+                    .held
+                    .offset
+                    .saturating_add(read.held.bytes.len() as u64),
+                file_size: flowing.file_size(),
+                compressed: flowing.compressed(),
+                envelope: flowing.envelope,
+            })
+        }
+    }
 }
 
 /// Runs `vmstate dump`.
 pub fn run(args: DumpArgs) -> Outcome {
-    let loaded = load_stream(&args.file, &args.source)?;
+    let loaded = load_model(&args.file, &args.source)?;
     let virtio = args
         .devices
         .decode(&loaded.stream, &args.file.display().to_string())?;
@@ -75,9 +118,9 @@ pub fn run(args: DumpArgs) -> Outcome {
             .decode_scsi(&loaded.stream, &virtio, &args.file.display().to_string())?;
     let text = if args.json {
         let mut text = serde_json::to_string_pretty(&DumpJson {
-            size: loaded.bytes.len() as u64,
+            size: loaded.size,
             compressed: loaded.compressed,
-            envelope: &loaded.bytes.envelope,
+            envelope: &loaded.envelope,
             trailer_json_len: loaded.stream.trailer.as_ref().map(|t| t.json.len() as u64),
             ram_blocks: loaded.stream.ram_summary(),
             virtio_devices: virtio.iter().map(VirtioJson::from).collect(),
@@ -118,11 +161,11 @@ struct DumpJson<'a> {
     stream: &'a Stream,
 }
 
-fn summary(path: &Path, loaded: &LoadedStream) -> String {
+fn summary(path: &Path, loaded: &LoadedModel) -> String {
     let stream = &loaded.stream;
     let mut out = String::new();
-    let size = loaded.bytes.len();
-    let envelope = &loaded.bytes.envelope;
+    let size = loaded.size;
+    let envelope = &loaded.envelope;
     match envelope {
         Envelope::Bare => {
             let _ = writeln!(out, "file: {} ({size} bytes)", path.display());

@@ -70,11 +70,10 @@ impl Compression {
         }
     }
 
-    /// Decompresses `input` into `out` a chunk at a time, refusing to produce more than
-    /// `limit` bytes; returns the number of bytes produced. Errors carry the offset in the
-    /// decompressed output where decompression stopped. Nothing is flushed.
-    pub fn decompress(self, input: impl Read, out: &mut dyn Write, limit: u64) -> Result<u64> {
-        let mut decoder: Box<dyn Read + '_> = match self {
+    /// A reader of the decompressed bytes of `input`, which fails once it has produced
+    /// `limit` bytes and more follow. Its errors say what could not be decompressed.
+    pub fn reader<'r>(self, input: impl Read + 'r, limit: u64) -> Result<Decompressed<'r>> {
+        let decoder: Box<dyn Read + 'r> = match self {
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
             Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
             Compression::Xz => {
@@ -91,35 +90,42 @@ impl Compression {
                     .map_err(|e| Error::new(self.failed(e.to_string()), 0, self.name()))?,
             ),
         };
+        Ok(Decompressed {
+            compression: self,
+            decoder,
+            produced: 0,
+            limit,
+        })
+    }
+
+    /// Decompresses `input` into `out` a chunk at a time, refusing to produce more than
+    /// `limit` bytes; returns the number of bytes produced. Errors carry the offset in the
+    /// decompressed output where decompression stopped. Nothing is flushed.
+    pub fn decompress(self, input: impl Read, out: &mut dyn Write, limit: u64) -> Result<u64> {
+        let mut decoder = self.reader(input, limit)?;
         let mut chunk = vec![0u8; CHUNK];
-        let mut produced = 0u64;
         loop {
             let n = match decoder.read(&mut chunk) {
-                Ok(0) => return Ok(produced),
+                Ok(0) => return Ok(decoder.produced),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(Error::new(
-                        self.failed(e.to_string()),
-                        produced,
+                        ErrorKind::Decompress {
+                            format: self.name(),
+                            reason: e.to_string(),
+                        },
+                        decoder.produced,
                         self.name(),
                     ))
                 }
             };
-            produced = produced.saturating_add(n as u64);
-            if produced > limit {
-                return Err(Error::new(
-                    self.failed(format!("it decompresses to more than {limit} bytes")),
-                    produced,
-                    self.name(),
-                ));
-            }
             out.write_all(chunk.get(..n).unwrap_or(&[])).map_err(|e| {
                 Error::new(
                     ErrorKind::Output {
                         reason: e.to_string(),
                     },
-                    produced,
+                    decoder.produced,
                     self.name(),
                 )
             })?;
@@ -153,6 +159,41 @@ impl Compression {
             format: self.name(),
             reason,
         }
+    }
+}
+
+/// The decompressed bytes of an input, read a piece at a time ([`Compression::reader`]).
+pub struct Decompressed<'r> {
+    compression: Compression,
+    decoder: Box<dyn Read + 'r>,
+    produced: u64,
+    limit: u64,
+}
+
+impl Decompressed<'_> {
+    /// Bytes produced so far.
+    pub fn produced(&self) -> u64 {
+        self.produced
+    }
+}
+
+impl Read for Decompressed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let name = self.compression.name();
+        let n = self.decoder.read(buf).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{name} data after {} bytes: {e}", self.produced),
+            )
+        })?;
+        self.produced = self.produced.saturating_add(n as u64);
+        if self.produced > self.limit {
+            return Err(std::io::Error::other(format!(
+                "{name} data decompresses to more than {} bytes",
+                self.limit
+            )));
+        }
+        Ok(n)
     }
 }
 

@@ -12,7 +12,7 @@ mod qcow2;
 
 use serde::Serialize;
 
-pub use compression::{Compression, Compressor};
+pub use compression::{Compression, Compressor, Decompressed};
 pub use libvirt::{LibvirtImage, SaveFormat, HEADER_LEN as LIBVIRT_HEADER_LEN};
 pub use qcow2::{Qcow2Image, Snapshot, MAGIC as QCOW2_MAGIC};
 

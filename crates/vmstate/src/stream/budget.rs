@@ -47,6 +47,13 @@ impl Drop for Budget {
     }
 }
 
+/// Adds `bytes` to the budget of the read under way: a one-pass read, which does not know
+/// its input's size in advance, earns its budget as the input arrives.
+pub(crate) fn credit(bytes: u64) {
+    LEFT.with(|l| l.set(l.get().map(|left| left.saturating_add(bytes))));
+    LIMIT.with(|l| l.set(l.get().saturating_add(bytes)));
+}
+
 /// Charges `bytes` of model for the piece at `offset` named `path`.
 pub(crate) fn charge(bytes: u64, offset: u64, path: &str) -> Result<()> {
     let left = LEFT.with(Cell::get);

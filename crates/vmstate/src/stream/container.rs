@@ -80,6 +80,21 @@ pub fn read_in_file(
 ) -> Result<Stream> {
     let _budget = super::budget::Budget::start(data.len());
     let mut r = Reader::new(data);
+    let version = read_header(&mut r)?;
+    let mut ctx = Context::new(progress, file_offset);
+    ctx.learn_description(data, 0)?;
+    let mut records = Vec::new();
+    let eof_offset = read_records(&mut r, &mut ctx, true, &mut records)?;
+    let eof_offset = eof_offset.unwrap_or(r.offset());
+    let trailer = read_trailer(&mut r, &mut ctx)?;
+    (ctx.progress)(r.offset());
+    Ok(ctx.finish(version, records, eof_offset, trailer))
+}
+
+/// Reads the stream header (magic and version), recognising the files that are not a bare
+/// stream; returns the version.
+pub(super) fn read_header(r: &mut Reader) -> Result<u32> {
+    let head = r.lookahead(16, "header.magic")?;
     let magic = r.u32(Endian::Big, "header.magic")?;
     if magic == MULTIFD_MAGIC {
         return Err(Error::new(
@@ -91,7 +106,7 @@ pub fn read_in_file(
             "header.magic",
         ));
     }
-    if let Some(what) = known_container(data) {
+    if let Some(what) = known_container(head) {
         return Err(Error::new(
             ErrorKind::Unsupported {
                 what: what.to_owned(),
@@ -115,29 +130,13 @@ pub fn read_in_file(
             "header.version",
         ));
     }
-
-    let mut ctx = Context::new(data, progress)?;
-    ctx.file_offset = file_offset;
-    let (records, eof_offset) = read_records(&mut r, &mut ctx, true)?;
-    let eof_offset = eof_offset.unwrap_or(r.offset());
-    let page_size = ctx.page_size.unwrap_or_else(|| ctx.resolve_page_size());
-    let trailer = read_trailer(&mut r, &mut ctx)?;
-    (ctx.progress)(r.offset());
-    Ok(Stream {
-        version,
-        footers: ctx.footers,
-        page_size,
-        records,
-        eof_offset,
-        trailer,
-        notes: ctx.notes,
-    })
+    Ok(version)
 }
 
 /// What the reader learns along the way and needs later.
-struct Context<'p> {
+pub(super) struct Context<'p> {
     /// Told how far the reader has got.
-    progress: &'p mut dyn FnMut(u64),
+    pub(super) progress: &'p mut dyn FnMut(u64),
     /// The description found at the end of the input, before reading from the start.
     description: Option<Description>,
     /// Where that description's trailer starts, to be confirmed when the reader gets there.
@@ -162,37 +161,20 @@ struct Context<'p> {
     last_block: Option<String>,
     /// Whether a MULTIFD_FLUSH note was given.
     multifd_noted: bool,
+    /// Whether a page record has been read (with `page_size`).
+    pages_read: bool,
     /// Where the stream starts in its file.
     file_offset: u64,
     notes: Vec<Note>,
 }
 
 impl<'p> Context<'p> {
-    fn new(data: &[u8], progress: &'p mut dyn FnMut(u64)) -> Result<Context<'p>> {
-        let mut notes = Vec::new();
-        let (description, trailer_offset) = match locate_trailer(data)? {
-            Some((offset, json)) => {
-                let json_offset = offset.saturating_add(5);
-                match description::parse(json, json_offset) {
-                    Ok(d) => (Some(d), Some(offset)),
-                    Err(e) => {
-                        notes.push(Note::new(
-                            json_offset,
-                            "vmdescription",
-                            format!("the description is not used: {}", e.kind()),
-                        ));
-                        (None, Some(offset))
-                    }
-                }
-            }
-            None => (None, None),
-        };
-        let used_devices = vec![false; description.as_ref().map_or(0, |d| d.devices.len())];
-        Ok(Context {
+    pub(super) fn new(progress: &'p mut dyn FnMut(u64), file_offset: u64) -> Context<'p> {
+        Context {
             progress,
-            description,
-            trailer_offset,
-            used_devices,
+            description: None,
+            trailer_offset: None,
+            used_devices: Vec::new(),
             footers: None,
             open_sections: HashMap::new(),
             page_size: None,
@@ -202,9 +184,88 @@ impl<'p> Context<'p> {
             ram_blocks: HashMap::new(),
             last_block: None,
             multifd_noted: false,
-            file_offset: 0,
-            notes,
-        })
+            pages_read: false,
+            file_offset,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Finds the description at the end of `data` (whose first byte is at stream offset
+    /// `base`), as the loader of device sections needs it. A description that does not parse
+    /// is noted first among the notes and not used.
+    pub(super) fn learn_description(&mut self, data: &[u8], base: u64) -> Result<()> {
+        let Some((offset, json)) = locate_trailer(data, base)? else {
+            return Ok(());
+        };
+        let json_offset = offset.saturating_add(5);
+        self.trailer_offset = Some(offset);
+        match description::parse(json, json_offset) {
+            Ok(d) => {
+                self.used_devices = vec![false; d.devices.len()];
+                self.description = Some(d);
+            }
+            Err(e) => self.notes.insert(
+                0,
+                Note::new(
+                    json_offset,
+                    "vmdescription",
+                    format!("the description is not used: {}", e.kind()),
+                ),
+            ),
+        }
+        Ok(())
+    }
+
+    /// Confirms that the page size page records were read with, before the description was
+    /// known, is the one the description gives; takes the description as its source.
+    pub(super) fn confirm_page_size(&mut self, offset: u64) -> Result<()> {
+        let Some(described) = self.description.as_ref().and_then(|d| d.page_size) else {
+            return Ok(());
+        };
+        let used = self.page_size.filter(|_| self.pages_read);
+        if let Some(used) = used.filter(|used| used.bytes != described) {
+            return Err(Error::new(
+                ErrorKind::BadDescription {
+                    reason: format!(
+                        "page size {described}, but the RAM records before it were read with \
+                         {} ({}): a stream whose page size only its description gives is read \
+                         from a file, where the description is found first",
+                        used.bytes,
+                        match used.source {
+                            PageSizeSource::TargetPageBits => "configuration/target-page-bits",
+                            _ => "the x86 default, as the configuration does not say",
+                        }
+                    ),
+                },
+                offset,
+                "vmdescription.page_size",
+            ));
+        }
+        self.page_size = Some(PageSize {
+            bytes: described,
+            source: PageSizeSource::Description,
+        });
+        Ok(())
+    }
+
+    /// The model, from what was read.
+    pub(super) fn finish(
+        self,
+        version: u32,
+        records: Vec<Record>,
+        eof_offset: u64,
+        trailer: Option<Trailer>,
+    ) -> Stream {
+        let page_size = self.page_size.unwrap_or_else(|| self.resolve_page_size());
+        Stream {
+            version,
+            footers: self.footers,
+            page_size,
+            records,
+            eof_offset,
+            trailer,
+            notes: self.notes,
+        }
     }
 
     fn resolve_page_size(&self) -> PageSize {
@@ -268,7 +329,7 @@ fn known_container(data: &[u8]) -> Option<&'static str> {
 ///
 /// Returns the offset of the 0x06 byte and the JSON text. A trailer whose length passes the
 /// end of the input is a truncated stream: that is an error naming the JSON's offset.
-fn locate_trailer(data: &[u8]) -> Result<Option<(u64, &[u8])>> {
+fn locate_trailer(data: &[u8], base: u64) -> Result<Option<(u64, &[u8])>> {
     let Some(nul) = data.iter().rposition(|&b| b == 0) else {
         return Ok(None);
     };
@@ -300,30 +361,33 @@ fn locate_trailer(data: &[u8]) -> Result<Option<(u64, &[u8])>> {
                 needed: len as u64,
                 available: available as u64,
             },
-            brace as u64,
+            base.saturating_add(brace as u64),
             "vmdescription.json",
         ));
     }
     let json = data.get(brace..brace.saturating_add(len)).unwrap_or(&[]);
-    Ok(Some(((start as u64).saturating_add(1), json)))
+    Ok(Some((
+        base.saturating_add(start as u64).saturating_add(1),
+        json,
+    )))
 }
 
 /// Reads records up to EOF (top level) or to the end of `r` (a packaged stream, which may
-/// also end with EOF). Returns the records and the offset of the EOF byte.
-fn read_records(
+/// also end with EOF), after those already in `records`. Returns the offset of the EOF byte.
+pub(super) fn read_records(
     r: &mut Reader,
     ctx: &mut Context,
     top_level: bool,
-) -> Result<(Vec<Record>, Option<u64>)> {
-    let mut records = Vec::new();
+    records: &mut Vec<Record>,
+) -> Result<Option<u64>> {
     loop {
         if !top_level && r.is_empty() {
-            return Ok((records, None));
+            return Ok(None);
         }
         let offset = r.offset();
         let byte = r.u8("section_type")?;
         let record = match byte {
-            TYPE_EOF => return Ok((records, Some(offset))),
+            TYPE_EOF => return Ok(Some(offset)),
             0x01..=0x04 => Record::Section(read_section(r, ctx, byte, offset)?),
             TYPE_CONFIGURATION if top_level && records.is_empty() => {
                 let config = read_configuration(r, offset)?;
@@ -347,7 +411,7 @@ fn read_records(
     }
 }
 
-fn remember_configuration(ctx: &mut Context, config: &Configuration) {
+pub(super) fn remember_configuration(ctx: &mut Context, config: &Configuration) {
     ctx.target_page_bits = config.target_page_bits();
     ctx.capabilities = config
         .capabilities()
@@ -357,7 +421,7 @@ fn remember_configuration(ctx: &mut Context, config: &Configuration) {
 }
 
 /// Reads a command record; `in_package` when it is inside a PACKAGED command's stream.
-fn read_command(
+pub(super) fn read_command(
     r: &mut Reader,
     ctx: &mut Context,
     start: u64,
@@ -434,7 +498,8 @@ fn read_command(
         }
         let nested_offset = r.offset();
         let mut nested = r.sub_reader(size as usize, "command.packaged")?;
-        let (records, eof_offset) = read_records(&mut nested, ctx, false)?;
+        let mut records = Vec::new();
+        let eof_offset = read_records(&mut nested, ctx, false, &mut records)?;
         if eof_offset.is_some() {
             nested.expect_end("command.packaged")?;
         }
@@ -497,13 +562,62 @@ fn check_variable_payload(number: u16, name: &str, payload: &[u8], offset: u64) 
     Ok(())
 }
 
-fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Result<Section> {
-    let kind = match byte {
+/// The header of a section: what it is and which device it belongs to.
+pub(super) struct SectionHeader {
+    pub(super) kind: SectionKind,
+    pub(super) section_id: u32,
+    pub(super) idstr: String,
+    pub(super) instance_id: u32,
+    pub(super) version_id: u32,
+}
+
+impl SectionHeader {
+    /// The path errors inside the section are reported under.
+    pub(super) fn path(&self) -> String {
+        format!("section[{}]", self.idstr)
+    }
+
+    /// The section, once its body and footer are read; `end` is the offset after it.
+    pub(super) fn section(
+        self,
+        start: u64,
+        end: u64,
+        body: SectionBody,
+        footer_offset: Option<u64>,
+    ) -> Section {
+        Section {
+            kind: self.kind,
+            span: Span {
+                offset: start,
+                len: end.saturating_sub(start),
+            },
+            section_id: self.section_id,
+            idstr: self.idstr,
+            instance_id: self.instance_id,
+            version_id: self.version_id,
+            body,
+            footer_offset,
+        }
+    }
+}
+
+/// The kind of section a section type byte (0x01 to 0x04) starts.
+pub(super) fn section_kind(byte: u8) -> SectionKind {
+    match byte {
         0x01 => SectionKind::Start,
         0x02 => SectionKind::Part,
         0x03 => SectionKind::End,
         _ => SectionKind::Full,
-    };
+    }
+}
+
+/// Reads a section's header after its type byte. START remembers the header fields its
+/// PART and END sections leave out.
+pub(super) fn read_section_header(
+    r: &mut Reader,
+    ctx: &mut Context,
+    kind: SectionKind,
+) -> Result<SectionHeader> {
     let id_offset = r.offset();
     let section_id = r.u32(Endian::Big, "section.id")?;
     let (idstr, instance_id, version_id) = if kind.has_full_header() {
@@ -535,11 +649,27 @@ fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Resu
             )
         })?
     };
-    let path = format!("section[{idstr}]");
-    let body = if idstr == "ram" {
-        SectionBody::Ram(read_ram_section(r, ctx, version_id).map_err(|e| e.within(&path))?)
-    } else if kind != SectionKind::Full {
-        let Some(format) = IterativeFormat::of_idstr(&idstr) else {
+    Ok(SectionHeader {
+        kind,
+        section_id,
+        idstr,
+        instance_id,
+        version_id,
+    })
+}
+
+/// Reads the body of a section that is not RAM: an iterative handler's records, or a
+/// device decoded through the description.
+pub(super) fn read_other_body(
+    r: &mut Reader,
+    ctx: &mut Context,
+    header: &SectionHeader,
+    start: u64,
+) -> Result<SectionBody> {
+    let path = header.path();
+    let idstr = &header.idstr;
+    if header.kind != SectionKind::Full {
+        let Some(format) = IterativeFormat::of_idstr(idstr) else {
             return Err(Error::new(
                 ErrorKind::Unsupported {
                     what: format!(
@@ -551,35 +681,45 @@ fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Resu
                 path,
             ));
         };
-        SectionBody::Iterative(iterative::read(r, format).map_err(|e| e.within(&path))?)
-    } else {
-        read_device(r, ctx, &idstr, instance_id, version_id, section_id)
-            .map_err(|e| e.within(&path))?
-    };
-    let footer_offset = read_footer(r, ctx, section_id).map_err(|e| e.within(&path))?;
-    Ok(Section {
-        kind,
-        span: Span {
-            offset: start,
-            len: r.offset().saturating_sub(start),
-        },
-        section_id,
+        return iterative::read(r, format)
+            .map(SectionBody::Iterative)
+            .map_err(|e| e.within(&path));
+    }
+    read_device(
+        r,
+        ctx,
         idstr,
-        instance_id,
-        version_id,
-        body,
-        footer_offset,
-    })
+        header.instance_id,
+        header.version_id,
+        header.section_id,
+    )
+    .map_err(|e| e.within(&path))
+}
+
+fn read_section(r: &mut Reader, ctx: &mut Context, byte: u8, start: u64) -> Result<Section> {
+    let header = read_section_header(r, ctx, section_kind(byte))?;
+    let path = header.path();
+    let body = if header.idstr == "ram" {
+        SectionBody::Ram(read_ram_section(r, ctx, header.version_id).map_err(|e| e.within(&path))?)
+    } else {
+        read_other_body(r, ctx, &header, start)?
+    };
+    let footer_offset = read_footer(r, ctx, header.section_id).map_err(|e| e.within(&path))?;
+    Ok(header.section(start, r.offset(), body, footer_offset))
 }
 
 /// Reads the footer after a section payload, learning from the first section whether the
 /// stream has footers at all.
-fn read_footer(r: &mut Reader, ctx: &mut Context, section_id: u32) -> Result<Option<u64>> {
+pub(super) fn read_footer(
+    r: &mut Reader,
+    ctx: &mut Context,
+    section_id: u32,
+) -> Result<Option<u64>> {
     let offset = r.offset();
     let present = match ctx.footers {
         Some(present) => present,
         None => {
-            let present = r.peek(1) == [TYPE_FOOTER];
+            let present = r.lookahead(1, "footer")? == [TYPE_FOOTER];
             ctx.footers = Some(present);
             present
         }
@@ -724,7 +864,12 @@ fn ram_context(ctx: &mut Context) -> Result<RamContext> {
     })
 }
 
-fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Result<RamPayload> {
+/// The RAM context for reading a RAM section of `version_id`.
+pub(super) fn ram_section_context(
+    r: &Reader,
+    ctx: &mut Context,
+    version_id: u32,
+) -> Result<RamContext> {
     if version_id != 4 {
         return Err(r.error(
             ErrorKind::Unsupported {
@@ -733,105 +878,125 @@ fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Resul
             "version_id",
         ));
     }
-    let ram = ram_context(ctx)?;
-    let mut items: Vec<RamItem> = Vec::new();
+    ram_context(ctx)
+}
+
+fn read_ram_section(r: &mut Reader, ctx: &mut Context, version_id: u32) -> Result<RamPayload> {
+    let ram = ram_section_context(r, ctx, version_id)?;
+    let mut payload = RamPayload::default();
     loop {
         let record = read_ram_record(r, &ram)?;
         (ctx.progress)(r.offset());
-        let kind = match record.kind {
-            RamRecordKind::Eos => {
-                items.push(RamItem::Eos {
-                    offset: record.offset,
-                });
-                return Ok(RamPayload { items });
-            }
-            RamRecordKind::MultifdFlush => {
-                if !ctx.multifd_noted {
-                    ctx.multifd_noted = true;
-                    ctx.notes.push(Note::new(
-                        record.offset,
-                        "ram",
-                        "written with multifd: page data travels on other channels, not in this stream",
-                    ));
-                }
-                items.push(RamItem::MultifdFlush {
-                    offset: record.offset,
-                });
-                continue;
-            }
-            RamRecordKind::BlockList(list) => {
-                for block in &list.blocks {
-                    ctx.ram_blocks.insert(block.name.clone(), block.used_length);
-                }
-                items.push(RamItem::BlockList(list));
-                continue;
-            }
-            page => match page.run_kind() {
-                Some(kind) => kind,
-                None => continue,
-            },
-        };
-        let bad = |reason: String| {
-            Error::new(
-                ErrorKind::BadRamRecord { reason },
-                record.offset,
-                "ram.word",
-            )
-        };
-        // CONTINUE records name no block: they borrow the last one, so nothing is allocated
-        // per page.
-        if let Some(name) = record.block {
-            ctx.last_block = Some(name);
+        if add_ram_record(ctx, &ram, &mut payload, record)? {
+            return Ok(payload);
         }
-        let block = ctx
-            .last_block
-            .as_deref()
-            .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?;
-        let used_length = *ctx
-            .ram_blocks
-            .get(block)
-            .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?;
-        if record.page >= used_length {
-            return Err(bad(format!(
-                "page offset {:#x} outside block {block:?} of {used_length:#x} bytes",
-                record.page
-            )));
-        }
-        if let Some(RamItem::Pages(run)) = items.last_mut() {
-            let next_page = run
-                .count
-                .checked_mul(ram.page_size)
-                .and_then(|d| d.checked_add(run.first_page));
-            let merged = merge_kinds(run.kind, run.count, kind);
-            if let Some(merged) = merged.filter(|_| {
-                record.continues
-                    && run.block == block
-                    && next_page == Some(record.page)
-                    && run.span.end() == record.offset
-            }) {
-                run.kind = merged;
-                run.count = run.count.saturating_add(1);
-                run.span.len = run.span.len.saturating_add(record.len);
-                continue;
-            }
-        }
-        super::budget::charge(
-            (std::mem::size_of::<RamItem>() as u64).saturating_add(block.len() as u64),
-            record.offset,
-            "ram.run",
-        )?;
-        items.push(RamItem::Pages(RamRun {
-            block: block.to_owned(),
-            kind,
-            first_page: record.page,
-            count: 1,
-            first_continues: record.continues,
-            span: Span {
-                offset: record.offset,
-                len: record.len,
-            },
-        }));
     }
+}
+
+/// Adds a RAM record to its section's payload, joining a page record to the run before it
+/// when it continues it; returns true at the EOS record that ends the section.
+pub(super) fn add_ram_record(
+    ctx: &mut Context,
+    ram: &RamContext,
+    payload: &mut RamPayload,
+    record: super::RamRecord,
+) -> Result<bool> {
+    let items = &mut payload.items;
+    let kind = match record.kind {
+        RamRecordKind::Eos => {
+            items.push(RamItem::Eos {
+                offset: record.offset,
+            });
+            return Ok(true);
+        }
+        RamRecordKind::MultifdFlush => {
+            if !ctx.multifd_noted {
+                ctx.multifd_noted = true;
+                ctx.notes.push(Note::new(
+                    record.offset,
+                    "ram",
+                    "written with multifd: page data travels on other channels, not in this stream",
+                ));
+            }
+            items.push(RamItem::MultifdFlush {
+                offset: record.offset,
+            });
+            return Ok(false);
+        }
+        RamRecordKind::BlockList(list) => {
+            for block in &list.blocks {
+                ctx.ram_blocks.insert(block.name.clone(), block.used_length);
+            }
+            items.push(RamItem::BlockList(list));
+            return Ok(false);
+        }
+        page => match page.run_kind() {
+            Some(kind) => kind,
+            None => return Ok(false),
+        },
+    };
+    let bad = |reason: String| {
+        Error::new(
+            ErrorKind::BadRamRecord { reason },
+            record.offset,
+            "ram.word",
+        )
+    };
+    ctx.pages_read = true;
+    // CONTINUE records name no block: they borrow the last one, so nothing is allocated
+    // per page.
+    if let Some(name) = record.block {
+        ctx.last_block = Some(name);
+    }
+    let block = ctx
+        .last_block
+        .as_deref()
+        .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?;
+    let used_length = *ctx
+        .ram_blocks
+        .get(block)
+        .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?;
+    if record.page >= used_length {
+        return Err(bad(format!(
+            "page offset {:#x} outside block {block:?} of {used_length:#x} bytes",
+            record.page
+        )));
+    }
+    if let Some(RamItem::Pages(run)) = items.last_mut() {
+        let next_page = run
+            .count
+            .checked_mul(ram.page_size)
+            .and_then(|d| d.checked_add(run.first_page));
+        let merged = merge_kinds(run.kind, run.count, kind);
+        if let Some(merged) = merged.filter(|_| {
+            record.continues
+                && run.block == block
+                && next_page == Some(record.page)
+                && run.span.end() == record.offset
+        }) {
+            run.kind = merged;
+            run.count = run.count.saturating_add(1);
+            run.span.len = run.span.len.saturating_add(record.len);
+            return Ok(false);
+        }
+    }
+    super::budget::charge(
+        (std::mem::size_of::<RamItem>() as u64).saturating_add(block.len() as u64),
+        record.offset,
+        "ram.run",
+    )?;
+    items.push(RamItem::Pages(RamRun {
+        block: block.to_owned(),
+        kind,
+        first_page: record.page,
+        count: 1,
+        first_continues: record.continues,
+        span: Span {
+            offset: record.offset,
+            len: record.len,
+        },
+    }));
+    Ok(false)
 }
 
 /// The kind of a run of `count` records of kind `run` once a record of kind `next` joins it,
@@ -863,7 +1028,7 @@ fn merge_kinds(run: RunKind, count: u64, next: RunKind) -> Option<RunKind> {
     }
 }
 
-fn read_trailer(r: &mut Reader, ctx: &mut Context) -> Result<Option<Trailer>> {
+pub(super) fn read_trailer(r: &mut Reader, ctx: &mut Context) -> Result<Option<Trailer>> {
     if r.is_empty() {
         ctx.notes.push(Note::new(
             r.offset(),
@@ -921,7 +1086,7 @@ mod tests {
         json.resize(0x7baa - 2, b'x');
         json.extend_from_slice(b"\"}");
         let data = with_trailer(&json);
-        let (offset, found) = locate_trailer(&data).unwrap().unwrap();
+        let (offset, found) = locate_trailer(&data, 0).unwrap().unwrap();
         assert_eq!(offset, 9);
         assert_eq!(found, json.as_slice());
     }

@@ -23,6 +23,7 @@ mod container;
 mod description;
 mod gzip;
 mod iterative;
+mod onepass;
 mod ram;
 mod vmstate;
 mod writer;
@@ -36,10 +37,11 @@ pub use description::{
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};
+pub use onepass::{one_pass_refusal, read_one_pass, Held, OnePass, HELD_LIMIT};
 pub use ram::{
     apply_xbzrle, inflate_page, read_page_record, visit_page_records, RamRecord, RamRecordKind,
 };
-pub use writer::{write, write_to, write_with, RamLayout, WriteOptions};
+pub use writer::{write, write_held, write_to, write_with, RamLayout, WriteOptions};
 pub(crate) use writer::{write_seekable, PlacedBlock};
 
 pub use crate::hex::hex;

@@ -482,7 +482,7 @@ fn read_block_list(r: &mut Reader, ctx: &RamContext, start: u64, total: u64) -> 
             }
         };
         let page_size = match ctx.postcopy_page_sizes {
-            Some(summary) if block_page_size_follows(r, ctx.page_size, summary) => {
+            Some(summary) if block_page_size_follows(r, ctx.page_size, summary)? => {
                 Some(r.u64(Endian::Big, "ram.block_list.page_size")?)
             }
             _ => None,
@@ -605,15 +605,15 @@ fn read_mapped_ram(r: &mut Reader, ctx: &RamContext, used_length: u64) -> Result
 /// length byte makes a huge 64-bit value) or the EOS/MULTIFD_FLUSH word (smaller than any page
 /// size), so a power of two above the target page size, within the advised page sizes, can
 /// only be a page size.
-fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> bool {
-    let Ok(next) = <[u8; 8]>::try_from(r.peek(8)) else {
-        return false;
+fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> Result<bool> {
+    let Ok(next) = <[u8; 8]>::try_from(r.lookahead(8, "ram.block_list.page_size")?) else {
+        return Ok(false);
     };
     let value = u64::from_be_bytes(next);
-    value.is_power_of_two()
+    Ok(value.is_power_of_two()
         && value > target_page_size
         && value < (1 << 48)
-        && (advised == 0 || advised & value != 0)
+        && (advised == 0 || advised & value != 0))
 }
 
 /// Checks an XBZRLE payload the way QEMU's decoder does: pairs of (unchanged run, literal

@@ -151,7 +151,50 @@ pub fn write_with(
             "ram",
         ));
     }
-    write_any(stream, source, Out::Stream(out), options, progress).map(|w| w.len)
+    write_any(stream, Whole(source), Out::Stream(out), options, progress).map(|w| w.len)
+}
+
+/// Writes what follows the bytes a one-pass read handed on ([`super::read_one_pass`]): the
+/// model's records from the first held one, EOF and the description, with page contents from
+/// the held bytes. Written after the bytes handed on, unchanged, it gives the stream [`write`]
+/// gives. Returns the number of bytes written.
+pub fn write_held(stream: &Stream, held: &super::Held, out: &mut dyn Write) -> Result<u64> {
+    let source = Held(held);
+    let options = WriteOptions::default();
+    write_any(stream, source, Out::Stream(out), &options, &mut |_| {}).map(|w| w.len)
+}
+
+/// Where page contents come from: the whole input, or its held end.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Whole(&'a [u8]),
+    Held(&'a super::Held),
+}
+use Source::{Held, Whole};
+
+impl<'a> Source<'a> {
+    /// The `len` bytes at stream offset `offset`.
+    fn bytes(self, offset: u64, len: u64) -> Result<&'a [u8]> {
+        let (bytes, base) = match self {
+            Whole(bytes) => (bytes, 0),
+            Held(held) => (held.bytes.as_slice(), held.offset),
+        };
+        offset
+            .checked_sub(base)
+            .and_then(|at| crate::wire::slice(bytes, at, len))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnexpectedEof {
+                        needed: len,
+                        available: base
+                            .saturating_add(bytes.len() as u64)
+                            .saturating_sub(offset),
+                    },
+                    offset,
+                    "ram.page (source)",
+                )
+            })
+    }
 }
 
 /// An output the writer can leave holes in, by seeking past them.
@@ -168,12 +211,12 @@ pub(crate) fn write_seekable(
     options: &WriteOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Written> {
-    write_any(stream, source, Out::File(out), options, progress)
+    write_any(stream, Whole(source), Out::File(out), options, progress)
 }
 
 fn write_any(
     stream: &Stream,
-    source: &[u8],
+    source: Source,
     out: Out,
     options: &WriteOptions,
     progress: &mut dyn FnMut(u64),
@@ -181,8 +224,14 @@ fn write_any(
     let from_mapped = stream.has_mapped_ram();
     let to_mapped = options.ram_layout.writes_mapped_ram(stream);
     let mut w = Sink::to(out);
-    w.buf.u32(Endian::Big, MAGIC);
-    w.buf.u32(Endian::Big, stream.version);
+    let records = match source {
+        Whole(_) => {
+            w.buf.u32(Endian::Big, MAGIC);
+            w.buf.u32(Endian::Big, stream.version);
+            &stream.records[..]
+        }
+        Held(held) => stream.records.get(held.first_record..).unwrap_or_default(),
+    };
     let mut output = Output {
         source,
         page_size: stream.page_size.bytes,
@@ -195,7 +244,7 @@ fn write_any(
         file_offset: options.file_offset,
         unplaced: Vec::new(),
     };
-    output.records(&mut w, &stream.records)?;
+    output.records(&mut w, records)?;
     w.buf.u8(TYPE_EOF);
     if let Some(trailer) = &stream.trailer {
         // The description lists the configuration's subsections: it follows the edit.
@@ -331,7 +380,7 @@ impl<'o> Sink<'o> {
 }
 
 struct Output<'a> {
-    source: &'a [u8],
+    source: Source<'a>,
     page_size: u64,
     progress: &'a mut dyn FnMut(u64),
     /// The configuration section's state when the `mapped-ram` capability joins or leaves
@@ -343,7 +392,7 @@ struct Output<'a> {
     unplaced: Vec<PlacedBlock>,
 }
 
-impl Output<'_> {
+impl<'a> Output<'a> {
     fn records(&mut self, w: &mut Sink, records: &[Record]) -> Result<()> {
         for record in records {
             match record {
@@ -602,7 +651,7 @@ impl Output<'_> {
         source: &MappedRam,
     ) -> Result<()> {
         let page_size = self.page_size.max(1);
-        let bitmap = Output::bytes_of(self.source, source.bitmap.offset, source.bitmap.len)?;
+        let bitmap = self.source.bytes(source.bitmap.offset, source.bitmap.len)?;
         let marked = |n: u64| {
             bitmap
                 .get(usize::try_from(n / 8).unwrap_or(usize::MAX))
@@ -645,8 +694,7 @@ impl Output<'_> {
             let Some(mapped) = &block.mapped else {
                 continue;
             };
-            let source = self.source;
-            let bitmap = Output::bytes_of(source, mapped.bitmap.offset, mapped.bitmap.len)?;
+            let bitmap = self.source.bytes(mapped.bitmap.offset, mapped.bitmap.len)?;
             let pages = block.used_length.div_ceil(self.page_size.max(1));
             let mut named = false;
             for n in 0..pages {
@@ -731,21 +779,8 @@ impl Output<'_> {
         }
     }
 
-    fn source_bytes(&self, offset: u64, len: u64) -> Result<&[u8]> {
-        Output::bytes_of(self.source, offset, len)
-    }
-
-    fn bytes_of(source: &[u8], offset: u64, len: u64) -> Result<&[u8]> {
-        crate::wire::slice(source, offset, len).ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnexpectedEof {
-                    needed: len,
-                    available: (source.len() as u64).saturating_sub(offset),
-                },
-                offset,
-                "ram.page (source)",
-            )
-        })
+    fn source_bytes(&self, offset: u64, len: u64) -> Result<&'a [u8]> {
+        self.source.bytes(offset, len)
     }
 }
 

@@ -14,6 +14,9 @@ pub struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
     base: u64,
+    /// The input goes on past `data` (a window of input still arriving): what a short peek
+    /// would decide is not decided yet.
+    open_ended: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -24,7 +27,22 @@ impl<'a> Reader<'a> {
 
     /// A reader over `data`, whose first byte lies at absolute offset `base` of a larger input.
     pub fn at(data: &'a [u8], base: u64) -> Self {
-        Reader { data, pos: 0, base }
+        Reader {
+            data,
+            pos: 0,
+            base,
+            open_ended: false,
+        }
+    }
+
+    /// A reader over the part of an input that has arrived, at absolute offset `base`: where
+    /// [`Reader::lookahead`] needs bytes beyond it, it fails as a read past the end does, so
+    /// that the caller reads again once more has arrived.
+    pub fn window(data: &'a [u8], base: u64) -> Self {
+        Reader {
+            open_ended: true,
+            ..Reader::at(data, base)
+        }
     }
 
     /// Absolute offset of the next byte to be read.
@@ -74,6 +92,17 @@ impl<'a> Reader<'a> {
     pub fn peek(&self, n: usize) -> &'a [u8] {
         let rest = self.rest();
         rest.get(..n).unwrap_or(rest)
+    }
+
+    /// Up to `n` next bytes without consuming them, for a decision that looks ahead: fewer
+    /// only where the input really ends; in a [`Reader::window`] that holds fewer, an
+    /// [`ErrorKind::UnexpectedEof`] error.
+    pub fn lookahead(&self, n: usize, field: &str) -> Result<&'a [u8]> {
+        let ahead = self.peek(n);
+        if ahead.len() < n && self.open_ended {
+            return Err(self.eof(n, field));
+        }
+        Ok(ahead)
     }
 
     /// An error of `kind` for `field` at the current offset.

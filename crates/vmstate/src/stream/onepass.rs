@@ -1,0 +1,401 @@
+//! Reading a stream in one pass, as it arrives: for input that cannot be mapped (a pipe, a
+//! socket, a decompressor).
+//!
+//! QEMU sends the description that device sections are decoded through last, after EOF. Until
+//! the first record that needs it, nothing does: the header, the configuration, commands, RAM
+//! and the other iterative sections are read record by record from a window of the input, and
+//! each byte read is handed on ([`read_one_pass`]'s `passed`) and forgotten. From the first
+//! device section (QEMU sends them after the last RAM) or PACKAGED command on, the rest of the
+//! input is held in memory, where the description is found at its end as a file's would be,
+//! and read by the same reader as a mapped stream.
+//!
+//! The records are read by the mapped reader's own functions over the window; a record that
+//! runs past the window's end is read again once the window holds more (at least twice as
+//! much, so a large record is read again only a few times).
+
+use std::io::{ErrorKind as IoErrorKind, Read};
+
+use super::config::read_configuration;
+use super::container::{
+    add_ram_record, ram_section_context, read_command, read_footer, read_header, read_other_body,
+    read_records, read_section_header, read_trailer, remember_configuration, section_kind, Context,
+    TYPE_COMMAND, TYPE_CONFIGURATION,
+};
+use super::ram::read_ram_record;
+use super::{RamPayload, Record, SectionBody, Stream};
+use crate::error::{Error, ErrorKind, Result};
+use crate::wire::{Endian, Reader};
+
+/// Bytes asked of the input at a time: what a widened pipe holds.
+const READ_CHUNK: usize = 1 << 20;
+/// The largest record read from the window (a PACKAGED command is at most 16 MiB, an
+/// iterative section's records are read as one).
+const MAX_RECORD: usize = 256 << 20;
+/// How many times a record that runs past the window is read again with just what its
+/// field needs, before the window is doubled instead.
+const EXACT_RETRIES: u32 = 8;
+/// The most input held for the device sections at the end.
+pub const HELD_LIMIT: usize = 256 << 20;
+/// The PACKAGED command, whose nested stream holds device sections.
+const CMD_PACKAGED: u16 = 7;
+
+/// A stream read in one pass.
+#[derive(Debug)]
+pub struct OnePass {
+    /// The model, the same a mapped read of the same bytes gives.
+    pub stream: Stream,
+    /// The end of the input, from the first record that needed the description.
+    pub held: Held,
+}
+
+/// The input from the first device section on, kept for writing: the bytes before it were
+/// handed on as they were read.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// Where the held bytes start in the stream.
+    pub offset: u64,
+    /// The bytes, to the end of the input.
+    pub bytes: Vec<u8>,
+    /// The first of the model's top-level records that lies in them.
+    pub first_record: usize,
+}
+
+/// Reads the stream in `input` in one pass, handing every byte before the held part to
+/// `passed` as soon as it has been read (in pieces, in order).
+///
+/// `file_offset` is where the stream starts in its file (see [`super::read_in_file`]). A
+/// stream that needs random access is refused: mapped-ram (its pages sit at fixed offsets
+/// after the block list), and one whose page size only its description gives (it differs
+/// from the configuration's, or from 4096 when the configuration does not say). Errors from
+/// `passed` are returned as [`ErrorKind::Output`] errors, errors of `input` as
+/// [`ErrorKind::Input`].
+pub fn read_one_pass(
+    input: &mut dyn Read,
+    file_offset: u64,
+    passed: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<OnePass> {
+    let _budget = super::budget::Budget::start(0);
+    let mut window = Window {
+        input,
+        passed,
+        buf: Vec::new(),
+        start: 0,
+        pos: 0,
+        end: 0,
+        base: 0,
+        done: false,
+    };
+    let mut progress = |_| {};
+    let mut ctx = Context::new(&mut progress, file_offset);
+    let version = window.read(read_header)?;
+    let mut records = Vec::new();
+    loop {
+        let start = window.offset();
+        let head = window.peek(|r| {
+            let byte = r.u8("section_type")?;
+            let command = match byte {
+                TYPE_COMMAND => Some(r.u16(Endian::Big, "command.number")?),
+                _ => None,
+            };
+            Ok((byte, command))
+        })?;
+        let record = match head {
+            (0x01..=0x03, _) => window.section(&mut ctx, head.0, start)?,
+            (TYPE_CONFIGURATION, _) if records.is_empty() => window.read(|r| {
+                r.u8("section_type")?;
+                let config = read_configuration(r, start)?;
+                remember_configuration(&mut ctx, &config);
+                Ok(Record::Configuration(config))
+            })?,
+            (TYPE_COMMAND, Some(number)) if number != CMD_PACKAGED => window.read(|r| {
+                r.u8("section_type")?;
+                read_command(r, &mut ctx, start, false).map(Record::Command)
+            })?,
+            // From EOF, a device section or a package on, the description is needed.
+            (0x00 | 0x04, _) | (TYPE_COMMAND, Some(_)) => break,
+            (byte, _) => {
+                return Err(Error::new(
+                    ErrorKind::UnknownSectionType { byte },
+                    start,
+                    "section_type",
+                ))
+            }
+        };
+        super::budget::charge(std::mem::size_of::<Record>() as u64, start, "records")?;
+        records.push(record);
+    }
+    let held = window.hold(records.len())?;
+    ctx.learn_description(&held.bytes, held.offset)?;
+    ctx.confirm_page_size(held.offset)?;
+    let mut r = Reader::at(&held.bytes, held.offset);
+    let eof_offset = read_records(&mut r, &mut ctx, true, &mut records)?;
+    let eof_offset = eof_offset.unwrap_or(r.offset());
+    let trailer = read_trailer(&mut r, &mut ctx)?;
+    Ok(OnePass {
+        stream: ctx.finish(version, records, eof_offset, trailer),
+        held,
+    })
+}
+
+/// Why [`read_one_pass`] would refuse the stream that starts with `head` (its first few KiB,
+/// which hold the configuration section): a mapped-ram stream, whose pages are read out of
+/// order. `None` when it would read it, or when `head` does not tell (the read then says).
+pub fn one_pass_refusal(head: &[u8]) -> Option<&'static str> {
+    let mut r = Reader::new(head);
+    read_header(&mut r).ok()?;
+    let start = r.offset();
+    (r.u8("section_type").ok()? == TYPE_CONFIGURATION).then_some(())?;
+    let config = read_configuration(&mut r, start).ok()?;
+    config
+        .capabilities()
+        .contains(&"mapped-ram")
+        .then_some("a mapped-ram stream keeps its pages at fixed offsets of the file")
+}
+
+/// The part of the input between what was handed on and what was not yet read.
+struct Window<'i, 'p> {
+    input: &'i mut dyn Read,
+    passed: &'p mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    buf: Vec<u8>,
+    /// `buf[..start]` has been handed on.
+    start: usize,
+    /// `buf[..pos]` has been read.
+    pos: usize,
+    /// `buf[..end]` holds input.
+    end: usize,
+    /// Where `buf[0]` is in the stream.
+    base: u64,
+    /// The input has ended.
+    done: bool,
+}
+
+impl Window<'_, '_> {
+    /// The stream offset of the next byte to read.
+    fn offset(&self) -> u64 {
+        self.base.saturating_add(self.pos as u64)
+    }
+
+    /// Runs `parse` over the window and moves past what it read, reading more of the input
+    /// and running it again as long as it runs past the window's end.
+    fn read<T>(&mut self, parse: impl FnMut(&mut Reader) -> Result<T>) -> Result<T> {
+        self.parse(parse, true)
+    }
+
+    /// [`Window::read`], staying where it is.
+    fn peek<T>(&mut self, parse: impl FnMut(&mut Reader) -> Result<T>) -> Result<T> {
+        self.parse(parse, false)
+    }
+
+    fn parse<T>(
+        &mut self,
+        mut parse: impl FnMut(&mut Reader) -> Result<T>,
+        advance: bool,
+    ) -> Result<T> {
+        let mut attempts = 0u32;
+        loop {
+            let offset = self.offset();
+            let window = self.buf.get(self.pos..self.end).unwrap_or_default();
+            let mut r = Reader::window(window, offset);
+            let failed = match parse(&mut r) {
+                Ok(value) => {
+                    if advance {
+                        let read = usize::try_from(r.offset().saturating_sub(offset));
+                        self.pos = self.pos.saturating_add(read.unwrap_or(0)).min(self.end);
+                    }
+                    return Ok(value);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::UnexpectedEof { .. }) && !self.done => e,
+                Err(e) => return Err(e),
+            };
+            let held = window.len();
+            if held >= MAX_RECORD {
+                return Err(Error::new(
+                    ErrorKind::Unsupported {
+                        what: format!(
+                            "a record of more than {MAX_RECORD} bytes read in one pass (read \
+                             the stream from a file)"
+                        ),
+                    },
+                    offset,
+                    failed.path().to_owned(),
+                ));
+            }
+            // Wait for no more than the field that ran out needs, so that what has arrived
+            // is read and handed on; a record of many fields that keeps running out is
+            // given twice the window at a time, so that it is not read again per field.
+            let ErrorKind::UnexpectedEof { needed, .. } = *failed.kind() else {
+                return Err(failed);
+            };
+            let field_end = failed
+                .offset()
+                .saturating_sub(offset)
+                .saturating_add(needed);
+            let field_end = usize::try_from(field_end).unwrap_or(usize::MAX);
+            attempts = attempts.saturating_add(1);
+            let ahead = if attempts <= EXACT_RETRIES {
+                field_end.max(held.saturating_add(1))
+            } else {
+                field_end.max(held.saturating_mul(2))
+            };
+            self.fill(ahead.min(MAX_RECORD))?;
+        }
+    }
+
+    /// Reads the input until the window holds `ahead` bytes or the input ends, handing on
+    /// what has been read before waiting for more.
+    fn fill(&mut self, ahead: usize) -> Result<()> {
+        while self.end.saturating_sub(self.pos) < ahead && !self.done {
+            self.pass()?;
+            if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
+                self.compact();
+            }
+            if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
+                self.buf.resize(self.end.saturating_add(READ_CHUNK), 0);
+            }
+            let room = self.buf.get_mut(self.end..).unwrap_or_default();
+            match self.input.read(room) {
+                Ok(0) => self.done = true,
+                Ok(n) => {
+                    self.end = self.end.saturating_add(n);
+                    super::budget::credit(n as u64);
+                }
+                Err(e) if e.kind() == IoErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::Input {
+                            reason: e.to_string(),
+                        },
+                        self.base.saturating_add(self.end as u64),
+                        "input",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands on what has been read and not yet handed on.
+    fn pass(&mut self) -> Result<()> {
+        if self.pos > self.start {
+            let read = self.buf.get(self.start..self.pos).unwrap_or_default();
+            (self.passed)(read).map_err(|e| {
+                Error::new(
+                    ErrorKind::Output {
+                        reason: e.to_string(),
+                    },
+                    self.base.saturating_add(self.start as u64),
+                    "output",
+                )
+            })?;
+            self.start = self.pos;
+        }
+        Ok(())
+    }
+
+    /// Moves what has not been read to the front of the buffer (what was read has been
+    /// handed on).
+    fn compact(&mut self) {
+        let from = self.start.min(self.pos);
+        if from == 0 {
+            return;
+        }
+        self.buf.copy_within(from..self.end, 0);
+        self.base = self.base.saturating_add(from as u64);
+        self.start = self.start.saturating_sub(from);
+        self.pos = self.pos.saturating_sub(from);
+        self.end = self.end.saturating_sub(from);
+    }
+
+    /// Reads a START, PART or END section: RAM record by record, any other as a whole.
+    fn section(&mut self, ctx: &mut Context, byte: u8, start: u64) -> Result<Record> {
+        let kind = section_kind(byte);
+        let header = self.peek(|r| {
+            r.u8("section_type")?;
+            read_section_header(r, ctx, kind)
+        })?;
+        if header.idstr != "ram" {
+            return self.read(|r| {
+                r.u8("section_type")?;
+                let header = read_section_header(r, ctx, kind)?;
+                let body = read_other_body(r, ctx, &header, start)?;
+                let footer =
+                    read_footer(r, ctx, header.section_id).map_err(|e| e.within(&header.path()))?;
+                Ok(Record::Section(header.section(
+                    start,
+                    r.offset(),
+                    body,
+                    footer,
+                )))
+            });
+        }
+        let path = header.path();
+        let ram = self
+            .read(|r| {
+                r.u8("section_type")?;
+                read_section_header(r, ctx, kind)?;
+                ram_section_context(r, ctx, header.version_id)
+            })
+            .map_err(|e| e.within(&path))?;
+        if ram.mapped_ram {
+            return Err(Error::new(
+                ErrorKind::Unsupported {
+                    what: "a mapped-ram stream read in one pass (its pages sit at fixed offsets \
+                           of the file, after the block list): read it from a file"
+                        .to_owned(),
+                },
+                start,
+                path,
+            ));
+        }
+        let mut payload = RamPayload::default();
+        loop {
+            let record = self
+                .read(|r| read_ram_record(r, &ram))
+                .map_err(|e| e.within(&path))?;
+            if add_ram_record(ctx, &ram, &mut payload, record).map_err(|e| e.within(&path))? {
+                break;
+            }
+        }
+        let footer = self
+            .read(|r| read_footer(r, ctx, header.section_id))
+            .map_err(|e| e.within(&path))?;
+        let end = self.offset();
+        Ok(Record::Section(header.section(
+            start,
+            end,
+            SectionBody::Ram(payload),
+            footer,
+        )))
+    }
+
+    /// Hands on everything read, then reads the rest of the input and keeps it.
+    fn hold(&mut self, first_record: usize) -> Result<Held> {
+        self.pass()?;
+        self.compact();
+        let offset = self.offset();
+        while !self.done {
+            let held = self.end.saturating_sub(self.pos);
+            if held > HELD_LIMIT {
+                return Err(Error::new(
+                    ErrorKind::Unsupported {
+                        what: format!(
+                            "more than {HELD_LIMIT} bytes after the first device section, read \
+                             in one pass (read the stream from a file)"
+                        ),
+                    },
+                    offset,
+                    "records",
+                ));
+            }
+            self.fill(held.saturating_add(READ_CHUNK))?;
+        }
+        let mut bytes = std::mem::take(&mut self.buf);
+        bytes.truncate(self.end);
+        bytes.drain(..self.pos);
+        Ok(Held {
+            offset,
+            bytes,
+            first_record,
+        })
+    }
+}
