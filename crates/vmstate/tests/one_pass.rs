@@ -214,3 +214,31 @@ fn most_of_a_stream_is_handed_on_before_its_end_arrives() {
         path.display()
     );
 }
+
+#[test]
+fn a_page_size_only_the_description_gives_is_found_from_the_records() {
+    let raw = std::fs::read(support::fixture(
+        "onepass/qemu7.2-versatilepb-1k-pages.mig.gz",
+    ))
+    .unwrap();
+    let data = stream::decompress_if_gzip(&raw, 1 << 32).unwrap();
+    let mapped = stream::read(&data).unwrap();
+    assert_eq!(mapped.page_size.bytes, 1024);
+    assert!(mapped.configuration().unwrap().target_page_bits().is_none());
+    let (read, _) = one_pass(&data, 5, 1 << 16);
+    let read = read.unwrap();
+    assert_eq!(read.stream.page_size, mapped.page_size);
+    let pages: u64 = read.stream.ram_summary().iter().map(|b| b.pages).sum();
+    assert_eq!(pages, 16);
+    // Without the description, the records alone decide.
+    let eof = usize::try_from(mapped.eof_offset).unwrap();
+    let mut bare = data[..=eof].to_vec();
+    bare.truncate(eof + 1);
+    let (read, _) = one_pass(&bare, 5, 1 << 16);
+    let read = read.unwrap();
+    assert_eq!(read.stream.page_size.bytes, 1024);
+    assert_eq!(
+        read.stream.page_size.source,
+        stream::PageSizeSource::RamRecords
+    );
+}

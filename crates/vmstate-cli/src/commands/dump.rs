@@ -198,6 +198,7 @@ fn summary(path: &Path, loaded: &LoadedModel) -> String {
         stream::PageSizeSource::Description => "from the description",
         stream::PageSizeSource::TargetPageBits => "from configuration/target-page-bits",
         stream::PageSizeSource::DefaultX86 => "x86 default: the stream does not say",
+        stream::PageSizeSource::RamRecords => "the only size the RAM records read with",
     };
     let _ = writeln!(
         out,

@@ -233,6 +233,8 @@ impl<'p> Context<'p> {
                         used.bytes,
                         match used.source {
                             PageSizeSource::TargetPageBits => "configuration/target-page-bits",
+                            PageSizeSource::RamRecords =>
+                                "the only size its first records read with",
                             _ => "the x86 default, as the configuration does not say",
                         }
                     ),
@@ -246,6 +248,32 @@ impl<'p> Context<'p> {
             source: PageSizeSource::Description,
         });
         Ok(())
+    }
+
+    /// The page size page records are read with when neither the configuration nor (yet)
+    /// a description gives it, before any page record was read: the one a reader may still
+    /// choose from what the records look like.
+    pub(super) fn unsettled_page_size(&mut self) -> Option<u64> {
+        let size = self.page_size.unwrap_or_else(|| self.resolve_page_size());
+        (size.source == PageSizeSource::DefaultX86 && !self.pages_read).then_some(size.bytes)
+    }
+
+    /// The used length of the RAM block `name` of the block lists read so far.
+    pub(super) fn ram_block_length(&self, name: &str) -> Option<u64> {
+        self.ram_blocks.get(name).copied()
+    }
+
+    /// The used length of the block the last page record was of.
+    pub(super) fn last_block_length(&self) -> Option<u64> {
+        self.ram_block_length(self.last_block.as_deref()?)
+    }
+
+    /// Reads page records with `bytes` per page, chosen from what they look like.
+    pub(super) fn settle_page_size(&mut self, bytes: u64) {
+        self.page_size = Some(PageSize {
+            bytes,
+            source: PageSizeSource::RamRecords,
+        });
     }
 
     /// The model, from what was read.

@@ -127,6 +127,9 @@ pub enum PageSizeSource {
     TargetPageBits,
     /// Neither is present: 4096, the x86 target page size.
     DefaultX86,
+    /// Read in one pass, with neither known yet: the only size among those QEMU's targets
+    /// use with which the first RAM records read (a 32-bit Arm machine's 1 KiB pages).
+    RamRecords,
 }
 
 /// One top-level (or packaged) record of the stream.

@@ -21,7 +21,7 @@ use super::container::{
     read_records, read_section_header, read_trailer, remember_configuration, section_kind, Context,
     TYPE_COMMAND, TYPE_CONFIGURATION,
 };
-use super::ram::read_ram_record;
+use super::ram::{read_ram_record, RamContext, RamRecordKind};
 use super::{RamPayload, Record, SectionBody, Stream};
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Reader};
@@ -137,6 +137,55 @@ pub fn read_one_pass(
     })
 }
 
+/// The target page sizes QEMU's targets use, the x86 one first.
+const PAGE_SIZES: [u64; 6] = [4096, 1024, 2048, 8192, 16384, 65536];
+/// Page records read to tell one page size from another.
+const PROBE_RECORDS: usize = 64;
+
+/// The page size with which the RAM records ahead read as records of the blocks their block
+/// list announces (up to [`PROBE_RECORDS`] of them, or to the section's end), the first of
+/// [`PAGE_SIZES`] that does. Only the description at the end of the stream says for sure,
+/// and the reader checks it there; until then a 1 KiB-page Arm stream read with 4 KiB pages
+/// would fail on its second page.
+fn probe_page_size(r: &mut Reader, ram: &RamContext, ctx: &Context) -> Result<Option<u64>> {
+    'sizes: for page_size in PAGE_SIZES {
+        let context = RamContext { page_size, ..*ram };
+        let mut probe = r.clone();
+        let mut blocks: Vec<(String, u64)> = Vec::new();
+        let mut block = ctx.last_block_length();
+        for _ in 0..PROBE_RECORDS {
+            let record = match read_ram_record(&mut probe, &context) {
+                Ok(record) => record,
+                // More input may tell; at the input's end, this size does not read.
+                Err(e) if matches!(e.kind(), ErrorKind::UnexpectedEof { .. }) && r.is_window() => {
+                    return Err(e)
+                }
+                Err(_) => continue 'sizes,
+            };
+            if let Some(name) = &record.block {
+                block = blocks
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, len)| *len)
+                    .or_else(|| ctx.ram_block_length(name));
+            }
+            match record.kind {
+                RamRecordKind::Eos => return Ok(Some(page_size)),
+                RamRecordKind::BlockList(list) => {
+                    blocks.extend(list.blocks.into_iter().map(|b| (b.name, b.used_length)))
+                }
+                RamRecordKind::MultifdFlush => {}
+                _ => match block {
+                    Some(used_length) if record.page < used_length => {}
+                    _ => continue 'sizes,
+                },
+            }
+        }
+        return Ok(Some(page_size));
+    }
+    Ok(None)
+}
+
 /// Why [`read_one_pass`] would refuse the stream that starts with `head` (its first few KiB,
 /// which hold the configuration section): a mapped-ram stream, whose pages are read out of
 /// order. `None` when it would read it, or when `head` does not tell (the read then says).
@@ -195,7 +244,11 @@ impl Window<'_, '_> {
         loop {
             let offset = self.offset();
             let window = self.buf.get(self.pos..self.end).unwrap_or_default();
-            let mut r = Reader::window(window, offset);
+            let mut r = if self.done {
+                Reader::at(window, offset)
+            } else {
+                Reader::window(window, offset)
+            };
             let failed = match parse(&mut r) {
                 Ok(value) => {
                     if advance {
@@ -347,6 +400,24 @@ impl Window<'_, '_> {
                 path,
             ));
         }
+        let ram = match ctx.unsettled_page_size() {
+            Some(default) => {
+                let probed = self
+                    .peek(|r| probe_page_size(r, &ram, ctx))
+                    .map_err(|e| e.within(&path))?;
+                match probed.filter(|&size| size != default) {
+                    Some(size) => {
+                        ctx.settle_page_size(size);
+                        RamContext {
+                            page_size: size,
+                            ..ram
+                        }
+                    }
+                    None => ram,
+                }
+            }
+            None => ram,
+        };
         let mut payload = RamPayload::default();
         loop {
             let record = self

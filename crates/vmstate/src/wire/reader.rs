@@ -94,6 +94,11 @@ impl<'a> Reader<'a> {
         rest.get(..n).unwrap_or(rest)
     }
 
+    /// Whether this is a [`Reader::window`] of input still arriving.
+    pub fn is_window(&self) -> bool {
+        self.open_ended
+    }
+
     /// Up to `n` next bytes without consuming them, for a decision that looks ahead: fewer
     /// only where the input really ends; in a [`Reader::window`] that holds fewer, an
     /// [`ErrorKind::UnexpectedEof`] error.
