@@ -34,9 +34,11 @@ need_apt() {
 }
 [ -x /usr/bin/time ] || need_apt time
 
-log "building vmstate (release)"
+log "building vmstate (release) and its decompressor alone (examples/decompress.rs)"
 cargo build --release --quiet -p vmstate-cli
+cargo build --release --quiet -p vmstate --example decompress
 VMSTATE=target/release/vmstate
+DECOMPRESS=target/release/examples/decompress
 
 if [ ! -s "$STREAM" ]; then
     command -v qemu-system-x86_64 >/dev/null || need_apt qemu-system-x86
@@ -72,11 +74,19 @@ benches=(
     "convert --ram rings|$VMSTATE convert --ram rings $STREAM $BENCH/rings.mig"
     "convert (to /dev/null)|$VMSTATE convert $STREAM /dev/null"
     "dump - (from a pipe)|cat $STREAM | $VMSTATE dump -"
-    "cat piped to cat (the pipe's floor)|cat $STREAM | cat"
+    "cat piped to cat|cat $STREAM | cat"
+    "cat piped to a 1 MiB reader (the pipe's floor)|cat $STREAM | python3 scripts/pipe-floor.py"
+    "convert - - (a filter: pipe to pipe)|cat $STREAM | $VMSTATE convert - - | cat"
+    "convert --to-layout stable - - (filter)|cat $STREAM | $VMSTATE convert --to-layout stable - - | cat"
+    "convert --reencode - - (filter)|cat $STREAM | $VMSTATE convert --reencode - - | cat"
+    "cat piped through cat (a filter's floor)|cat $STREAM | cat | cat"
     "dump FILE.gz (gzip -1)|$VMSTATE dump $STREAM.gz"
-    "zcat FILE.gz (gzip's floor)|zcat $STREAM.gz"
+    "dump - (gzip -1, from a pipe)|cat $STREAM.gz | $VMSTATE dump -"
+    "decompress FILE.gz (vmstate's decompressor alone)|$DECOMPRESS $STREAM.gz"
+    "zcat FILE.gz|zcat $STREAM.gz"
     # Each writes a new file (the old one removed first, in the timing too).
     "cp --reflink=never|rm -f $BENCH/copy.mig && cp --reflink=never $STREAM $BENCH/copy.mig"
+    "convert FILE FILE|rm -f $BENCH/conv.mig && $VMSTATE convert $STREAM $BENCH/conv.mig"
     "ram extract (by block)|rm -rf $BENCH/ram && $VMSTATE ram extract $STREAM $BENCH/ram"
     "ram extract --format elf|rm -f $BENCH/ram.elf && $VMSTATE ram extract --format elf $STREAM $BENCH/ram.elf"
     "convert --ram-layout mapped-ram|rm -f $BENCH/m.mig && $VMSTATE convert --ram-layout mapped-ram $STREAM $BENCH/m.mig"

@@ -78,6 +78,53 @@ fn model(stream: &stream::Stream) -> String {
     format!("{stream:?}")
 }
 
+/// Reads `data` in one pass in pieces of up to `max` bytes and checks it against the mapped
+/// reader's model `expected`: the same model, and written back, the same bytes.
+fn same_as_mapped(shown: &str, data: &[u8], mapped: &stream::Stream, seed: u64, max: u64) {
+    let (read, passed) = one_pass(data, seed, max);
+    let read = read.unwrap_or_else(|e| panic!("{shown} (pieces up to {max}): {e}"));
+    assert!(
+        model(&read.stream) == model(mapped),
+        "{shown} (pieces up to {max}): the models differ"
+    );
+    assert_eq!(
+        read.held.offset,
+        passed.len() as u64,
+        "{shown}: the held bytes follow those handed on"
+    );
+    let mut out = passed;
+    stream::write_held(&read.stream, &read.held, &mut out)
+        .unwrap_or_else(|e| panic!("{shown}: writing the held end: {e}"));
+    assert!(
+        out == *data,
+        "{shown} (pieces up to {max}): written back differs"
+    );
+}
+
+/// What reading `data` in one pass should give: the mapped reader's model, or a refusal for
+/// a mapped-ram stream; `None` when the mapped reader refuses it too (then so must a one-pass
+/// read).
+fn mapped_model(shown: &str, data: &[u8]) -> Option<stream::Stream> {
+    let mapped = match stream::read(data) {
+        Ok(stream) => stream,
+        Err(e) => {
+            let (read, _) = one_pass(data, 1, 1 << 20);
+            assert!(
+                read.is_err(),
+                "{shown}: mapped read fails ({e}), one pass reads it"
+            );
+            return None;
+        }
+    };
+    if mapped.has_mapped_ram() {
+        let (read, _) = one_pass(data, 1, 1 << 20);
+        let error = read.expect_err("mapped-ram read in one pass").to_string();
+        assert!(error.contains("mapped-ram"), "{shown}: {error}");
+        return None;
+    }
+    Some(mapped)
+}
+
 #[test]
 fn every_fixture_reads_in_one_pass_as_mapped() {
     let streams = fixture_streams();
@@ -88,53 +135,55 @@ fn every_fixture_reads_in_one_pass_as_mapped() {
     );
     let mut compared = 0;
     for (path, data) in &streams {
-        let shown = path.display();
-        let mapped = match stream::read(data) {
-            Ok(stream) => stream,
-            Err(e) => {
-                // A fixture the reader refuses is refused in one pass too.
-                let (read, _) = one_pass(data, 1, 1 << 20);
-                assert!(
-                    read.is_err(),
-                    "{shown}: mapped read fails ({e}), one pass reads it"
-                );
-                continue;
-            }
-        };
-        if mapped.has_mapped_ram() {
-            let (read, _) = one_pass(data, 1, 1 << 20);
-            let error = read.expect_err("mapped-ram read in one pass").to_string();
-            assert!(error.contains("mapped-ram"), "{shown}: {error}");
+        let shown = path.display().to_string();
+        let Some(mapped) = mapped_model(&shown, data) else {
             continue;
-        }
-        let expected = model(&mapped);
+        };
         // Pieces of a few bytes make every field run out at some point: on small fixtures.
         for (seed, max) in [(1, 1 << 20), (2, 4096), (3, 7)] {
             if max < 100 && data.len() > 128 << 10 {
                 continue;
             }
-            let (read, passed) = one_pass(data, seed, max);
-            let read = read.unwrap_or_else(|e| panic!("{shown} (pieces up to {max}): {e}"));
-            assert!(
-                model(&read.stream) == expected,
-                "{shown} (pieces up to {max}): the models differ"
-            );
-            assert_eq!(
-                read.held.offset,
-                passed.len() as u64,
-                "{shown}: the held bytes follow those handed on"
-            );
-            let mut out = passed;
-            stream::write_held(&read.stream, &read.held, &mut out)
-                .unwrap_or_else(|e| panic!("{shown}: writing the held end: {e}"));
-            assert!(
-                out == *data,
-                "{shown} (pieces up to {max}): written back differs"
-            );
+            same_as_mapped(&shown, data, &mapped, seed, max);
         }
         compared += 1;
     }
     assert!(compared > 20, "only {compared} fixtures compared");
+}
+
+#[test]
+fn extended_every_corpus_stream_reads_in_one_pass_as_mapped() {
+    let Some(shared) = support::shared_dir("extended_every_corpus_stream_reads_in_one_pass") else {
+        return;
+    };
+    let mut dirs = vec![shared.join("corpus")];
+    dirs.extend(
+        ["target/machine-corpus", "target/machine-corpus-10.0"]
+            .iter()
+            .map(|d| support::repo_root().join(d)),
+    );
+    for dir in dirs {
+        assert!(
+            dir.is_dir(),
+            "extended tier: {} is missing (.ci/run makes the machine corpora first)",
+            dir.display()
+        );
+        let streams = support::corpus_streams(&dir);
+        assert!(
+            streams.len() >= 16,
+            "{} streams in {}",
+            streams.len(),
+            dir.display()
+        );
+        for (name, path) in streams {
+            let raw = std::fs::read(&path).unwrap();
+            let data = stream::decompress_if_gzip(&raw, 1 << 34).unwrap();
+            let shown = format!("{}/{name}", dir.display());
+            if let Some(mapped) = mapped_model(&shown, &data) {
+                same_as_mapped(&shown, &data, &mapped, 11, 1 << 16);
+            }
+        }
+    }
 }
 
 #[test]
