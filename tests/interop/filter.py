@@ -154,7 +154,7 @@ def tap(fifo, trace):
         pass  # the destination stopped reading: its own status says why
     with open(trace, "w") as f:
         json.dump({"opened": opened, "first": first, "last": last, "eof": time.monotonic(),
-                   "bytes": total, "samples": samples}, f)
+                   "bytes": total, "cpu": round(sum(os.times()[:2]), 3), "samples": samples}, f)
 
 
 def prepare_guest(assets, work):
@@ -296,11 +296,13 @@ def migrate_once(a, leg, way, folder):
     fifo = os.path.join(folder, "stream.fifo")
     trace = os.path.join(folder, "tap.json")
     err, rc = os.path.join(folder, "writer.stderr"), os.path.join(folder, "writer.rc")
+    cpu = os.path.join(folder, "writer.times")
     os.mkfifo(fifo)
     writer = ["cat"] if WAYS[way] is None else [a.vmstate] + WAYS[way]
-    source_uri = "exec:%s 2>%s >%s; echo $? >%s" % (
+    # `times` gives the writer's CPU time without putting anything between it and the FIFO.
+    source_uri = "exec:%s 2>%s >%s; s=$?; times >%s; echo $s >%s" % (
         " ".join(shlex.quote(w) for w in writer), shlex.quote(err), shlex.quote(fifo),
-        shlex.quote(rc))
+        shlex.quote(cpu), shlex.quote(rc))
     dest_uri = "exec:%s %s tap %s %s" % (shlex.quote(sys.executable),
                                          shlex.quote(os.path.abspath(__file__)),
                                          shlex.quote(fifo), shlex.quote(trace))
@@ -375,6 +377,9 @@ def migrate_once(a, leg, way, folder):
         tapped = read_json(trace)
         r["writer_exit"] = read_text(rc)
         r["writer_stderr"] = read_text(err)[-500:]
+        r["writer_cpu_s"] = cpu_seconds(read_text(cpu))
+        if tapped:
+            r["tap_cpu_s"] = tapped.get("cpu")
         if tapped and tapped["first"] is not None and done:
             r["stream_bytes"] = tapped["bytes"]
             r["first_byte_ms"] = ms(started, tapped["first"])
@@ -410,6 +415,20 @@ def ticks(console):
     return out
 
 
+def cpu_seconds(times):
+    """User plus system time of the shell's children, from `times` ("0m0.12s 0m0.03s" on
+    its second line)."""
+    lines = times.splitlines()
+    try:
+        total = 0.0
+        for t in lines[1].split():
+            minutes, seconds = t.rstrip("s").split("m")
+            total += int(minutes) * 60 + float(seconds)
+        return round(total, 3)
+    except (IndexError, ValueError):
+        return None
+
+
 def read_json(path):
     try:
         with open(path) as f:
@@ -427,7 +446,10 @@ def read_text(path):
 
 
 FIGURES = ("total_ms", "qemu_downtime_ms", "stop_to_resume_ms", "stop_to_resume_qemu_clock_ms",
-           "lead_ms", "tail_ms")
+           "done_to_resume_ms", "lead_ms", "tail_ms")
+SHOWN = (("total ms", "total_ms"), ("qemu downtime ms", "qemu_downtime_ms"),
+         ("stop-to-resume ms", "stop_to_resume_ms"), ("done-to-resume ms", "done_to_resume_ms"),
+         ("first-byte lead ms", "lead_ms"), ("tail ms", "tail_ms"))
 
 
 def summary(leg_name, way, runs):
@@ -444,20 +466,18 @@ def summary(leg_name, way, runs):
 def table(results):
     def cell(v):
         return "-" if v is None else ("%.0f" % v)
-    head = ("qemu", "way", "ok", "total ms", "qemu downtime ms", "stop-to-resume ms",
-            "first-byte lead ms", "tail ms")
+    head = ("qemu", "way", "ok") + tuple(title for title, _ in SHOWN)
     rows = [head]
     for s in results:
         m, every = s["median"], s["all"]
         rows.append((s["qemu"], s["way"], "yes" if s["ok"] else "NO")
                     + tuple("%s [%s]" % (cell(m[k]), " ".join(cell(v) for v in every[k]))
-                            for k in ("total_ms", "qemu_downtime_ms", "stop_to_resume_ms",
-                                      "lead_ms", "tail_ms")))
+                            for _, k in SHOWN))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:]) + \
-        "\n(median [every run]; lead: first byte at the destination before the source's " \
-        "\"completed\"; tail: last byte after it)"
+        "\n(median [every run]; done: the source's \"completed\"; lead: the destination's " \
+        "first byte before it; tail: its last byte after it)"
 
 
 def main():

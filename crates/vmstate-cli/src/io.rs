@@ -137,19 +137,6 @@ impl Flowing {
     pub fn file_size(&self) -> u64 {
         self.consumed.get()
     }
-
-    /// Whether the stream was compressed in the input.
-    pub fn compressed(&self) -> bool {
-        matches!(self.envelope.payload(), Ok((_, Some(_))))
-    }
-
-    /// The libvirt save image the stream came in, if it did.
-    pub fn libvirt_image(&self) -> Option<&LibvirtImage> {
-        match &self.envelope {
-            Envelope::Libvirt(image) => Some(image),
-            _ => None,
-        }
-    }
 }
 
 /// A stream opened for reading: mapped, or arriving in one pass.
@@ -455,19 +442,6 @@ impl Input {
         drop(out);
         let map = map(&spool).map_err(cannot)?;
         Ok(Input::new(flowing.file_size(), flowing.envelope, map, 0))
-    }
-
-    /// Whether the stream was compressed in the input.
-    pub fn compressed(&self) -> bool {
-        matches!(self.envelope.payload(), Ok((_, Some(_))))
-    }
-
-    /// The libvirt save image the stream came in, if it did.
-    pub fn libvirt_image(&self) -> Option<&LibvirtImage> {
-        match &self.envelope {
-            Envelope::Libvirt(image) => Some(image),
-            _ => None,
-        }
     }
 
     /// Tells the kernel that the mapping before `offset` is no longer needed, once the

@@ -190,7 +190,7 @@ pub fn run(args: ConvertArgs) -> Outcome {
             Opened::Flowing(flowing) => {
                 let image = match args.to {
                     Some(To::Stream) => None,
-                    None => flowing.libvirt_image().cloned(),
+                    None => flowing.envelope.libvirt_image().cloned(),
                 };
                 return convert_flowing(
                     flowing,
@@ -222,7 +222,7 @@ pub fn run(args: ConvertArgs) -> Outcome {
     store_devices(&mut loaded.stream, &args, &shown)?;
     let image = match args.to {
         Some(To::Stream) => None,
-        None => loaded.bytes.libvirt_image(),
+        None => loaded.bytes.envelope.libvirt_image(),
     };
     let layout = args.ram_layout.map_or(RamLayout::AsRead, RamLayout::from);
     write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)

@@ -85,7 +85,7 @@ pub fn load_model(path: &Path, source: &SourceArgs) -> Result<LoadedModel, Failu
                 stream,
                 size: bytes.len() as u64,
                 file_size: bytes.file_size,
-                compressed: bytes.compressed(),
+                compressed: bytes.envelope.is_compressed(),
                 envelope: bytes.envelope.clone(),
             })
         }
@@ -100,7 +100,7 @@ pub fn load_model(path: &Path, source: &SourceArgs) -> Result<LoadedModel, Failu
                     .offset
                     .saturating_add(read.held.bytes.len() as u64),
                 file_size: flowing.file_size(),
-                compressed: flowing.compressed(),
+                compressed: flowing.envelope.is_compressed(),
                 envelope: flowing.envelope,
             })
         }

@@ -93,7 +93,7 @@ pub fn run(args: EditArgs) -> Outcome {
         &loaded.stream,
         &loaded.bytes,
         &args.output,
-        loaded.bytes.libvirt_image(),
+        loaded.bytes.envelope.libvirt_image(),
         vmstate::stream::RamLayout::AsRead,
     )
 }

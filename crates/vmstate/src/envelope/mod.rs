@@ -90,6 +90,19 @@ impl Envelope {
         }
     }
 
+    /// Whether the stream is compressed in the file.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self.payload(), Ok((_, Some(_))))
+    }
+
+    /// The libvirt save image the stream is in, if it is in one.
+    pub fn libvirt_image(&self) -> Option<&LibvirtImage> {
+        match self {
+            Envelope::Libvirt(image) => Some(image),
+            _ => None,
+        }
+    }
+
     /// Where the stream's first byte is in the file, when the file holds it as it is (a
     /// libvirt image's stream follows its header and XML); 0 for a compressed stream or a
     /// qcow2 snapshot's. A mapped-ram stream's block headers count from the file's start
