@@ -61,6 +61,10 @@ fn one_pass(data: &[u8], mapped: Option<&Stream>) {
     let read = stream::read_one_pass(&mut input, 0, &mut |bytes| {
         passed.extend_from_slice(bytes);
         Ok(())
+    })
+    .and_then(|read| {
+        let end = read.held.offset + read.held.bytes.len() as u64;
+        stream::expect_input_end(&mut input, end).map(|()| read)
     });
     match read {
         Ok(read) => {

@@ -636,7 +636,16 @@ pub fn convert_flowing(
         edit(&mut read.stream)?;
         stream::write_held(&read.stream, &read.held, out)
             .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
-        Ok(())
+        // Written before the input ends: the destination gets the device state as soon as
+        // the description has arrived, not when the source closes the channel.
+        out.flush()
+            .map_err(|e| Failure::unreadable(format!("cannot write {}: {e}", path.display())))?;
+        let end = read
+            .held
+            .offset
+            .saturating_add(read.held.bytes.len() as u64);
+        stream::expect_input_end(&mut flowing, end)
+            .map_err(|e| Failure::unreadable(format!("{shown_in}: {e}")))
     })?;
     target.finish(path)
 }

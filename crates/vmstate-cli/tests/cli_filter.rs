@@ -36,15 +36,17 @@ fn fixtures() -> Vec<PathBuf> {
     paths
 }
 
-/// The decompressed fixture, written to a file of its own: the mapped reader's input.
-fn unpacked(path: &PathBuf) -> (PathBuf, Vec<u8>) {
+/// The decompressed fixture, written to a file of its own for the test `test` (tests run
+/// at once, and a file must not be rewritten while another maps it): the mapped reader's
+/// input.
+fn unpacked(test: &str, path: &PathBuf) -> (PathBuf, Vec<u8>) {
     let raw = cli::gunzip(path);
     let name = path
         .file_name()
         .unwrap()
         .to_string_lossy()
         .replace(".gz", "");
-    let file = cli::tmp("cli_filter", &name);
+    let file = cli::tmp("cli_filter", &format!("{test}-{name}"));
     std::fs::write(&file, &raw).unwrap();
     (file, raw)
 }
@@ -53,7 +55,7 @@ fn unpacked(path: &PathBuf) -> (PathBuf, Vec<u8>) {
 fn a_piped_stream_converts_as_the_same_file_does() {
     let options: [&[&str]; 3] = [&[], &["--reencode"], &["--to-layout", "stable"]];
     for path in fixtures() {
-        let (file, raw) = unpacked(&path);
+        let (file, raw) = unpacked("same", &path);
         let gz = std::fs::read(&path).unwrap();
         for opts in options {
             let out = cli::tmp("cli_filter", "converted.mig");
@@ -117,7 +119,7 @@ fn the_filter_writes_the_ram_before_the_device_state_arrives() {
     let (file, raw, before) = candidates
         .iter()
         .map(|path| {
-            let (file, raw) = unpacked(path);
+            let (file, raw) = unpacked("early", path);
             let before = device_state_offset(file.to_str().unwrap());
             (file, raw, before)
         })
@@ -181,7 +183,21 @@ fn the_filter_writes_the_ram_before_the_device_state_arrives() {
         got == raw[..before],
         "the bytes written are not the input's"
     );
+    // The rest, with the channel left open as a source's may be: the device state is
+    // written once the description has arrived, not when the input closes.
     stdin.write_all(&raw[before..]).unwrap();
+    stdin.flush().unwrap();
+    while got.len() < expected.len() {
+        match received.recv_timeout(Duration::from_secs(30)) {
+            Ok(piece) => got.extend_from_slice(&piece),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "the device state was not written before the input closed"
+    );
     drop(stdin);
     while let Ok(piece) = received.recv_timeout(Duration::from_secs(30)) {
         got.extend_from_slice(&piece);
@@ -198,7 +214,7 @@ fn the_filter_writes_the_ram_before_the_device_state_arrives() {
 #[test]
 fn a_libvirt_image_through_the_filter_stays_an_image() {
     let path = support::fixture("libvirt/save-raw.img.gz");
-    let (file, raw) = unpacked(&path);
+    let (file, raw) = unpacked("image", &path);
     let out = cli::tmp("cli_filter", "image.img");
     cli::ok(&[
         "convert",

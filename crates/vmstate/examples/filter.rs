@@ -14,9 +14,8 @@ use vmstate::stream;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = std::io::stdout().lock();
-    let mut read = stream::read_one_pass(&mut std::io::stdin().lock(), 0, &mut |bytes| {
-        out.write_all(bytes)
-    })?;
+    let mut input = std::io::stdin().lock();
+    let mut read = stream::read_one_pass(&mut input, 0, &mut |bytes| out.write_all(bytes))?;
     for device in devices::decode_virtio(&read.stream, &DecodeOptions::default())? {
         let framing = device.device.framing().map(|mut framing| {
             framing.layout = Layout::Stable;
@@ -26,5 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     stream::write_held(&read.stream, &read.held, &mut out)?;
     out.flush()?;
+    // Written as soon as the description has arrived; then nothing may follow it.
+    let end = read.held.offset + read.held.bytes.len() as u64;
+    stream::expect_input_end(&mut input, end)?;
     Ok(())
 }

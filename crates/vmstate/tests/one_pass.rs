@@ -69,6 +69,11 @@ fn one_pass(data: &[u8], seed: u64, max: u64) -> (vmstate::Result<OnePass>, Vec<
     let read = stream::read_one_pass(&mut input, 0, &mut |bytes| {
         passed.extend_from_slice(bytes);
         Ok(())
+    })
+    .and_then(|read| {
+        // The reader stops at the description's end: the input must end there too.
+        let end = read.held.offset + read.held.bytes.len() as u64;
+        stream::expect_input_end(&mut input, end).map(|()| read)
     });
     (read, passed)
 }
@@ -262,6 +267,43 @@ fn most_of_a_stream_is_handed_on_before_its_end_arrives() {
         "{}: of the {before} bytes before the device state, {passed} were handed on",
         path.display()
     );
+}
+
+#[test]
+fn the_reader_stops_at_the_end_of_the_description() {
+    // A source that has sent its whole stream and keeps the channel open: the reader returns
+    // without waiting for it to close.
+    let raw = std::fs::read(support::fixture("streams/qemu10.0-noos-q35-alldev.mig.gz")).unwrap();
+    let data = stream::decompress_if_gzip(&raw, 1 << 32).unwrap();
+    struct StaysOpen<'a> {
+        data: &'a [u8],
+    }
+    impl Read for StaysOpen<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.data.is_empty() {
+                return Err(std::io::Error::other(
+                    "the reader waited for the channel to close",
+                ));
+            }
+            let n = self.data.len().min(buf.len()).min(10_000);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+    let mut input = StaysOpen { data: &data };
+    let read = stream::read_one_pass(&mut input, 0, &mut |_| Ok(())).unwrap();
+    assert_eq!(
+        read.held.offset + read.held.bytes.len() as u64,
+        data.len() as u64
+    );
+    // Bytes after the description are refused once the input is read to its end.
+    let mut longer = data.to_vec();
+    longer.push(0);
+    let (read, _) = one_pass(&longer, 3, 1 << 16);
+    let error = read.expect_err("a byte after the description").to_string();
+    assert!(error.contains("vmdescription"), "{error}");
+    assert!(stream::read(&longer).is_err());
 }
 
 #[test]

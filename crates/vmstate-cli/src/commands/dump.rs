@@ -93,12 +93,14 @@ pub fn load_model(path: &Path, source: &SourceArgs) -> Result<LoadedModel, Failu
             let file_offset = flowing.envelope.stream_file_offset();
             let read = stream::read_one_pass(&mut flowing, file_offset, &mut |_| Ok(()))
                 .map_err(unreadable)?;
+            let size = read
+                .held
+                .offset
+                .saturating_add(read.held.bytes.len() as u64);
+            stream::expect_input_end(&mut flowing, size).map_err(unreadable)?;
             Ok(LoadedModel {
                 stream: read.stream,
-                size: read
-                    .held
-                    .offset
-                    .saturating_add(read.held.bytes.len() as u64),
+                size,
                 file_size: flowing.file_size(),
                 compressed: flowing.envelope.is_compressed(),
                 envelope: flowing.envelope,

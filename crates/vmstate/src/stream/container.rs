@@ -357,7 +357,7 @@ fn known_container(data: &[u8]) -> Option<&'static str> {
 ///
 /// Returns the offset of the 0x06 byte and the JSON text. A trailer whose length passes the
 /// end of the input is a truncated stream: that is an error naming the JSON's offset.
-fn locate_trailer(data: &[u8], base: u64) -> Result<Option<(u64, &[u8])>> {
+pub(super) fn locate_trailer(data: &[u8], base: u64) -> Result<Option<(u64, &[u8])>> {
     let Some(nul) = data.iter().rposition(|&b| b == 0) else {
         return Ok(None);
     };

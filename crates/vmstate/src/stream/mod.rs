@@ -37,7 +37,7 @@ pub use description::{
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};
-pub use onepass::{one_pass_refusal, read_one_pass, Held, OnePass, HELD_LIMIT};
+pub use onepass::{expect_input_end, one_pass_refusal, read_one_pass, Held, OnePass, HELD_LIMIT};
 pub use ram::{
     apply_xbzrle, inflate_page, read_page_record, visit_page_records, RamRecord, RamRecordKind,
 };

@@ -17,9 +17,9 @@ use std::io::{ErrorKind as IoErrorKind, Read};
 
 use super::config::read_configuration;
 use super::container::{
-    add_ram_record, ram_section_context, read_command, read_footer, read_header, read_other_body,
-    read_records, read_section_header, read_trailer, remember_configuration, section_kind, Context,
-    TYPE_COMMAND, TYPE_CONFIGURATION,
+    add_ram_record, locate_trailer, ram_section_context, read_command, read_footer, read_header,
+    read_other_body, read_records, read_section_header, read_trailer, remember_configuration,
+    section_kind, Context, TYPE_COMMAND, TYPE_CONFIGURATION,
 };
 use super::ram::{read_ram_record, RamContext, RamRecordKind};
 use super::{RamPayload, Record, SectionBody, Stream};
@@ -48,13 +48,13 @@ pub struct OnePass {
     pub held: Held,
 }
 
-/// The input from the first device section on, kept for writing: the bytes before it were
+/// The stream from the first device section on, kept for writing: the bytes before it were
 /// handed on as they were read.
 #[derive(Debug, Clone, Default)]
 pub struct Held {
     /// Where the held bytes start in the stream.
     pub offset: u64,
-    /// The bytes, to the end of the input.
+    /// The bytes, to the end of the stream.
     pub bytes: Vec<u8>,
     /// The first of the model's top-level records that lies in them.
     pub first_record: usize,
@@ -62,6 +62,11 @@ pub struct Held {
 
 /// Reads the stream in `input` in one pass, handing every byte before the held part to
 /// `passed` as soon as it has been read (in pieces, in order).
+///
+/// It returns once the stream's description has arrived whole, without waiting for the input
+/// to end (the channel of a migration may stay open a while after the stream): a caller that
+/// wants the input to end there checks it with [`expect_input_end`]. A stream without a
+/// description ends with its input.
 ///
 /// `file_offset` is where the stream starts in its file (see [`super::read_in_file`]). A
 /// stream that needs random access is refused: mapped-ram (its pages sit at fixed offsets
@@ -298,30 +303,36 @@ impl Window<'_, '_> {
     /// what has been read before waiting for more.
     fn fill(&mut self, ahead: usize) -> Result<()> {
         while self.end.saturating_sub(self.pos) < ahead && !self.done {
-            self.pass()?;
-            if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
-                self.compact();
+            self.read_more()?;
+        }
+        Ok(())
+    }
+
+    /// Hands on what has been read, then reads the input once: what it has, or its end.
+    fn read_more(&mut self) -> Result<()> {
+        self.pass()?;
+        if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
+            self.compact();
+        }
+        if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
+            self.buf.resize(self.end.saturating_add(READ_CHUNK), 0);
+        }
+        let room = self.buf.get_mut(self.end..).unwrap_or_default();
+        match self.input.read(room) {
+            Ok(0) => self.done = true,
+            Ok(n) => {
+                self.end = self.end.saturating_add(n);
+                super::budget::credit(n as u64);
             }
-            if self.buf.len().saturating_sub(self.end) < READ_CHUNK {
-                self.buf.resize(self.end.saturating_add(READ_CHUNK), 0);
-            }
-            let room = self.buf.get_mut(self.end..).unwrap_or_default();
-            match self.input.read(room) {
-                Ok(0) => self.done = true,
-                Ok(n) => {
-                    self.end = self.end.saturating_add(n);
-                    super::budget::credit(n as u64);
-                }
-                Err(e) if e.kind() == IoErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Input {
-                            reason: e.to_string(),
-                        },
-                        self.base.saturating_add(self.end as u64),
-                        "input",
-                    ))
-                }
+            Err(e) if e.kind() == IoErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Input {
+                        reason: e.to_string(),
+                    },
+                    self.base.saturating_add(self.end as u64),
+                    "input",
+                ))
             }
         }
         Ok(())
@@ -439,14 +450,19 @@ impl Window<'_, '_> {
         )))
     }
 
-    /// Hands on everything read, then reads the rest of the input and keeps it.
+    /// Hands on everything read, then reads the rest of the stream and keeps it: up to the
+    /// end of its description (QEMU sends nothing after it, and a migration's channel may
+    /// stay open a while longer), or of the input when it has none.
     fn hold(&mut self, first_record: usize) -> Result<Held> {
         self.pass()?;
         self.compact();
         let offset = self.offset();
-        while !self.done {
-            let held = self.end.saturating_sub(self.pos);
-            if held > HELD_LIMIT {
+        loop {
+            let held = self.buf.get(self.pos..self.end).unwrap_or_default();
+            if self.done || ends_with_description(held) {
+                break;
+            }
+            if held.len() > HELD_LIMIT {
                 return Err(Error::new(
                     ErrorKind::Unsupported {
                         what: format!(
@@ -458,7 +474,7 @@ impl Window<'_, '_> {
                     "records",
                 ));
             }
-            self.fill(held.saturating_add(READ_CHUNK))?;
+            self.read_more()?;
         }
         let mut bytes = std::mem::take(&mut self.buf);
         bytes.truncate(self.end);
@@ -468,5 +484,44 @@ impl Window<'_, '_> {
             bytes,
             first_record,
         })
+    }
+}
+
+/// Whether `held` ends where a complete description ends.
+fn ends_with_description(held: &[u8]) -> bool {
+    match locate_trailer(held, 0) {
+        Ok(Some((offset, json))) => {
+            usize::try_from(offset)
+                .ok()
+                .and_then(|at| at.checked_add(5))
+                .and_then(|at| at.checked_add(json.len()))
+                == Some(held.len())
+        }
+        _ => false,
+    }
+}
+
+/// Reads what follows a stream read by [`read_one_pass`], which stops at the end of its
+/// description without waiting for its input to end: nothing may follow (the mapped reader
+/// refuses bytes after the description too). `end` is the stream's length, for the error.
+pub fn expect_input_end(input: &mut dyn Read, end: u64) -> Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        return match input.read(&mut byte) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(Error::new(
+                ErrorKind::TrailingBytes { count: 1 },
+                end,
+                "vmdescription",
+            )),
+            Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
+            Err(e) => Err(Error::new(
+                ErrorKind::Input {
+                    reason: e.to_string(),
+                },
+                end,
+                "input",
+            )),
+        };
     }
 }
