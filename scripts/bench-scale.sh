@@ -13,6 +13,10 @@
 # versions before QEMU 8.0 need its -x output files opened in text mode), its `-x` (one raw
 # file per RAM block) runs beside `ram extract`.
 #
+# Last, a live migration of a booted guest through `cat` and through `vmstate convert - -`
+# (tests/interop/filter.py): total time, downtime, and how much later the destination resumes
+# after the source completes.
+#
 # Prints figures; asserts nothing. Not part of .ci/run.
 #
 # usage: scripts/bench-scale.sh          env: RUNS=5  STREAM=path (use this stream instead)
@@ -137,4 +141,16 @@ for i in "${!benches[@]}"; do
 done
 if [ -s "$BENCH/stripped.mig" ]; then
     echo "convert --strip-ram output: $(stat -c %s "$BENCH/stripped.mig") bytes"
+fi
+
+# A live migration of a booted guest, QEMU on both sides, through cat and through the filter
+# (tests/interop/filter.py; Debian's QEMU 7.2 and the corpus guest): the downtime a filter adds.
+if command -v qemu-system-x86_64 >/dev/null && [ -f "$SHARED/corpus/assets/bzImage" ]; then
+    log "live migration through convert - - ($RUNS runs of each way)"
+    echo
+    python3 tests/interop/filter.py --vmstate "$VMSTATE" --work "$BENCH/filter" \
+        --results "$BENCH/filter.json" --assets "$SHARED/corpus/assets" --runs "$RUNS" \
+        | sed -n '/^qemu  *way/,$p'
+else
+    log "no qemu-system-x86_64 or no $SHARED/corpus/assets: the live migration rows are left out"
 fi

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use vmstate::devices;
+use vmstate::stream::Stream;
 
 use super::devices::DeviceArgs;
-use super::dump::{load_stream, SourceArgs};
-use crate::io::write_stream;
+use super::dump::{read_loaded, SourceArgs};
+use crate::io::{convert_flowing, write_stream, Input, Opened};
 use crate::outcome::{Failure, Outcome};
 
 /// Arguments of `vmstate edit`.
@@ -31,12 +32,38 @@ pub struct EditArgs {
     devices: DeviceArgs,
 }
 
-/// Runs `vmstate edit`.
+/// Runs `vmstate edit`: like `convert`, a piped or compressed stream is edited as it
+/// arrives (what precedes the device sections is written out as it is read).
 pub fn run(args: EditArgs) -> Outcome {
     let shown = args.input.display().to_string();
-    let mut loaded = load_stream(&args.input, &args.source)?;
-    let mut found = args.devices.decode(&loaded.stream, &shown)?;
-    let mut scsi = args.devices.decode_scsi(&loaded.stream, &found, &shown)?;
+    let bytes = match Input::open_flowing(&args.input, args.source.snapshot.as_deref())? {
+        Opened::Mapped(bytes) => bytes,
+        Opened::Flowing(flowing) => {
+            let image = flowing.envelope.libvirt_image().cloned();
+            return convert_flowing(
+                flowing,
+                &args.input,
+                &args.output,
+                image.as_ref(),
+                |stream| apply(stream, &args, &shown),
+            );
+        }
+    };
+    let mut loaded = read_loaded(bytes, &args.input)?;
+    apply(&mut loaded.stream, &args, &shown)?;
+    write_stream(
+        &loaded.stream,
+        &loaded.bytes,
+        &args.output,
+        loaded.bytes.envelope.libvirt_image(),
+        vmstate::stream::RamLayout::AsRead,
+    )
+}
+
+/// Makes the assignments of `--set` in the model.
+fn apply(stream: &mut Stream, args: &EditArgs, shown: &str) -> Outcome {
+    let mut found = args.devices.decode(stream, shown)?;
+    let mut scsi = args.devices.decode_scsi(stream, &found, shown)?;
     let mut touched = vec![false; found.len()];
     let mut scsi_touched = vec![false; scsi.len()];
     for assignment in &args.set {
@@ -82,20 +109,14 @@ pub fn run(args: EditArgs) -> Outcome {
         }
     }
     for (section, _) in found.iter().zip(&touched).filter(|(_, t)| **t) {
-        devices::store_virtio(&mut loaded.stream, section, None)
+        devices::store_virtio(stream, section, None)
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     }
     for (disk, _) in scsi.iter().zip(&scsi_touched).filter(|(_, t)| **t) {
-        devices::store_scsi_requests(&mut loaded.stream, disk, None)
+        devices::store_scsi_requests(stream, disk, None)
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
     }
-    write_stream(
-        &loaded.stream,
-        &loaded.bytes,
-        &args.output,
-        loaded.bytes.envelope.libvirt_image(),
-        vmstate::stream::RamLayout::AsRead,
-    )
+    Ok(())
 }
 
 /// Splits `scsi_requests[KEY].FIELD` into KEY and FIELD.

@@ -333,6 +333,22 @@ impl<'o> Sink<'o> {
         Ok(())
     }
 
+    /// Adds `bytes` to the output: a piece as large as a whole buffer is written as it is,
+    /// after what the buffer holds, rather than copied into it.
+    fn copy(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() < FLUSH_AT || self.out.is_none() {
+            self.buf.bytes(bytes);
+            return Ok(());
+        }
+        self.drain()?;
+        if let Some(out) = self.out.as_mut() {
+            out.write_all(bytes)
+                .map_err(|e| output_error(e, self.written))?;
+        }
+        self.written = self.written.saturating_add(bytes.len() as u64);
+        Ok(())
+    }
+
     /// Offset in the output of the next byte written, for a sink that has an output.
     fn position(&self) -> Result<u64> {
         match self.out {
@@ -498,10 +514,25 @@ impl<'a> Output<'a> {
 
     /// Writes a run's records; page and XBZRLE bytes come from the source at the places the
     /// run's span gives them, and so, for a mixed run, does which record is a ZERO record.
+    ///
+    /// A run whose records, written from the model, come out as the source has them (every
+    /// run of an unchanged stream) is copied from the source as one span: its headers are
+    /// compared, not its pages, and the pages go to the output in large pieces.
     fn run(&mut self, w: &mut Sink, run: &RamRun) -> Result<()> {
+        if self.run_records(None, run)? {
+            return self.copy_span(w, run.span);
+        }
+        self.run_records(Some(w), run).map(|_| ())
+    }
+
+    /// Walks a run's records, writing them to `w` when given; returns whether every record's
+    /// header (word, block name, fill byte or payload length) is as the source has it.
+    fn run_records(&mut self, mut w: Option<&mut Sink>, run: &RamRun) -> Result<bool> {
         let mut source_offset = run.span.offset;
         let mut page = run.first_page;
         let mut zero_pages = 0u64;
+        let mut as_source = true;
+        let mut header = Writer::with_capacity(300);
         for index in 0..run.count {
             let continues = index > 0 || run.first_continues;
             let kind = match run.kind {
@@ -517,45 +548,59 @@ impl<'a> Output<'a> {
                 RunKind::Xbzrle { .. } => FLAG_XBZRLE,
                 RunKind::Compressed { .. } => FLAG_COMPRESS_PAGE,
             };
-            w.buf.u64(
+            header.clear();
+            header.u64(
                 Endian::Big,
                 page | type_flag | if continues { FLAG_CONTINUE } else { 0 },
             );
             if !continues {
-                w.buf.counted_bytes(run.block.as_bytes(), "ram.block")?;
+                header.counted_bytes(run.block.as_bytes(), "ram.block")?;
             }
             let payload_offset =
                 source_offset.saturating_add(self.source_header_len(source_offset)?);
-            let payload_len = match kind {
+            // The payload's own header, then where its data is and how long.
+            let (data_offset, data_len, payload_len) = match kind {
                 RunKind::Zero { fill } => {
-                    w.buf.u8(fill);
-                    1
+                    header.u8(fill);
+                    (payload_offset, 0, 1)
                 }
                 RunKind::Page | RunKind::Mixed { .. } => {
-                    w.buf
-                        .bytes(self.source_bytes(payload_offset, self.page_size)?);
-                    self.page_size
+                    (payload_offset, self.page_size, self.page_size)
                 }
                 RunKind::Compressed { compressed_len } => {
-                    w.buf.u32(Endian::Big, compressed_len);
-                    let data_offset = payload_offset.saturating_add(4);
-                    w.buf
-                        .bytes(self.source_bytes(data_offset, u64::from(compressed_len))?);
-                    u64::from(compressed_len).saturating_add(4)
+                    header.u32(Endian::Big, compressed_len);
+                    let len = u64::from(compressed_len);
+                    (payload_offset.saturating_add(4), len, len.saturating_add(4))
                 }
                 RunKind::Xbzrle { encoded_len } => {
-                    w.buf.u8(XBZRLE_ENCODING);
-                    w.buf.u16(Endian::Big, encoded_len);
-                    let data_offset = payload_offset.saturating_add(3);
-                    w.buf
-                        .bytes(self.source_bytes(data_offset, u64::from(encoded_len))?);
-                    u64::from(encoded_len).saturating_add(3)
+                    header.u8(XBZRLE_ENCODING);
+                    header.u16(Endian::Big, encoded_len);
+                    let len = u64::from(encoded_len);
+                    (payload_offset.saturating_add(3), len, len.saturating_add(3))
                 }
             };
+            let data = self.source_bytes(data_offset, data_len)?;
+            match w.as_deref_mut() {
+                Some(w) => {
+                    w.buf.bytes(header.as_bytes());
+                    w.buf.bytes(data);
+                }
+                None => {
+                    // The header as written must stand where the source's is, right before
+                    // the same data.
+                    let written_len = header.offset();
+                    let at = data_offset.saturating_sub(written_len);
+                    as_source = as_source
+                        && at == source_offset
+                        && self.source_bytes(at, written_len).ok() == Some(header.as_bytes());
+                }
+            }
             source_offset = payload_offset.saturating_add(payload_len);
             page = page.saturating_add(self.page_size);
-            if w.spill()? {
-                (self.progress)(source_offset);
+            if let Some(w) = w.as_deref_mut() {
+                if w.spill()? {
+                    (self.progress)(source_offset);
+                }
             }
         }
         let zero_expected = run.page_counts().1;
@@ -569,7 +614,7 @@ impl<'a> Output<'a> {
                 "ram.run",
             ));
         }
-        Ok(())
+        Ok(as_source)
     }
 
     /// Writes a block list in QEMU's mapped-ram layout at the place it lands in the output:
@@ -721,13 +766,14 @@ impl<'a> Output<'a> {
         Ok(())
     }
 
-    /// Copies bytes of the source in pieces, handing each full buffer to the output.
+    /// Copies bytes of the source in pieces, handing each full buffer to the output; pieces
+    /// of a whole buffer's size go to the output straight from the source.
     fn copy_span(&mut self, w: &mut Sink, span: Span) -> Result<()> {
         const PIECE: u64 = 1 << 20;
         let mut at = span.offset;
         while at < span.end() {
             let len = (span.end().saturating_sub(at)).min(PIECE);
-            w.buf.bytes(self.source_bytes(at, len)?);
+            w.copy(self.source_bytes(at, len)?)?;
             at = at.saturating_add(len);
             if w.spill()? {
                 (self.progress)(at);
