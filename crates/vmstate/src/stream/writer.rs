@@ -775,9 +775,10 @@ impl<'a> Output<'a> {
             let len = (span.end().saturating_sub(at)).min(PIECE);
             w.copy(self.source_bytes(at, len)?)?;
             at = at.saturating_add(len);
-            if w.spill()? {
-                (self.progress)(at);
-            }
+            w.spill()?;
+            // Everything before `at` is in the output or its buffer: the source behind it
+            // may be released, however it got there.
+            (self.progress)(at);
         }
         Ok(())
     }
