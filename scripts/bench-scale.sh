@@ -111,6 +111,9 @@ for run in $(seq "$RUNS"); do
     log "run $run of $RUNS"
     for i in "${!benches[@]}"; do
         cmd=${benches[$i]#*|}
+        # Each command starts with nothing left to write back from the one before: what
+        # writes a gigabyte otherwise pays for its predecessor's writeback.
+        sync
         start=$(date +%s%N)
         /usr/bin/time -f %M -o "$rss" bash -c "$cmd > /dev/null"
         end=$(date +%s%N)

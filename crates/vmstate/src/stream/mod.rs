@@ -1,18 +1,20 @@
 //! QEMU migration streams: the container, RAM, and device sections decoded through the
 //! stream's own description.
 //!
-//! [`read`] turns a complete stream (QEVM version 3) into a [`Stream`]; [`write`] turns a
+//! [`read`] turns a complete stream (QEVM version 3) into a [`Stream`]; [`write()`] turns a
 //! [`Stream`] back into bytes, identical to the input when nothing was changed. The model keeps
 //! everything needed for that: every header field, the bytes of every device section (decoded
 //! into a [`Field`] tree where the stream's description allows it, raw otherwise) and the
 //! trailer text. RAM is the exception: page contents stay in the input and the model records
-//! only where they are ([`RamRun`]), so [`write`] takes the input again as the source of page
+//! only where they are ([`RamRun`]), so [`write()`] takes the input again as the source of page
 //! bytes.
 //!
 //! Streams of any size are read and written in bounded memory: the model grows with records
 //! and runs, never with pages; [`read_with_progress`] tells its caller how far it has got, so
 //! that a caller reading from a file mapping can release what lies behind; [`write_to`] hands
-//! its output on in pieces; [`gunzip`] decompresses a chunk at a time.
+//! its output on in pieces; [`gunzip`] decompresses a chunk at a time. Input that cannot be
+//! mapped is read as it arrives by [`read_one_pass`], into the same model, handing on each
+//! byte it has read; [`write_held`] writes what it held back.
 //!
 //! Reading order and the rules applied are those of QEMU's loader (`migration/savevm.c`,
 //! `migration/ram.c`) and, for device payloads, of QEMU's `scripts/analyze-migration.py`.

@@ -69,9 +69,10 @@ pub struct Held {
 /// description ends with its input.
 ///
 /// `file_offset` is where the stream starts in its file (see [`super::read_in_file`]). A
-/// stream that needs random access is refused: mapped-ram (its pages sit at fixed offsets
-/// after the block list), and one whose page size only its description gives (it differs
-/// from the configuration's, or from 4096 when the configuration does not say). Errors from
+/// mapped-ram stream (its pages sit at fixed offsets after the block list) is refused. When
+/// the configuration does not give the page size, it is the only one the first RAM records
+/// read with, 4096 first; a description that then says another is an error, as is a
+/// stream with more than [`HELD_LIMIT`] bytes from its first device section on. Errors from
 /// `passed` are returned as [`ErrorKind::Output`] errors, errors of `input` as
 /// [`ErrorKind::Input`].
 pub fn read_one_pass(

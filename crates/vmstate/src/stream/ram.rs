@@ -695,7 +695,7 @@ fn check_xbzrle(encoded: &[u8], page_size: u64, base: u64) -> Result<()> {
 }
 
 /// Applies an XBZRLE payload (whose first byte is at offset `base` of the input) on top of
-/// `page`, the page's current content, after checking it as [`check_xbzrle`] does.
+/// `page`, the page's current content, after checking it as the reader checks every XBZRLE record.
 pub fn apply_xbzrle(encoded: &[u8], base: u64, page: &mut [u8]) -> Result<()> {
     xbzrle(encoded, page.len() as u64, base, Some(page))
 }

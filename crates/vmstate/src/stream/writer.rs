@@ -38,7 +38,7 @@ pub fn write(stream: &Stream, source: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// [`write`] to `out`, in pieces, returning the number of bytes written.
+/// [`write()`] to `out`, in pieces, returning the number of bytes written.
 ///
 /// `progress` receives offsets of `source` up to which page contents have been copied, never
 /// decreasing, so that a caller whose `source` is a file mapping may release what lies
@@ -156,7 +156,7 @@ pub fn write_with(
 
 /// Writes what follows the bytes a one-pass read handed on ([`super::read_one_pass`]): the
 /// model's records from the first held one, EOF and the description, with page contents from
-/// the held bytes. Written after the bytes handed on, unchanged, it gives the stream [`write`]
+/// the held bytes. Written after the bytes handed on, unchanged, it gives the stream [`write()`]
 /// gives. Returns the number of bytes written.
 pub fn write_held(stream: &Stream, held: &super::Held, out: &mut dyn Write) -> Result<u64> {
     let source = Held(held);
