@@ -62,7 +62,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from interop import QMP, newc  # noqa: E402  (the suites' QMP client and cpio writer)
-from ram import PAGE, loads  # noqa: E402  (ELF cores as ram.py reads them)
+from ram import differing  # noqa: E402  (ELF cores compared as ram.py compares them)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QEMU = "qemu-system-x86_64"
@@ -498,30 +498,6 @@ def captured(a, way, folder, sent, received):
             except FileNotFoundError:
                 pass
     return c
-
-
-def differing(want, got):
-    """(pages, different pages, the first differing guest-physical addresses) of every
-    PT_LOAD of ELF core `want`, looked up in `got`; a page `got` lacks counts as different."""
-    theirs, mine = loads(want), loads(got)
-    pages = different = 0
-    at = []
-    with open(want, "rb") as fw, open(got, "rb") as fg:
-        for paddr, off, size in theirs:
-            for k in range(0, size, PAGE):
-                pages += 1
-                fw.seek(off + k)
-                page = fw.read(min(PAGE, size - k))
-                place = next((o + paddr + k - pa for pa, o, sz in mine
-                              if pa <= paddr + k < pa + sz), None)
-                if place is not None:
-                    fg.seek(place)
-                    if fg.read(len(page)) == page:
-                        continue
-                different += 1
-                if len(at) < 16:
-                    at.append(hex(paddr + k))
-    return pages, different, at
 
 
 def ask(vm, name, **args):

@@ -153,10 +153,12 @@ def load(folder, name, qemu, env, extra, kernel, initrd, uri, mapped, then=None)
         return None, "%s; QEMU: %s" % (e, " | ".join(tail))
 
 
-def same_memory(want, got):
-    """(pages, equal) over every PT_LOAD of QEMU's dump `want`, looked up in dump `got`."""
+def differing(want, got):
+    """(pages, different pages, the first differing guest-physical addresses) of every
+    PT_LOAD of ELF core `want`, looked up in `got`; a page `got` lacks counts as different."""
     theirs, mine = loads(want), loads(got)
-    pages = equal = 0
+    pages = different = 0
+    at = []
     with open(want, "rb") as fw, open(got, "rb") as fg:
         for paddr, off, size in theirs:
             for k in range(0, size, PAGE):
@@ -167,8 +169,18 @@ def same_memory(want, got):
                               if pa <= paddr + k < pa + sz), None)
                 if place is not None:
                     fg.seek(place)
-                    equal += fg.read(len(page)) == page
-    return pages, equal
+                    if fg.read(len(page)) == page:
+                        continue
+                different += 1
+                if len(at) < 16:
+                    at.append(hex(paddr + k))
+    return pages, different, at
+
+
+def same_memory(want, got):
+    """(pages, equal) over every PT_LOAD of QEMU's dump `want`, looked up in dump `got`."""
+    pages, different, _ = differing(want, got)
+    return pages, pages - different
 
 
 def layouts(a, folder, qemu, env, extra, kernel, initrd, dump, stream):
