@@ -4,13 +4,14 @@
 //! which carry all of a guest's memory, go through [`Input`]: a read-only mapping of the file,
 //! so that the library parses a `&[u8]` without the stream ever being copied into memory, and
 //! whose pages behind the parser are released as it goes ([`Input::release_before`]).
-//! Input that cannot be mapped as it is (a pipe, a socket, a compressed stream) is first
-//! spooled, a chunk at a time, to an anonymous temporary file in the temporary folder
-//! (`TMPDIR`), which is then mapped the same way: the stream's JSON description sits at its
-//! end and must be read first, so a one-pass reader of a pipe would have nowhere to look.
+//! Input that cannot be mapped as it is (a pipe, a socket, a compressed stream) is a
+//! [`Flowing`] stream, read once front to back as it arrives ([`Input::open_flowing`], for
+//! the commands that read in one pass); for a command that reads pages out of order it is
+//! first copied, a chunk at a time, to an anonymous temporary file in the temporary folder
+//! (`TMPDIR`), which is then mapped the same way ([`Input::open`] says so on stderr).
 //! What wraps the stream (a compression, a libvirt save image's header and domain XML) is
 //! recognised by content ([`Envelope`]): a raw libvirt image is mapped in place from its
-//! stream's offset, a compressed one decompressed into the spool.
+//! stream's offset, a compressed one decompressed as it is read.
 //!
 //! This is the crate's only `unsafe` code: mapping a file, releasing pages of the mapping,
 //! and widening a pipe's buffer.
