@@ -253,7 +253,7 @@ impl<'p> Context<'p> {
     /// The page size page records are read with when neither the configuration nor (yet)
     /// a description gives it, before any page record was read: the one a reader may still
     /// choose from what the records look like.
-    pub(super) fn unsettled_page_size(&mut self) -> Option<u64> {
+    pub(super) fn unsettled_page_size(&self) -> Option<u64> {
         let size = self.page_size.unwrap_or_else(|| self.resolve_page_size());
         (size.source == PageSizeSource::DefaultX86 && !self.pages_read).then_some(size.bytes)
     }

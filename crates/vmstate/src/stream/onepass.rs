@@ -266,8 +266,8 @@ impl Window<'_, '_> {
                 Err(e) if matches!(e.kind(), ErrorKind::UnexpectedEof { .. }) && !self.done => e,
                 Err(e) => return Err(e),
             };
-            let held = window.len();
-            if held >= MAX_RECORD {
+            let available = window.len();
+            if available >= MAX_RECORD {
                 return Err(Error::new(
                     ErrorKind::Unsupported {
                         what: format!(
@@ -292,9 +292,9 @@ impl Window<'_, '_> {
             let field_end = usize::try_from(field_end).unwrap_or(usize::MAX);
             attempts = attempts.saturating_add(1);
             let ahead = if attempts <= EXACT_RETRIES {
-                field_end.max(held.saturating_add(1))
+                field_end.max(available.saturating_add(1))
             } else {
-                field_end.max(held.saturating_mul(2))
+                field_end.max(available.saturating_mul(2))
             };
             self.fill(ahead.min(MAX_RECORD))?;
         }
@@ -374,32 +374,22 @@ impl Window<'_, '_> {
     /// Reads a START, PART or END section: RAM record by record, any other as a whole.
     fn section(&mut self, ctx: &mut Context, byte: u8, start: u64) -> Result<Record> {
         let kind = section_kind(byte);
-        let header = self.peek(|r| {
+        let header = self.read(|r| {
             r.u8("section_type")?;
             read_section_header(r, ctx, kind)
         })?;
-        if header.idstr != "ram" {
-            return self.read(|r| {
-                r.u8("section_type")?;
-                let header = read_section_header(r, ctx, kind)?;
-                let body = read_other_body(r, ctx, &header, start)?;
-                let footer =
-                    read_footer(r, ctx, header.section_id).map_err(|e| e.within(&header.path()))?;
-                Ok(Record::Section(header.section(
-                    start,
-                    r.offset(),
-                    body,
-                    footer,
-                )))
-            });
-        }
         let path = header.path();
+        if header.idstr != "ram" {
+            let (body, footer) = self.read(|r| {
+                let body = read_other_body(r, ctx, &header, start)?;
+                let footer = read_footer(r, ctx, header.section_id).map_err(|e| e.within(&path))?;
+                Ok((body, footer))
+            })?;
+            let end = self.offset();
+            return Ok(Record::Section(header.section(start, end, body, footer)));
+        }
         let ram = self
-            .read(|r| {
-                r.u8("section_type")?;
-                read_section_header(r, ctx, kind)?;
-                ram_section_context(r, ctx, header.version_id)
-            })
+            .read(|r| ram_section_context(r, ctx, header.version_id))
             .map_err(|e| e.within(&path))?;
         if ram.mapped_ram {
             return Err(Error::new(
