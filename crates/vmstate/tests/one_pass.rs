@@ -59,6 +59,24 @@ impl Read for Pieces<'_> {
     }
 }
 
+/// A source that has sent `data` and then has nothing more while its channel stays open: a
+/// read past `data` fails, which a reader waiting for more would run into.
+struct StaysOpen<'a> {
+    data: &'a [u8],
+}
+
+impl Read for StaysOpen<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.data.is_empty() {
+            return Err(std::io::Error::other("read past what the source has sent"));
+        }
+        let n = self.data.len().min(buf.len()).min(65536);
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
 fn one_pass(data: &[u8], seed: u64, max: u64) -> (vmstate::Result<OnePass>, Vec<u8>) {
     let mut input = Pieces {
         data,
@@ -232,27 +250,11 @@ fn most_of_a_stream_is_handed_on_before_its_end_arrives() {
         .find(|s| s.kind == stream::SectionKind::Full)
         .map(|s| s.span.offset)
         .expect("a device section");
-    // An input that delivers the bytes before the device state, then fails as a stalled
-    // source would look from here: the test sees what was handed on by then.
-    struct Stalls<'a> {
-        data: &'a [u8],
-        at: usize,
-    }
-    impl Read for Stalls<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.at >= self.data.len() {
-                return Err(std::io::Error::other("stalled"));
-            }
-            let n = (self.data.len() - self.at).min(buf.len()).min(65536);
-            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-            self.at += n;
-            Ok(n)
-        }
-    }
+    // The bytes before the device state, and then a source that stalls: the test sees what
+    // was handed on by then.
     let before = usize::try_from(first_device).unwrap();
-    let mut input = Stalls {
+    let mut input = StaysOpen {
         data: &data[..before],
-        at: 0,
     };
     let mut passed = 0usize;
     let error = stream::read_one_pass(&mut input, 0, &mut |bytes| {
@@ -260,7 +262,10 @@ fn most_of_a_stream_is_handed_on_before_its_end_arrives() {
         Ok(())
     })
     .expect_err("the input stalls");
-    assert!(error.to_string().contains("stalled"), "{error}");
+    assert!(
+        error.to_string().contains("past what the source has sent"),
+        "{error}"
+    );
     assert_eq!(
         passed,
         before,
@@ -275,22 +280,6 @@ fn the_reader_stops_at_the_end_of_the_description() {
     // without waiting for it to close.
     let raw = std::fs::read(support::fixture("streams/qemu10.0-noos-q35-alldev.mig.gz")).unwrap();
     let data = stream::decompress_if_gzip(&raw, 1 << 32).unwrap();
-    struct StaysOpen<'a> {
-        data: &'a [u8],
-    }
-    impl Read for StaysOpen<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.data.is_empty() {
-                return Err(std::io::Error::other(
-                    "the reader waited for the channel to close",
-                ));
-            }
-            let n = self.data.len().min(buf.len()).min(10_000);
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
     let mut input = StaysOpen { data: &data };
     let read = stream::read_one_pass(&mut input, 0, &mut |_| Ok(())).unwrap();
     assert_eq!(
