@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use std::fmt;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use crate::devices::VirtioSection;
 use crate::error::{Error, ErrorKind, Result};
@@ -431,10 +431,6 @@ impl<'s> GuestRam<'s> {
         }
     }
 
-    /// True when `[gpa, gpa + len)` is guest RAM under the map.
-    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        self.check_range(gpa, len, false).is_ok()
-    }
 
     /// Whether `[gpa, gpa + len)` lies in guest RAM (and, with `need_known`, in pages the
     /// stream carried); a zero `len` tests the byte at `gpa`. Steps a map region at a time.
@@ -472,8 +468,7 @@ impl<'s> GuestRam<'s> {
         }
     }
 
-    /// Reads guest memory at `gpa` into `buf`.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+    fn read_bytes(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
         self.check_range(gpa, buf.len() as u64, true)?;
         let end = gpa.saturating_add(buf.len() as u64);
         let mut at = gpa;
@@ -493,27 +488,67 @@ impl<'s> GuestRam<'s> {
             .read_slice(buf, GuestAddress(gpa))
             .map_err(|_| ReadError::OutsideRam)
     }
+}
+
+/// Guest memory as the checks read it: bytes at guest-physical addresses, and whether a range
+/// is RAM at all.
+///
+/// Any `vm_memory::GuestMemory` is one (a VMM's own `GuestMemoryMmap`, say), and so is
+/// [`GuestRam`], memory rebuilt from a stream, which also knows the pages a stream left out.
+pub trait GuestBytes {
+    /// Reads guest memory at `gpa` into `buf`.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError>;
+
+    /// True when `[gpa, gpa + len)` is guest RAM.
+    fn is_ram(&self, gpa: u64, len: u64) -> bool;
 
     /// Reads a u16 in byte order `endian` (virtqueues are little-endian for VIRTIO 1
     /// devices, in the guest's byte order for legacy ones).
-    pub fn read_u16(&self, gpa: u64, endian: Endian) -> std::result::Result<u16, ReadError> {
+    fn read_u16(&self, gpa: u64, endian: Endian) -> std::result::Result<u16, ReadError> {
         let mut b = [0u8; 2];
         self.read(gpa, &mut b)?;
         Ok(endian.u16(b))
     }
 
     /// Reads a u32 in byte order `endian`.
-    pub fn read_u32(&self, gpa: u64, endian: Endian) -> std::result::Result<u32, ReadError> {
+    fn read_u32(&self, gpa: u64, endian: Endian) -> std::result::Result<u32, ReadError> {
         let mut b = [0u8; 4];
         self.read(gpa, &mut b)?;
         Ok(endian.u32(b))
     }
 
     /// Reads a u64 in byte order `endian`.
-    pub fn read_u64(&self, gpa: u64, endian: Endian) -> std::result::Result<u64, ReadError> {
+    fn read_u64(&self, gpa: u64, endian: Endian) -> std::result::Result<u64, ReadError> {
         let mut b = [0u8; 8];
         self.read(gpa, &mut b)?;
         Ok(endian.u64(b))
+    }
+}
+
+impl<M: GuestMemory> GuestBytes for M {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+        if !self.is_ram(gpa, buf.len() as u64) {
+            return Err(ReadError::OutsideRam);
+        }
+        self.read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| ReadError::OutsideRam)
+    }
+
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        // A zero length asks about the byte at `gpa`, as for [`GuestRam`].
+        let count = usize::try_from(len.max(1)).unwrap_or(usize::MAX);
+        gpa.checked_add(len).is_some()
+            && self.check_range(GuestAddress(gpa), count, Permissions::Read)
+    }
+}
+
+impl GuestBytes for GuestRam<'_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> std::result::Result<(), ReadError> {
+        self.read_bytes(gpa, buf)
+    }
+
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.check_range(gpa, len, false).is_ok()
     }
 }
 

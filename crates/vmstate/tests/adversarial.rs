@@ -18,7 +18,7 @@ use stream_checks::{page_byte, read_stream_file};
 use vmstate::check::{self, Report, Rule};
 use vmstate::devices::{self, DecodeOptions, VirtioSection};
 use vmstate::element::{self, Element, Layout, LayoutChoice, Segment};
-use vmstate::memory::{self, GuestRam};
+use vmstate::memory::{self, GuestBytes, GuestRam};
 use vmstate::stream::{self, Stream};
 use vmstate::virtio::scsi::ScsiRequests;
 use vmstate::virtio::{
@@ -140,7 +140,7 @@ fn check_bytes(data: &[u8], with_memory: bool) -> Report {
     }
     let map = memory::map_for(&stream, &[], None).unwrap();
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {}).unwrap();
-    check::check_stream(&found, &scsi, Some(&ram))
+    check::check_stream(&found, &scsi, Some(&ram as &dyn GuestBytes))
 }
 
 /// The findings (rule, path) of the device whose idstr ends with `device`.

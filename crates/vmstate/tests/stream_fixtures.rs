@@ -473,6 +473,7 @@ fn mapped_ram_pages_are_read_from_their_fixed_offsets_and_written_back() {
     assert!(ram.pages > 0 && ram.pages + ram.zero_pages == 64, "{ram:?}");
     let map = vmstate::memory::map_for(&parsed, &[], None).unwrap();
     let guest = vmstate::memory::GuestRam::from_stream(&parsed, &data, map, &mut |_| {}).unwrap();
+    use vmstate::memory::GuestBytes;
     let bios = list.blocks.iter().find(|b| b.name == "pc.bios").unwrap();
     let mapped = bios.mapped.as_ref().unwrap();
     let mut top = [0u8; 16];

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use stream_checks::read_stream_file;
 use vmstate::check::{self, Report};
 use vmstate::devices::{self, DecodeOptions, VirtioSection};
-use vmstate::memory::{self, GuestRam};
+use vmstate::memory::{self, GuestBytes, GuestRam};
 use vmstate::stream::{self, Record, Stream};
 use vmstate::virtio::{DeviceState, VirtioDevice};
 
@@ -136,7 +136,7 @@ fn full_check(data: &[u8]) -> vmstate::Result<Report> {
     let scsi = devices::decode_scsi_requests(&stream, &found, &DecodeOptions::default())?;
     let map = memory::map_for(&stream, &[], None)?;
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {})?;
-    Ok(check::check_stream(&found, &scsi, Some(&ram)))
+    Ok(check::check_stream(&found, &scsi, Some(&ram as &dyn GuestBytes)))
 }
 
 /// Runs `f` on `input`, failing on a panic (with the input's name) or on a run over

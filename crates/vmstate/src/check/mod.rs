@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::devices::{ScsiDiskSection, VirtioSection};
 use crate::element::Element;
-use crate::memory::GuestRam;
+use crate::memory::GuestBytes;
 use crate::note::Note;
 use crate::virtio::{DeviceKind, DeviceState, InFlight};
 
@@ -336,7 +336,7 @@ pub fn check_devices(devices: &[VirtioSection]) -> Report {
 pub fn check_stream(
     devices: &[VirtioSection],
     scsi: &[ScsiDiskSection],
-    ram: Option<&GuestRam>,
+    ram: Option<&dyn GuestBytes>,
 ) -> Report {
     Report {
         devices: devices
@@ -416,7 +416,7 @@ fn shared_descriptor_tables(devices: &[VirtioSection], position: usize) -> HashM
 pub fn ring_ranges(
     section: &VirtioSection,
     scsi: &[ScsiDiskSection],
-    ram: &GuestRam,
+    ram: &dyn GuestBytes,
 ) -> Vec<(u64, u64)> {
     let Some((endian, _)) = section.device.byte_order() else {
         return Vec::new();

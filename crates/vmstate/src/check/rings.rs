@@ -12,19 +12,19 @@ use std::collections::HashMap;
 use super::requests::Outstanding;
 use super::{DeviceReport, Finding, Rule, SavedElement};
 use crate::element::Segment;
-use crate::memory::{GuestRam, ReadError};
+use crate::memory::{GuestBytes, ReadError};
 use crate::virtio::{CoreState, PackedQueueState, VirtioDevice};
 use crate::wire::Endian;
 
 /// Guest memory as one device's rings lie in it: its integers read in the device's byte
-/// order, everything else as in [`GuestRam`].
-pub(super) struct RingMemory<'a, 's> {
-    ram: &'a GuestRam<'s>,
+/// order, everything else as the memory reads it.
+pub(super) struct RingMemory<'a> {
+    ram: &'a dyn GuestBytes,
     endian: Endian,
 }
 
-impl<'a, 's> RingMemory<'a, 's> {
-    pub(super) fn new(ram: &'a GuestRam<'s>, endian: Endian) -> Self {
+impl<'a> RingMemory<'a> {
+    pub(super) fn new(ram: &'a dyn GuestBytes, endian: Endian) -> Self {
         RingMemory { ram, endian }
     }
 
@@ -46,9 +46,9 @@ impl<'a, 's> RingMemory<'a, 's> {
     }
 }
 
-impl<'s> std::ops::Deref for RingMemory<'_, 's> {
-    type Target = GuestRam<'s>;
-    fn deref(&self) -> &GuestRam<'s> {
+impl<'a> std::ops::Deref for RingMemory<'a> {
+    type Target = dyn GuestBytes + 'a;
+    fn deref(&self) -> &Self::Target {
         self.ram
     }
 }
@@ -88,7 +88,7 @@ impl Descriptor {
 /// Reads the descriptor at `at`: `addr`, `len`, then `flags, next` in a split ring but
 /// `id, flags` in a packed one.
 fn read_descriptor(
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     at: u64,
     packed: bool,
 ) -> Result<Descriptor, ReadError> {
@@ -132,7 +132,7 @@ type Chain = Vec<(Segment, bool)>;
 /// Reads an indirect table's descriptors (packed or split format), refusing bad lengths,
 /// tables outside RAM and nested tables.
 fn read_indirect(
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     table: &Descriptor,
     packed: bool,
     limit: u64,
@@ -204,7 +204,7 @@ fn read_indirect(
 
 /// Walks a split-ring chain from `head` in the descriptor table at `desc` of `num` entries.
 fn walk_split(
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     desc: u64,
     num: u64,
     head: u64,
@@ -297,7 +297,7 @@ pub(super) fn check_memory(
     d: &VirtioDevice,
     shared: &HashMap<usize, String>,
     saved: &Option<Vec<SavedElement<'_>>>,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     report: &mut DeviceReport,
 ) -> Outstanding {
     let mut outstanding = Outstanding::new();
@@ -451,7 +451,7 @@ fn check_in_use(
 
 fn check_split_queue(
     d: &VirtioDevice,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     index: usize,
     (desc, avail, used, num, last_avail_idx): (u64, u64, u64, u64, u16),
     elements: &[&SavedElement<'_>],
@@ -560,7 +560,7 @@ fn check_split_queue(
 #[allow(clippy::too_many_arguments)]
 fn check_packed_queue(
     d: &VirtioDevice,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     index: usize,
     desc: u64,
     num: u64,
@@ -672,7 +672,7 @@ fn check_packed_queue(
 pub(super) fn ring_ranges(
     d: &VirtioDevice,
     saved: &Option<Vec<SavedElement<'_>>>,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
 ) -> Vec<(u64, u64)> {
     let packed = d.uses_packed_rings();
     let mut ranges = Vec::new();

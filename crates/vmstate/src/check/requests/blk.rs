@@ -59,7 +59,7 @@ fn request_type(header: &[u8], endian: crate::wire::Endian) -> Option<u32> {
 
 /// Bytes of the device-readable buffers the checks read: the header, and a discard's first
 /// range.
-pub(super) fn read_len(ram: &RingMemory<'_, '_>, out: &[crate::element::Segment]) -> u64 {
+pub(super) fn read_len(ram: &RingMemory<'_>, out: &[crate::element::Segment]) -> u64 {
     match read_header(ram, out, HEADER_LEN) {
         Ok(Header::Read(header))
             if request_type(&header, ram.endian()).is_some_and(|t| RANGE_TYPES.contains(&t)) =>
@@ -73,7 +73,7 @@ pub(super) fn read_len(ram: &RingMemory<'_, '_>, out: &[crate::element::Segment]
 pub(super) fn check(
     section: &VirtioSection,
     saved: &[SavedElement<'_>],
-    ram: Option<&RingMemory<'_, '_>>,
+    ram: Option<&RingMemory<'_>>,
     report: &mut DeviceReport,
 ) {
     let d = &section.device;
@@ -188,7 +188,7 @@ pub(super) fn check(
 fn check_range(
     e: &SavedElement<'_>,
     name: &str,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     capacity: Option<u64>,
     report: &mut DeviceReport,
 ) {

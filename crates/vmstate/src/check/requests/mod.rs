@@ -31,7 +31,7 @@ pub(super) fn check_requests(
     section: &VirtioSection,
     saved: &Option<Vec<SavedElement<'_>>>,
     scsi: &[ScsiDiskSection],
-    ram: Option<(&RingMemory<'_, '_>, &Outstanding)>,
+    ram: Option<(&RingMemory<'_>, &Outstanding)>,
     report: &mut DeviceReport,
 ) {
     let Some(saved) = saved else {
@@ -56,7 +56,7 @@ pub(super) fn check_requests(
 pub(super) fn header_ranges(
     section: &VirtioSection,
     saved: &Option<Vec<SavedElement<'_>>>,
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
 ) -> Vec<(u64, u64)> {
     let d = &section.device;
     let is_scsi = d.kind == DeviceKind::Scsi;
@@ -102,7 +102,7 @@ enum Header {
 /// Reads the first `len` bytes of `segments` from guest memory, as the device reads its
 /// request header.
 fn read_header(
-    ram: &RingMemory<'_, '_>,
+    ram: &RingMemory<'_>,
     segments: &[Segment],
     len: u64,
 ) -> Result<Header, ReadError> {

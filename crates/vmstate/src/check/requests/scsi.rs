@@ -81,7 +81,7 @@ enum Buffers {
 pub(super) fn check(
     section: &VirtioSection,
     scsi: &[ScsiDiskSection],
-    ram: Option<&RingMemory<'_, '_>>,
+    ram: Option<&RingMemory<'_>>,
     report: &mut DeviceReport,
 ) {
     let d = &section.device;
