@@ -28,8 +28,24 @@ impl Failure {
 
 impl From<vmstate::Error> for Failure {
     fn from(error: vmstate::Error) -> Self {
-        Failure::unreadable(error)
+        Failure::unreadable(with_flag_hint(&error))
     }
+}
+
+/// A library error with the command-line option that supplies what it says is missing: the
+/// library speaks of facts (an assumption, a layout, a RAM map), the command line of flags.
+pub fn with_flag_hint(error: &vmstate::Error) -> String {
+    use vmstate::ErrorKind;
+    let hint = match error.kind() {
+        ErrorKind::AmbiguousFraming { .. } => {
+            " (--assume SECTION:PROPERTY=VALUE states a device property, --from-layout NAME \
+             the element layout)"
+        }
+        ErrorKind::AmbiguousLayout { .. } => " (choose one with --layout)",
+        ErrorKind::BadRamMap { .. } => " (give it with --ram-map BLOCK@GPA)",
+        _ => "",
+    };
+    format!("{error}{hint}")
 }
 
 /// The result of a command.

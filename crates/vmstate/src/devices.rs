@@ -125,7 +125,7 @@ impl DecodeOptions {
                     expected: "a section that holds a virtio device",
                 },
                 0,
-                format!("--assume {a}"),
+                format!("assumption {a}"),
             )),
         }
     }
@@ -229,7 +229,7 @@ fn decode_device(
                     return Err(Error::new(
                         ErrorKind::AmbiguousFraming {
                             readings: fits.iter().map(|(_, t)| t.name().to_owned()).collect(),
-                            settle: "--assume SECTION:transport=pci|mmio|ccw".to_owned(),
+                            settle: "SECTION:transport=pci|mmio|ccw".to_owned(),
                         },
                         offset,
                         "transport",

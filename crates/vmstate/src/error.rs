@@ -238,7 +238,7 @@ impl fmt::Display for ErrorKind {
             }
             ErrorKind::AmbiguousLayout { candidates } => write!(
                 f,
-                "several layouts fit ({}); choose one with --layout",
+                "several layouts fit ({}); the layout must be given",
                 candidates.join(", ")
             ),
             ErrorKind::ImplausibleLayout { reason } => f.write_str(reason),
@@ -315,7 +315,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadPath { reason } => write!(f, "cannot set this path: {reason}"),
             ErrorKind::AmbiguousFraming { readings, settle } => write!(
                 f,
-                "the stream fits several readings ({}); settle it with {settle}",
+                "the stream fits several readings ({}); settle it by assuming {settle}",
                 readings.join("; ")
             ),
         }
@@ -420,7 +420,7 @@ mod tests {
         let err = Error::new(
             ErrorKind::AmbiguousFraming {
                 readings: vec!["a".to_owned(), "b".to_owned()],
-                settle: "--assume SECTION:packed=on|off".to_owned(),
+                settle: "SECTION:packed=on|off".to_owned(),
             },
             7,
             "virtio.rq",
@@ -428,6 +428,6 @@ mod tests {
         .naming_section("0000:00:01.0/virtio-blk");
         assert!(err
             .to_string()
-            .contains("--assume 0000:00:01.0/virtio-blk:packed=on|off"));
+            .contains("assuming 0000:00:01.0/virtio-blk:packed=on|off"));
     }
 }

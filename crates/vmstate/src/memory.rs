@@ -431,7 +431,6 @@ impl<'s> GuestRam<'s> {
         }
     }
 
-
     /// Whether `[gpa, gpa + len)` lies in guest RAM (and, with `need_known`, in pages the
     /// stream carried); a zero `len` tests the byte at `gpa`. Steps a map region at a time.
     fn check_range(
@@ -660,16 +659,48 @@ fn plugged_runs(region: &MemRegion) -> Vec<(u64, u64)> {
     runs
 }
 
+/// Prefix of a RAM block whose name says where it sits: `ram@0x40000000`. Streams written
+/// with [`crate::vmm`] name each guest memory region so, since a VMM's memory follows no board.
+pub const PLACED_BLOCK_PREFIX: &str = "ram@0x";
+
+/// The name of a RAM block placed at `gpa`.
+pub fn placed_block_name(gpa: u64) -> String {
+    format!("{PLACED_BLOCK_PREFIX}{gpa:x}")
+}
+
+/// The map of a stream whose RAM blocks all say where they sit, if they all do.
+fn placed_map(blocks: &[(String, u64)]) -> Option<RamMap> {
+    let regions = blocks
+        .iter()
+        .map(|(name, len)| {
+            let hex = name.strip_prefix(PLACED_BLOCK_PREFIX)?;
+            Some(MapRegion {
+                block: name.clone(),
+                block_offset: 0,
+                gpa: u64::from_str_radix(hex, 16).ok()?,
+                len: *len,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    (!regions.is_empty()).then(|| RamMap {
+        regions,
+        how: "each RAM block's name gives its guest-physical address".to_owned(),
+    })
+}
+
 /// The map a board's machine type and RAM blocks give.
 pub fn derived_map(machine: Option<&str>, blocks: &[(String, u64)]) -> Result<RamMap> {
+    if let Some(map) = placed_map(blocks) {
+        return Ok(map);
+    }
     let unknown = || {
         let main = blocks
             .iter()
             .max_by_key(|(_, size)| *size)
             .map_or("none".to_owned(), |(name, _)| name.clone());
         map_error(format!(
-            "guest memory map unknown for machine {} (largest RAM block: {main}): give it \
-             with --ram-map BLOCK@GPA",
+            "guest memory map unknown for machine {} (largest RAM block: {main}): it must \
+             be given as BLOCK@GPA",
             machine.unwrap_or("(none named in the stream)")
         ))
     };
@@ -684,8 +715,8 @@ pub fn derived_map(machine: Option<&str>, blocks: &[(String, u64)]) -> Result<Ra
         // Without a machine type pc and q35 differ above 2 GiB only.
         None if board == Board::X86Pc && size > 0x8000_0000 => {
             return Err(map_error(
-                "no machine type in the stream and pc.ram over 2 GiB: give the map with \
-                 --ram-map"
+                "no machine type in the stream and pc.ram over 2 GiB: the map must be given \
+                 as BLOCK@GPA"
                     .to_owned(),
             ))
         }

@@ -136,7 +136,11 @@ fn full_check(data: &[u8]) -> vmstate::Result<Report> {
     let scsi = devices::decode_scsi_requests(&stream, &found, &DecodeOptions::default())?;
     let map = memory::map_for(&stream, &[], None)?;
     let ram = GuestRam::from_stream(&stream, data, map, &mut |_| {})?;
-    Ok(check::check_stream(&found, &scsi, Some(&ram as &dyn GuestBytes)))
+    Ok(check::check_stream(
+        &found,
+        &scsi,
+        Some(&ram as &dyn GuestBytes),
+    ))
 }
 
 /// Runs `f` on `input`, failing on a panic (with the input's name) or on a run over

@@ -130,7 +130,7 @@ fn an_assumption_for_a_missing_section_is_refused() {
     };
     let err = devices::decode_virtio(&stream, &options).unwrap_err();
     assert!(
-        err.path().contains("--assume 0000:00:09.0"),
+        err.path().contains("assumption 0000:00:09.0"),
         "{name}: {err}"
     );
 }

@@ -61,7 +61,11 @@ pub fn run(args: CheckArgs) -> Outcome {
     let scsi = args.devices.decode_scsi(&loaded.stream, &devices, &shown)?;
 
     let ram = guest_ram(&loaded, &devices, args.ram_map.as_deref(), &shown)?;
-    let report = check::check_stream(&devices, &scsi, ram.as_ref().ok().map(|r| r as &dyn GuestBytes));
+    let report = check::check_stream(
+        &devices,
+        &scsi,
+        ram.as_ref().ok().map(|r| r as &dyn GuestBytes),
+    );
     let memory = MemoryJson {
         map: ram.as_ref().ok().map(GuestRam::map),
         pages_known: ram.as_ref().map_or(0, |r| r.pages_known),

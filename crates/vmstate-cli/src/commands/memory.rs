@@ -24,7 +24,9 @@ pub fn guest_ram<'s>(
         }
         Err(e) => {
             return Ok(Err(match e.kind() {
-                vmstate::ErrorKind::BadRamMap { reason } => reason.clone(),
+                vmstate::ErrorKind::BadRamMap { reason } => {
+                    format!("{reason} (give it with --ram-map BLOCK@GPA)")
+                }
                 _ => e.to_string(),
             }))
         }

@@ -87,11 +87,7 @@ impl Descriptor {
 
 /// Reads the descriptor at `at`: `addr`, `len`, then `flags, next` in a split ring but
 /// `id, flags` in a packed one.
-fn read_descriptor(
-    ram: &RingMemory<'_>,
-    at: u64,
-    packed: bool,
-) -> Result<Descriptor, ReadError> {
+fn read_descriptor(ram: &RingMemory<'_>, at: u64, packed: bool) -> Result<Descriptor, ReadError> {
     let word_12 = ram.read_u16(at.saturating_add(12))?;
     let word_14 = ram.read_u16(at.saturating_add(14))?;
     let (flags, next_or_id) = if packed {

@@ -439,7 +439,7 @@ pub(crate) fn element_inferences(
         ),
     };
     let layout_how = match (assume.layout, no_elements) {
-        (LayoutChoice::Fixed(_), _) => "assumed: --from-layout".to_owned(),
+        (LayoutChoice::Fixed(_), _) => "assumed: the element layout given".to_owned(),
         (LayoutChoice::Auto, true) => "no element to tell: the first layout tried".to_owned(),
         (LayoutChoice::Auto, false) => format!(
             "the only layout under which every element parses and the field ends where its \

@@ -671,7 +671,7 @@ impl Common {
                 })
             },
             &[],
-            "--assume SECTION:num-queues=N, --assume SECTION:packed=on|off or --from-layout NAME",
+            "SECTION:num-queues=N, SECTION:packed=on|off or the element layout",
         )?;
         let framing = settled.key;
         let mut blk = settled.parsed.state;
@@ -748,7 +748,7 @@ impl Common {
                 })
             },
             &[&matches_config],
-            "--assume SECTION:num-queues=N (N: the queue pairs)",
+            "SECTION:num-queues=N (N: the queue pairs)",
         )?;
         inferred.extend(net::inferences(
             &settled.parsed.state,
@@ -801,7 +801,7 @@ impl Common {
                 })
             },
             &[&from_config],
-            "--assume SECTION:packed=on|off or --from-layout NAME",
+            "SECTION:packed=on|off or the element layout",
         )?;
         let mut serial = settled.parsed.state;
         serial.framing = settled.key.framing;

@@ -221,7 +221,7 @@ impl ScsiRequests {
                 })
             },
             &[&without_emulated],
-            "--assume SECTION:packed=on|off on the virtio-scsi section or --from-layout NAME",
+            "SECTION:packed=on|off on the virtio-scsi section or the element layout",
         )?;
         let requests = settled.parsed.state;
         let mut inferred = framing::element_inferences(

@@ -101,11 +101,7 @@ enum Header {
 
 /// Reads the first `len` bytes of `segments` from guest memory, as the device reads its
 /// request header.
-fn read_header(
-    ram: &RingMemory<'_>,
-    segments: &[Segment],
-    len: u64,
-) -> Result<Header, ReadError> {
+fn read_header(ram: &RingMemory<'_>, segments: &[Segment], len: u64) -> Result<Header, ReadError> {
     let (ranges, covered) = prefix(segments, len);
     if covered < len {
         return Ok(Header::Short(covered));
