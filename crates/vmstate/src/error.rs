@@ -203,6 +203,12 @@ pub enum ErrorKind {
         /// What is wrong.
         reason: String,
     },
+    /// State built by hand, or loaded against guest memory, contradicts itself or the memory:
+    /// a queue index past its ring, a chain that is not what was saved.
+    Inconsistent {
+        /// What is wrong.
+        reason: String,
+    },
     /// A field path given by a user does not name an editable field.
     BadPath {
         /// What is wrong with it.
@@ -242,6 +248,7 @@ impl fmt::Display for ErrorKind {
                 candidates.join(", ")
             ),
             ErrorKind::ImplausibleLayout { reason } => f.write_str(reason),
+            ErrorKind::Inconsistent { reason } => f.write_str(reason),
             ErrorKind::InvalidValue { value, expected } => {
                 write!(f, "value {value} is invalid: expected {expected}")
             }

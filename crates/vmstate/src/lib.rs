@@ -54,6 +54,7 @@ mod pages;
 pub mod schema;
 pub mod stream;
 pub mod virtio;
+pub mod vmm;
 pub mod vmsd;
 pub mod wire;
 

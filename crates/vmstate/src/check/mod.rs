@@ -427,3 +427,21 @@ pub fn ring_ranges(
     ranges.extend(requests::header_ranges(section, &saved, &memory));
     ranges
 }
+
+/// Walks the split-ring chain at `head` of the descriptor table at `desc` (`num` entries) in
+/// `memory`, with the walker the checks use, and returns it as an element; the error says what
+/// is wrong with the chain (a loop, an index past the table, memory that is not RAM).
+pub fn split_chain_element(
+    memory: &dyn GuestBytes,
+    endian: crate::wire::Endian,
+    desc: u64,
+    num: u16,
+    head: u16,
+) -> std::result::Result<Element, String> {
+    let ram = rings::RingMemory::new(memory, endian);
+    rings::walk_split_chain(&ram, desc, u64::from(num), u64::from(head)).map(|chain| Element {
+        index: u32::from(head),
+        device_readable: chain.iter().filter(|(_, w)| !w).map(|(s, _)| *s).collect(),
+        device_writable: chain.iter().filter(|(_, w)| *w).map(|(s, _)| *s).collect(),
+    })
+}

@@ -227,7 +227,9 @@ fn walk_split(
         let d = read_descriptor(ram, at, false)
             .map_err(|e| WalkError::from((e, format!("descriptor {index} at {at:#x}"))))?;
         if d.flags & DESC_F_INDIRECT != 0 {
-            chain.extend(read_indirect(ram, &d, false, num, tables)?);
+            // A split ring's indirect table is bounded by its own length, not by the ring's size:
+            // drivers use tables longer than small rings.
+            chain.extend(read_indirect(ram, &d, false, u64::MAX, tables)?);
         } else {
             chain.push(d.segment());
         }
@@ -236,6 +238,19 @@ fn walk_split(
         }
         index = u64::from(d.next_or_id);
     }
+}
+
+/// Walks a split-ring chain from `head`; the error is the chain's defect in words.
+pub(super) fn walk_split_chain(
+    ram: &RingMemory<'_>,
+    desc: u64,
+    num: u64,
+    head: u64,
+) -> Result<Chain, String> {
+    walk_split(ram, desc, num, head, &mut Vec::new()).map_err(|e| match e {
+        WalkError::Defect(rule, message) => format!("{}: {message}", rule.name()),
+        WalkError::Unknown(message) => message,
+    })
 }
 
 /// Compares a walked chain with the saved element; returns the findings.

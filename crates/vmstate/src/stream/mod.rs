@@ -33,6 +33,7 @@ mod writer;
 use serde::Serialize;
 
 pub use container::{read, read_in_file, read_with_progress};
+pub(crate) use container::{TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION};
 pub use description::{
     render_like_qemu, set_field_size, Description, DeviceDescription, FieldDescription,
     VmsdDescription,
@@ -43,8 +44,9 @@ pub use onepass::{expect_input_end, one_pass_refusal, read_one_pass, Held, OnePa
 pub use ram::{
     apply_xbzrle, inflate_page, read_page_record, visit_page_records, RamRecord, RamRecordKind,
 };
+pub(crate) use ram::{FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_ZERO};
+pub(crate) use writer::{section_header, write_seekable, PlacedBlock};
 pub use writer::{write, write_held, write_to, write_with, RamLayout, WriteOptions};
-pub(crate) use writer::{write_seekable, PlacedBlock};
 
 pub use crate::hex::hex;
 use crate::hex::serialize_hex;

@@ -18,7 +18,7 @@ use super::ram::{
 use super::vmstate::encode_struct;
 use super::{
     BlockList, Command, MappedRam, RamBlock, RamItem, RamRun, Record, RunKind, Section,
-    SectionBody, Span, Stream, MAGIC,
+    SectionBody, SectionKind, Span, Stream, MAGIC,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::wire::{Endian, Writer};
@@ -456,15 +456,15 @@ impl<'a> Output<'a> {
 
     fn section(&mut self, w: &mut Sink, section: &Section) -> Result<()> {
         let path = format!("section[{}]", section.idstr);
-        w.buf.u8(section.kind.byte());
-        w.buf.u32(Endian::Big, section.section_id);
-        if section.kind.has_full_header() {
-            w.buf
-                .counted_bytes(section.idstr.as_bytes(), "section.idstr")
-                .map_err(|e| e.within(&path))?;
-            w.buf.u32(Endian::Big, section.instance_id);
-            w.buf.u32(Endian::Big, section.version_id);
-        }
+        section_header(
+            &mut w.buf,
+            section.kind,
+            section.section_id,
+            &section.idstr,
+            section.instance_id,
+            section.version_id,
+        )
+        .map_err(|e| e.within(&path))?;
         match &section.body {
             SectionBody::Ram(ram) => {
                 for item in &ram.items {
@@ -829,6 +829,26 @@ impl<'a> Output<'a> {
     fn source_bytes(&self, offset: u64, len: u64) -> Result<&'a [u8]> {
         self.source.bytes(offset, len)
     }
+}
+
+/// Writes a section's header: its kind and id, and for a kind with a full header its idstr,
+/// instance and version.
+pub(crate) fn section_header(
+    w: &mut Writer,
+    kind: SectionKind,
+    section_id: u32,
+    idstr: &str,
+    instance_id: u32,
+    version_id: u32,
+) -> Result<()> {
+    w.u8(kind.byte());
+    w.u32(Endian::Big, section_id);
+    if kind.has_full_header() {
+        w.counted_bytes(idstr.as_bytes(), "section.idstr")?;
+        w.u32(Endian::Big, instance_id);
+        w.u32(Endian::Big, version_id);
+    }
+    Ok(())
 }
 
 fn block_list(w: &mut Writer, list: &BlockList) -> Result<()> {
