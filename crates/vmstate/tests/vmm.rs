@@ -110,7 +110,7 @@ fn restore_refuses_a_chain_the_memory_contradicts_and_names_it() {
     let at = SHAPE.desc(0) + 16 * u64::from(head);
     let addr: u64 = memory.read_obj(GuestAddress(at)).unwrap();
     memory.write_obj(addr + 0x1000, GuestAddress(at)).unwrap();
-    let err = vmstate::vmm::restore_blk(&sections[0].device, &memory).unwrap_err();
+    let err = vmstate::vmm::restore_blk(&sections[0].device, &memory, 1024).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("requests[0]"), "{text}");
     assert!(

@@ -46,7 +46,7 @@
 //! let bytes = stream.finish().unwrap();
 //!
 //! let (sections, restored_memory) = vmstate::vmm::load_stream(&bytes).unwrap();
-//! let queues = restore_blk(&sections[0].device, &restored_memory).unwrap();
+//! let queues = restore_blk(&sections[0].device, &restored_memory, 256).unwrap();
 //! assert_eq!(queues[0].queue.state(), queue.state());
 //! ```
 

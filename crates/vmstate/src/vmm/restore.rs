@@ -31,7 +31,8 @@ fn refuse(path: impl Into<String>, reason: String) -> Error {
 }
 
 /// Restores a virtio-blk device's queues against `memory`, the destination's guest memory
-/// (any `vm_memory::GuestMemory`).
+/// (any `vm_memory::GuestMemory`); `max_size` is the destination device's largest queue
+/// size (QEMU's streams do not carry it), and a saved queue larger than it is refused.
 ///
 /// Every check of `vmstate check` runs first: rings inside RAM, indices within their rings,
 /// every in-flight chain walked from its head and compared with the saved element, each
@@ -40,6 +41,7 @@ fn refuse(path: impl Into<String>, reason: String) -> Error {
 pub fn restore_blk<M: GuestMemory>(
     device: &VirtioDevice,
     memory: &M,
+    max_size: u16,
 ) -> Result<Vec<RestoredQueue>> {
     let DeviceState::Blk(blk) = &device.device else {
         return Err(refuse(
@@ -93,7 +95,7 @@ pub fn restore_blk<M: GuestMemory>(
             .read_u16(rings.used.saturating_add(2), Endian::Little)
             .map_err(|e| refuse(format!("{path}.used.idx"), format!("the used ring is {e}")))?;
         let state = virtio_queue::QueueState {
-            max_size: MAX_QUEUE_SIZE,
+            max_size: max_size.min(MAX_QUEUE_SIZE),
             next_avail: q.last_avail_idx,
             next_used: used_idx,
             event_idx_enabled: features & EVENT_IDX != 0,

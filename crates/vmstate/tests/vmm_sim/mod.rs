@@ -28,7 +28,7 @@ const MAX_SECTORS: u64 = 8;
 pub const MMIO_BASE: u64 = 0xd000_0000;
 
 /// A small seeded generator (splitmix64), so that every scenario replays from its seed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Rng(pub u64);
 
 impl Rng {
@@ -49,7 +49,7 @@ impl Rng {
 }
 
 /// The shape of one scenario.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     pub queues: u16,
     pub size: u16,
@@ -90,7 +90,7 @@ impl Shape {
 }
 
 /// What the driver submitted and what came back.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     /// (sector, sectors) of every request, by id.
     pub submitted: Vec<(u64, u64)>,
@@ -122,7 +122,7 @@ pub fn pattern(seed: u64, id: u64, sector: u64, byte: u64) -> u8 {
     (seed ^ id.wrapping_mul(31) ^ sector.wrapping_mul(7) ^ byte) as u8
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct DriverQueue {
     free: Vec<u16>,
     avail_idx: Wrapping<u16>,
@@ -132,7 +132,7 @@ struct DriverQueue {
 }
 
 /// The guest's driver: its state is the guest's, so it moves with the migration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Driver {
     pub shape: Shape,
     queues: Vec<DriverQueue>,
@@ -477,7 +477,8 @@ pub fn restore_stream(
             "devices",
         )
     })?;
-    let queues = restore_blk(&section.device, &memory).map_err(|e| e.within(&section.idstr))?;
+    let queues =
+        restore_blk(&section.device, &memory, 1024).map_err(|e| e.within(&section.idstr))?;
     let features = section.device.guest_features();
     Ok((
         Device::restored(queues, disk, features, latency, now),

@@ -1,0 +1,486 @@
+//! Live migration of a virtio-blk device with requests in flight, over TCP, in QEMU's stream
+//! format, without draining.
+//!
+//! A guest driver keeps many writes in flight on split rings (direct and indirect chains,
+//! EVENT_IDX, several queues, ring indices that wrap past 65535) against a VMM's virtio-blk
+//! device built on `virtio-queue`. Halfway through, the source migrates: it sends guest RAM
+//! while the driver runs, then the pages dirtied since, then stops the device, records what
+//! is in flight and sends the device state. The destination reads the stream as it arrives,
+//! restores the queues against its own guest memory, and answers "ready"; only on the
+//! source's "go" does it resubmit the requests in flight and run the driver to the end. A
+//! connection cut anywhere leaves the source running as it was and the destination refusing;
+//! the source retries.
+//!
+//! ```text
+//! cargo run --release --example live-migrate -- [--queues Q] [--queue-size S] [--requests N]
+//!     [--seed K] [--cut-at BYTE] [--save-stream FILE] [--restore-from FILE]
+//!     [--backend-latency-ms L]
+//! ```
+//!
+//! The source and the destination are two threads with guest memories of their own; the
+//! stream is the only state that crosses, apart from the disk (shared storage) and the
+//! driver's own variables (guest CPU state, which a VMM migrates in its own sections).
+//! `--save-stream FILE` also writes FILE (the stream), FILE.disk (the disk at the switch)
+//! and FILE.driver (the driver's state and its ledger); `--restore-from FILE` runs a
+//! destination from them. The last line is
+//! `migrated: submitted N, completed once N, lost 0, duplicated 0, disk verified`.
+
+#[path = "../tests/vmm_sim/mod.rs"]
+mod vmm_sim;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sim::{disk_verified, restore_stream, Device, Driver, Rng, Shape};
+use vmstate::vmm::StreamWriter;
+
+struct Options {
+    queues: u16,
+    queue_size: u16,
+    requests: u64,
+    seed: u64,
+    cut_at: Option<u64>,
+    save_stream: Option<String>,
+    restore_from: Option<String>,
+    latency_ms: u64,
+}
+
+fn parse() -> Result<Options, String> {
+    let mut o = Options {
+        queues: 4,
+        queue_size: 256,
+        requests: 4000,
+        seed: 1,
+        cut_at: None,
+        save_stream: None,
+        restore_from: None,
+        latency_ms: 2,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: {v} is not a number"))
+        };
+        match flag.as_str() {
+            "--queues" => o.queues = number(value()?)?.clamp(1, 64) as u16,
+            "--queue-size" => {
+                let size = number(value()?)?;
+                if !size.is_power_of_two() || !(2..=1024).contains(&size) {
+                    return Err(format!(
+                        "--queue-size {size}: a power of two from 2 to 1024"
+                    ));
+                }
+                o.queue_size = size as u16;
+            }
+            "--requests" => o.requests = number(value()?)?,
+            "--seed" => o.seed = number(value()?)?,
+            "--cut-at" => o.cut_at = Some(number(value()?)?),
+            "--save-stream" => o.save_stream = Some(value()?),
+            "--restore-from" => o.restore_from = Some(value()?),
+            "--backend-latency-ms" => o.latency_ms = number(value()?)?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let options = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("live-migrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &options.restore_from {
+        Some(file) => restore_from(file),
+        None => migrate(&options),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("live-migrate: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type Memory = GuestMemoryMmap<AtomicBitmap>;
+
+/// A clock in milliseconds since the run began: the device's latencies count in it.
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// One step of the guest and the device: submit what fits, pop, complete, reap.
+fn step<M: vm_memory::GuestMemory>(
+    driver: &mut Driver,
+    device: &mut Device,
+    mem: &M,
+    now: u64,
+    rng: &mut Rng,
+    limit: u64,
+) {
+    let queues = u64::from(driver.shape.queues);
+    for _ in 0..u64::from(driver.shape.size) * queues {
+        if driver.ledger.submitted.len() as u64 >= limit {
+            break;
+        }
+        driver.submit(mem, rng.below(queues) as u16);
+    }
+    device.pop(mem, now);
+    device.complete(mem, now, rng);
+    driver.reap(mem);
+}
+
+/// Pages written since the last call, and the log cleared.
+fn dirty_pages(mem: &Memory) -> Vec<u64> {
+    let mut pages = Vec::new();
+    for region in mem.iter() {
+        let bitmap = region.get_mmap();
+        let bitmap = bitmap.bitmap();
+        for page in 0..region.len() / 4096 {
+            if bitmap.is_bit_set(page as usize) {
+                pages.push(region.start_addr().0 + page * 4096);
+            }
+        }
+        bitmap.reset();
+    }
+    pages
+}
+
+/// A connection that breaks after `left` bytes, as a cut cable does.
+struct Cut<W> {
+    inner: W,
+    left: Option<u64>,
+}
+
+impl<W: Write> Write for Cut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let take = match self.left {
+            Some(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "connection cut",
+                ))
+            }
+            Some(left) => (left.min(buf.len() as u64)) as usize,
+            None => buf.len(),
+        };
+        let n = self.inner.write(&buf[..take])?;
+        if let Some(left) = &mut self.left {
+            *left -= n as u64;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The destination: reads the stream as it arrives, restores, says "ready" and waits for
+/// "go". Returns the device and memory, or why it refused.
+fn destination(
+    listener: TcpListener,
+    latency: u64,
+) -> Result<(Device, GuestMemoryMmap, Vec<u8>), String> {
+    let (socket, _) = listener.accept().map_err(|e| e.to_string())?;
+    let mut input = BufReader::new(socket.try_clone().map_err(|e| e.to_string())?);
+    let mut bytes = Vec::new();
+    let read = vmstate::stream::read_one_pass(&mut input, 0, &mut |piece| {
+        bytes.extend_from_slice(piece);
+        Ok(())
+    });
+    let mut reply = socket;
+    let read = match read {
+        Ok(read) => read,
+        Err(e) => {
+            let _ = writeln!(reply, "refused: {e}");
+            return Err(format!("destination refused the stream: {e}"));
+        }
+    };
+    bytes.extend_from_slice(&read.held.bytes);
+    // The disk is shared storage: the destination takes it over at the switch.
+    let restored = restore_stream(&bytes, Vec::new(), latency, 0);
+    let (device, memory) = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(reply, "refused: {e}");
+            return Err(format!("destination refused the stream: {e}"));
+        }
+    };
+    writeln!(reply, "ready").map_err(|e| e.to_string())?;
+    let mut go = String::new();
+    input.read_line(&mut go).map_err(|e| e.to_string())?;
+    if go.trim() != "go" {
+        return Err(
+            "the source never said go: the destination discards what it restored".to_owned(),
+        );
+    }
+    Ok((device, memory, bytes))
+}
+
+fn migrate(o: &Options) -> Result<bool, String> {
+    let shape = Shape {
+        queues: o.queues,
+        size: o.queue_size,
+        event_idx: true,
+        start_idx: 0u16.wrapping_sub(o.queue_size / 2),
+        seed: o.seed,
+    };
+    let mem = Memory::from_ranges(&[(GuestAddress(0), shape.memory_size() as usize)])
+        .map_err(|e| e.to_string())?;
+    let clock = Clock(Instant::now());
+    let mut rng = Rng(o.seed);
+    let mut driver = Driver::new(shape, &mem);
+    let mut device = Device::new(shape, &mem, shape.disk_sectors(o.requests), o.latency_ms);
+    while (driver.ledger.submitted.len() as u64) < o.requests / 2 {
+        step(
+            &mut driver,
+            &mut device,
+            &mem,
+            clock.now(),
+            &mut rng,
+            o.requests,
+        );
+    }
+    let mut retries = 0u64;
+    let mut cut = o.cut_at;
+    let (mut dst_device, dst_mem, sent) = loop {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let latency = o.latency_ms;
+        let dst = std::thread::spawn(move || destination(listener, latency));
+        let socket = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        socket.set_nodelay(true).ok();
+        let this_cut = cut.take();
+        let sent = send(
+            &mut driver,
+            &mut device,
+            &mem,
+            &clock,
+            &mut rng,
+            o,
+            Cut {
+                inner: socket.try_clone().map_err(|e| e.to_string())?,
+                left: this_cut,
+            },
+        );
+        let ready = match &sent {
+            // A cut past the stream's end falls after its last byte: before the handshake.
+            Ok(_) if this_cut.is_some() => {
+                eprintln!(
+                    "source: connection cut after the stream's last byte; the guest runs on here"
+                );
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                String::new()
+            }
+            Ok(_) => {
+                let mut line = String::new();
+                BufReader::new(&socket)
+                    .read_line(&mut line)
+                    .map_err(|e| e.to_string())?;
+                line
+            }
+            Err(e) => {
+                eprintln!("source: sending failed ({e}); the guest runs on here");
+                String::new()
+            }
+        };
+        if ready.trim() == "ready" {
+            let mut go = &socket;
+            go.write_all(b"go\n").map_err(|e| e.to_string())?;
+            let (mut dst_device, dst_mem, bytes) =
+                dst.join().map_err(|_| "destination panicked")??;
+            dst_device.disk = std::mem::take(&mut device.disk);
+            break (dst_device, dst_mem, bytes);
+        }
+        drop(socket);
+        match dst.join().map_err(|_| "destination panicked")? {
+            Err(reason) => eprintln!("{reason}"),
+            Ok(_) => return Err("destination ran without go".to_owned()),
+        }
+        retries += 1;
+        // The source's device was only stopped: it resumes where it was.
+        for _ in 0..5 {
+            step(
+                &mut driver,
+                &mut device,
+                &mem,
+                clock.now(),
+                &mut rng,
+                o.requests,
+            );
+        }
+    };
+    eprintln!(
+        "source: stream of {} bytes sent, {} request(s) in flight at the switch",
+        sent.len(),
+        dst_device.in_flight()
+    );
+    if let Some(file) = &o.save_stream {
+        std::fs::write(file, &sent).map_err(|e| e.to_string())?;
+        std::fs::write(format!("{file}.disk"), &dst_device.disk).map_err(|e| e.to_string())?;
+        let driver_state =
+            serde_json::to_vec(&(&driver, o.latency_ms, o.requests)).map_err(|e| e.to_string())?;
+        std::fs::write(format!("{file}.driver"), driver_state).map_err(|e| e.to_string())?;
+    }
+    drop(device);
+    // The destination resubmits what was in flight, and the driver runs on there.
+    let clock = Clock(Instant::now());
+    for p in dst_device.pending.iter_mut().flatten() {
+        p.done_at = o.latency_ms;
+    }
+    finish(
+        &mut driver,
+        &mut dst_device,
+        &dst_mem,
+        &clock,
+        &mut rng,
+        o,
+        Some(retries).filter(|_| o.cut_at.is_some()),
+    )
+}
+
+/// Sends the stream: all RAM while the guest runs, two passes of dirty pages, then the stop
+/// and the device state. Returns the bytes sent.
+fn send(
+    driver: &mut Driver,
+    device: &mut Device,
+    mem: &Memory,
+    clock: &Clock,
+    rng: &mut Rng,
+    o: &Options,
+    out: Cut<TcpStream>,
+) -> Result<Vec<u8>, String> {
+    let mut copy = Tee {
+        out,
+        copy: Vec::new(),
+    };
+    dirty_pages(mem);
+    let mut stream = StreamWriter::new(&mut copy, mem).map_err(|e| e.to_string())?;
+    stream.ram_pass(mem, None).map_err(|e| e.to_string())?;
+    for _ in 0..2 {
+        for _ in 0..3 {
+            step(driver, device, mem, clock.now(), rng, o.requests);
+        }
+        stream
+            .ram_pass(mem, Some(&dirty_pages(mem)))
+            .map_err(|e| e.to_string())?;
+    }
+    // Stop: no more requests are taken; what is in flight is recorded, not waited for.
+    let pause = Instant::now();
+    let snapshot = device.snapshot();
+    let state = snapshot.to_device(mem).map_err(|e| e.to_string())?;
+    stream
+        .ram_pass(mem, Some(&dirty_pages(mem)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .device(&snapshot.idstr(), &state)
+        .map_err(|e| e.to_string())?;
+    stream.finish().map_err(|e| e.to_string())?;
+    eprintln!(
+        "source: paused with {} request(s) in flight; final pass and device state in {:.2} ms",
+        device.in_flight(),
+        pause.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(copy.copy)
+}
+
+/// Writes to the connection and keeps a copy of what went.
+struct Tee<W> {
+    out: W,
+    copy: Vec<u8>,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Runs the driver on the destination until every request has completed, then reports.
+fn finish<M: vm_memory::GuestMemory>(
+    driver: &mut Driver,
+    device: &mut Device,
+    mem: &M,
+    clock: &Clock,
+    rng: &mut Rng,
+    o: &Options,
+    retries: Option<u64>,
+) -> Result<bool, String> {
+    let deadline = Instant::now() + Duration::from_secs(60 + o.latency_ms / 10);
+    while (driver.ledger.submitted.len() as u64) < o.requests || driver.outstanding() > 0 {
+        if Instant::now() > deadline {
+            eprintln!("destination: requests still outstanding after the deadline");
+            break;
+        }
+        step(driver, device, mem, clock.now(), rng, o.requests);
+        if device.in_flight() > 0 && o.latency_ms > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let ledger = &driver.ledger;
+    let verified = disk_verified(&device.disk, ledger, driver.shape.seed) && ledger.failed == 0;
+    let ok = ledger.completed_once() == ledger.submitted.len() as u64
+        && ledger.lost() == 0
+        && ledger.duplicated() == 0
+        && verified;
+    let mut line = format!(
+        "migrated: submitted {}, completed once {}, lost {}, duplicated {}, {}",
+        ledger.submitted.len(),
+        ledger.completed_once(),
+        ledger.lost(),
+        ledger.duplicated(),
+        if verified {
+            "disk verified"
+        } else {
+            "disk NOT verified"
+        }
+    );
+    if let Some(retries) = retries {
+        line.push_str(&format!(", retries {retries}"));
+    }
+    println!("{line}");
+    Ok(ok)
+}
+
+fn restore_from(file: &str) -> Result<bool, String> {
+    let read = |path: String| std::fs::read(&path).map_err(|e| format!("{path}: {e}"));
+    let bytes = read(file.to_owned())?;
+    let disk = read(format!("{file}.disk"))?;
+    let (mut driver, latency, requests): (Driver, u64, u64) =
+        serde_json::from_slice(&read(format!("{file}.driver"))?)
+            .map_err(|e| format!("{file}.driver: {e}"))?;
+    let (mut device, mem) =
+        restore_stream(&bytes, disk, latency, 0).map_err(|e| format!("{file}: refused: {e}"))?;
+    let o = Options {
+        queues: driver.shape.queues,
+        queue_size: driver.shape.size,
+        requests,
+        seed: driver.shape.seed,
+        cut_at: None,
+        save_stream: None,
+        restore_from: None,
+        latency_ms: latency,
+    };
+    let clock = Clock(Instant::now());
+    let mut rng = Rng(driver.shape.seed ^ 0xdead);
+    finish(&mut driver, &mut device, &mem, &clock, &mut rng, &o, None)
+}
