@@ -226,7 +226,7 @@ fn built(parts: &[&[u8]]) -> Vec<u8> {
 fn cve_2013_4151_queue_count_over_1024() {
     let bytes = blob(RNG);
     let device = decode_blob(&bytes, DeviceKind::Rng).unwrap();
-    let at = offset_of(&device, |d| d.queue_sel = 0xffff) + 2 + 4 + 4 + device.config.0.len();
+    let at = offset_of(&device, |d| d.queue_sel = 0x0100) + 2 + 4 + 4 + device.config.0.len();
     for count in [1025u32, 1 << 16, 1 << 31, u32::MAX] {
         let mut bad = bytes.clone();
         bad[at..at + 4].copy_from_slice(&count.to_be_bytes());
@@ -261,7 +261,7 @@ fn queue_count_not_the_device_kinds() {
 fn cve_2013_6399_queue_sel_past_virtio_queue_max() {
     let bytes = blob(RNG);
     let device = decode_blob(&bytes, DeviceKind::Rng).unwrap();
-    let at = offset_of(&device, |d| d.queue_sel = 0xffff);
+    let at = offset_of(&device, |d| d.queue_sel = 0x0100);
     for sel in [1024u16, 1 << 15, u16::MAX] {
         let mut bad = bytes.clone();
         bad[at..at + 2].copy_from_slice(&sel.to_be_bytes());
@@ -297,7 +297,7 @@ fn queue_sel_past_the_devices_queues() {
 fn cve_2014_0182_config_len_huge() {
     let bytes = blob(RNG);
     let device = decode_blob(&bytes, DeviceKind::Rng).unwrap();
-    let at = offset_of(&device, |d| d.queue_sel = 0xffff) + 2 + 4;
+    let at = offset_of(&device, |d| d.queue_sel = 0x0100) + 2 + 4;
     for len in [1u32 << 16, (1 << 31) - 1, 0x7fff_fff0] {
         let mut bad = bytes.clone();
         bad[at..at + 4].copy_from_slice(&len.to_be_bytes());
@@ -315,7 +315,7 @@ fn cve_2014_0182_config_len_huge() {
 fn config_len_negative_as_signed() {
     let bytes = blob(RNG);
     let device = decode_blob(&bytes, DeviceKind::Rng).unwrap();
-    let at = offset_of(&device, |d| d.queue_sel = 0xffff) + 2 + 4;
+    let at = offset_of(&device, |d| d.queue_sel = 0x0100) + 2 + 4;
     for len in [1u32 << 31, u32::MAX] {
         let mut bad = bytes.clone();
         bad[at..at + 4].copy_from_slice(&len.to_be_bytes());

@@ -453,7 +453,7 @@ fn valid_value(device: &VirtioDevice, path: &str, value: u64) -> bool {
         .and_then(|p| p.split(']').next())
         .and_then(|q| q.parse::<usize>().ok())
         .and_then(|q| device.queues.get(q));
-    let vectors = u64::from(device.transport.pci().map_or(0, |p| p.shape.msix_vectors));
+    let vectors = u64::from(device.transport.pci().map_or(0, |p| p.shape().msix_vectors));
     let index = path
         .strip_prefix("queues[")
         .and_then(|p| p.split(']').next())

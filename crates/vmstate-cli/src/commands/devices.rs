@@ -164,8 +164,8 @@ fn transport_summary(d: &VirtioDevice) -> String {
     match &d.transport {
         Transport::Pci(pci) => format!(
             "virtio-pci{}, {}",
-            if pci.shape.express { " express" } else { "" },
-            match pci.shape.msix_vectors {
+            if pci.shape().express { " express" } else { "" },
+            match pci.shape().msix_vectors {
                 0 => "no MSI-X".to_owned(),
                 n => format!("MSI-X {n} vectors"),
             }

@@ -164,7 +164,7 @@ fn check_vectors(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mut Ve
     let Some(msix) = &pci.msix else {
         return;
     };
-    let table = pci.shape.msix_vectors;
+    let table = pci.shape().msix_vectors;
     let mut check = |vector: u16, path: String| {
         if vector != NO_VECTOR && vector >= table {
             findings.push(Finding::new(

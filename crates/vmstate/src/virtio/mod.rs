@@ -396,6 +396,8 @@ impl VirtioDevice {
     /// Writes the `virtio` field back; `framing` (devices with elements only) replaces the
     /// one the elements were read with, to change their layout or where `ndescs` stands.
     pub fn encode_with(&self, w: &mut Writer, framing: Option<Framing>) -> Result<()> {
+        self.validate_with(framing)
+            .map_err(|e| Error::new(e.kind().clone(), w.offset(), e.path().to_owned()))?;
         self.transport.encode(w)?;
         w.u8(self.status);
         w.u8(self.isr);
@@ -441,6 +443,112 @@ impl VirtioDevice {
             DeviceState::Opaque { bytes } => w.bytes(&bytes.0),
         }
         core::encode(&self.subsections, w)
+    }
+
+    /// Checks that the device is one the decoder reads back as itself: at most 1024 queues, a
+    /// queue selector below that, a transport whose parts agree with its config space, a
+    /// vector with each queue exactly when the transport saves vectors (virtio-pci with MSI-X,
+    /// virtio-ccw) and a ring alignment exactly on virtio-mmio, and every in-flight request
+    /// carrying the queue index and `ndescs` its framing writes. [`Self::encode`] refuses a
+    /// device that fails, naming the field: a device built by hand cannot be written into
+    /// bytes that do not decode.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_with(self.framing())
+    }
+
+    fn validate_with(&self, framing: Option<Framing>) -> Result<()> {
+        let fail = |path: String, reason: String| {
+            Err(Error::new(ErrorKind::Inconsistent { reason }, 0, path))
+        };
+        if self.queues.len() > VIRTIO_QUEUE_MAX {
+            return fail(
+                "queues".to_owned(),
+                format!("{} queues, more than {VIRTIO_QUEUE_MAX}", self.queues.len()),
+            );
+        }
+        if usize::from(self.queue_sel) >= VIRTIO_QUEUE_MAX {
+            return fail(
+                "queue_sel".to_owned(),
+                format!(
+                    "queue_sel {} is not below {VIRTIO_QUEUE_MAX}",
+                    self.queue_sel
+                ),
+            );
+        }
+        if let Transport::Pci(pci) = &self.transport {
+            if let Err(reason) = pci.validate() {
+                return fail("pci".to_owned(), reason);
+            }
+        }
+        let extras = self.transport.queue_extras();
+        for (k, q) in self.queues.iter().enumerate() {
+            if q.vector.is_some() != extras.vector {
+                return fail(
+                    format!("vq[{k}].vector"),
+                    format!(
+                        "{} on {}: a queue has a vector exactly when the transport saves \
+                         vectors (virtio-pci with MSI-X, virtio-ccw)",
+                        if q.vector.is_some() {
+                            "a vector"
+                        } else {
+                            "no vector"
+                        },
+                        self.transport.kind().name()
+                    ),
+                );
+            }
+            if q.align.is_some() != extras.align {
+                return fail(
+                    format!("vq[{k}].align"),
+                    format!(
+                        "{} on {}: a queue has a ring alignment exactly on virtio-mmio",
+                        if q.align.is_some() {
+                            "an alignment"
+                        } else {
+                            "no alignment"
+                        },
+                        self.transport.kind().name()
+                    ),
+                );
+            }
+        }
+        let requests = match &self.device {
+            DeviceState::Blk(blk) => blk.requests.iter().collect::<Vec<_>>(),
+            DeviceState::Serial(serial) => serial
+                .ports
+                .iter()
+                .filter_map(|p| p.popped.as_ref().map(|p| &p.element))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(framing) = framing {
+            for (k, r) in requests.iter().enumerate() {
+                if framing.queue_index && r.queue.is_none() {
+                    return fail(
+                        format!("requests[{k}].queue"),
+                        "no queue index, which the framing writes with each request".to_owned(),
+                    );
+                }
+                if let Some(queue) = r.queue.filter(|_| framing.queue_index) {
+                    if usize::try_from(queue).map_or(true, |q| q >= self.queues.len()) {
+                        return fail(
+                            format!("requests[{k}].queue"),
+                            format!(
+                                "queue {queue} of a device with {} queues",
+                                self.queues.len()
+                            ),
+                        );
+                    }
+                }
+                if framing.ndescs != NdescsOrder::Absent && r.ndescs.is_none() {
+                    return fail(
+                        format!("requests[{k}].ndescs"),
+                        "no ndescs, which the framing writes with each request".to_owned(),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// True when the core subsections include `virtio/packed_virtqueues`, which QEMU sends

@@ -33,7 +33,10 @@ pub struct PciShape {
 }
 
 /// The transport state that virtio-pci saves before the virtio core's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// What delimits it ([`PciShape`]) is not stored beside it: it is read from the config space
+/// each time ([`PciTransport::shape`]), so the two cannot disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciTransport {
     /// The PCIDevice VMState's own `version_id` field (0 to 2).
     pub version: u32,
@@ -42,10 +45,32 @@ pub struct PciTransport {
     /// Level of each of the four INTx pins (0 or 1).
     pub irq_state: [u32; 4],
     /// MSI-X state, when the function has MSI-X.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub msix: Option<MsixState>,
-    /// What was read from the config space to delimit this part.
-    pub shape: PciShape,
+}
+
+impl Serialize for PciTransport {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u32,
+            config_space: &'a HexBytes,
+            irq_state: [u32; 4],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            msix: Option<&'a MsixState>,
+            shape: PciShape,
+        }
+        View {
+            version: self.version,
+            config_space: &self.config_space,
+            irq_state: self.irq_state,
+            msix: self.msix.as_ref(),
+            shape: self.shape(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The MSI-X table, pending bits and the config-change vector.
@@ -66,6 +91,55 @@ impl PciTransport {
             "PCIEDevice"
         } else {
             "PCIDevice"
+        }
+    }
+
+    /// What the saved config space says about the function.
+    pub fn shape(&self) -> PciShape {
+        shape_of(&self.config_space.0)
+    }
+
+    /// Whether the parts agree with what the config space says, as the decoder requires:
+    /// its size, and an MSI-X table and pending bits exactly when it has an MSI-X capability,
+    /// of the sizes the capability gives.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let shape = self.shape();
+        let size = if shape.express {
+            PCIE_CONFIG_SIZE
+        } else {
+            PCI_CONFIG_SIZE
+        };
+        if self.config_space.0.len() != size {
+            return Err(format!(
+                "pci.config_space: {} bytes, but its capabilities make it {size}",
+                self.config_space.0.len()
+            ));
+        }
+        let vectors = match shape.msix_capability {
+            Some(_) => usize::from(shape.msix_vectors),
+            None => 0,
+        };
+        match (&self.msix, vectors) {
+            (None, 0) => Ok(()),
+            (Some(_), 0) => Err(
+                "pci.msix: MSI-X state without an MSI-X capability in the config space".to_owned(),
+            ),
+            (None, n) => Err(format!(
+                "pci.msix: the config space has an MSI-X capability of {n} vectors but no MSI-X \
+                 state is given"
+            )),
+            (Some(msix), n) => {
+                if msix.table.0.len() != n.saturating_mul(MSIX_ENTRY_SIZE)
+                    || msix.pending.0.len() != n.div_ceil(8)
+                {
+                    return Err(format!(
+                        "pci.msix: a table of {} and pending bits of {} bytes for {n} vectors",
+                        msix.table.0.len(),
+                        msix.pending.0.len()
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -157,7 +231,6 @@ impl PciTransport {
             config_space,
             irq_state,
             msix,
-            shape,
         })
     }
 
