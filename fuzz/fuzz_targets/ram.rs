@@ -12,9 +12,9 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
+use vmstate::memory::GuestBytes;
 use vmstate::wire::Reader;
 use vmstate::{memory, stream};
-use vmstate::memory::GuestBytes;
 
 /// Header, then section START (0x01), id 2, idstr "ram", instance 0, version 4.
 const PREFIX: &[u8] = b"QEVM\0\0\0\x03\x01\0\0\0\x02\x03ram\0\0\0\0\0\0\0\x04";

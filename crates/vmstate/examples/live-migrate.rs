@@ -237,6 +237,7 @@ fn migrate(o: &Options) -> Result<bool, String> {
         size: o.queue_size,
         event_idx: true,
         start_idx: 0u16.wrapping_sub(o.queue_size / 2),
+        indirect_only: false,
         seed: o.seed,
     };
     let mem = Memory::from_ranges(&[(GuestAddress(0), shape.memory_size() as usize)])

@@ -21,6 +21,7 @@ fn random_shape(rng: &mut Rng, seed: u64) -> (Shape, u64, u64, u64) {
         size,
         event_idx: rng.below(2) == 0,
         start_idx: u16::MAX - rng.below(3 * u64::from(size)) as u16,
+        indirect_only: rng.below(4) == 0,
         seed,
     };
     let requests = 1 + rng.below(3 * u64::from(size).min(200));
@@ -74,6 +75,7 @@ const SHAPE: Shape = Shape {
     size: 64,
     event_idx: true,
     start_idx: 65500,
+    indirect_only: false,
     seed: 7,
 };
 
@@ -204,6 +206,7 @@ fn base_device(queues: u16) -> VirtioDevice {
         size: 16,
         event_idx: false,
         start_idx: 0,
+        indirect_only: false,
         seed: 1,
     };
     let (mem, device, _) = stopped_source(shape, u64::from(queues) * 3);

@@ -56,6 +56,9 @@ pub struct Shape {
     pub event_idx: bool,
     /// Where the ring indices start, to cross 65535 -> 0 soon.
     pub start_idx: u16,
+    /// Every request one indirect descriptor (else half of them, at random), so that a
+    /// ring holds as many requests as it has entries.
+    pub indirect_only: bool,
     pub seed: u64,
 }
 
@@ -179,7 +182,7 @@ impl Driver {
     /// Submits one write on queue `q` if it has room; returns whether it did.
     pub fn submit<M: GuestMemory>(&mut self, mem: &M, q: u16) -> bool {
         let shape = self.shape;
-        let indirect = self.rng.below(2) == 0;
+        let indirect = self.shape.indirect_only || self.rng.below(2) == 0;
         let sectors = 1 + self.rng.below(MAX_SECTORS);
         let need = if indirect { 1 } else { 3 };
         let queue = &mut self.queues[usize::from(q)];
