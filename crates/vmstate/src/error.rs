@@ -329,13 +329,26 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error with the place it happened: the field path and the byte offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An error with the place it happened: the field path and the byte offset; an error of
+/// reading the input or writing the output also keeps the I/O error that caused it, as its
+/// [`std::error::Error::source`].
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     offset: u64,
     path: String,
+    io: Option<std::sync::Arc<std::io::Error>>,
 }
+
+/// Errors are equal when they say the same thing at the same place; the I/O error behind one
+/// is not compared.
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.offset == other.offset && self.path == other.path
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// Makes an error of `kind` for the field `path` at byte `offset`.
@@ -344,7 +357,35 @@ impl Error {
             kind,
             offset,
             path: path.into(),
+            io: None,
         }
+    }
+
+    /// Writing the output failed at `offset` (of the output) with `error`, which is kept.
+    pub fn output(error: std::io::Error, offset: u64, path: impl Into<String>) -> Self {
+        let kind = ErrorKind::Output {
+            reason: error.to_string(),
+        };
+        Error {
+            io: Some(std::sync::Arc::new(error)),
+            ..Error::new(kind, offset, path)
+        }
+    }
+
+    /// Reading the input failed at `offset` with `error`, which is kept.
+    pub fn input(error: std::io::Error, offset: u64, path: impl Into<String>) -> Self {
+        let kind = ErrorKind::Input {
+            reason: error.to_string(),
+        };
+        Error {
+            io: Some(std::sync::Arc::new(error)),
+            ..Error::new(kind, offset, path)
+        }
+    }
+
+    /// The I/O error behind an error of reading or writing, when there is one.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        self.io.as_deref()
     }
 
     /// What went wrong.
@@ -413,7 +454,13 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The result type of every fallible operation in this crate.
 pub type Result<T> = std::result::Result<T, Error>;

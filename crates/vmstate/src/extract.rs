@@ -47,13 +47,7 @@ pub struct BlockPages {
 }
 
 fn output(e: io::Error, offset: u64) -> Error {
-    Error::new(
-        ErrorKind::Output {
-            reason: e.to_string(),
-        },
-        offset,
-        "ram",
-    )
+    Error::output(e, offset, "ram")
 }
 
 /// Hands every page of `stream` (its bytes in `source`) to `target`; returns what each block

@@ -266,3 +266,41 @@ proptest! {
         prop_assert_eq!(states(&decoded), states(&device));
     }
 }
+
+/// An output that refuses every write, as a closed socket does.
+struct Closed;
+
+impl std::io::Write for Closed {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "peer went away",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_output_error_keeps_the_io_error_as_its_source() {
+    let (mem, device, _) = stopped_source(SHAPE, 4);
+    let state = device.snapshot().to_device(&mem).unwrap();
+    let err = (|| {
+        let mut stream = vmstate::vmm::StreamWriter::new(Closed, &mem)?;
+        stream.ram_pass(&mem, None)?;
+        stream.device("virtio-mmio@00000000d0000000/virtio-blk", &state)?;
+        stream.finish().map(|_| ())
+    })()
+    .unwrap_err();
+    assert!(
+        matches!(err.kind(), vmstate::ErrorKind::Output { .. }),
+        "{err}"
+    );
+    let source = std::error::Error::source(&err).expect("the I/O error");
+    assert_eq!(source.to_string(), "peer went away");
+    assert_eq!(
+        err.io_error().map(|e| e.kind()),
+        Some(std::io::ErrorKind::BrokenPipe)
+    );
+}

@@ -120,15 +120,8 @@ impl Compression {
                     ))
                 }
             };
-            out.write_all(chunk.get(..n).unwrap_or(&[])).map_err(|e| {
-                Error::new(
-                    ErrorKind::Output {
-                        reason: e.to_string(),
-                    },
-                    decoder.produced,
-                    self.name(),
-                )
-            })?;
+            out.write_all(chunk.get(..n).unwrap_or(&[]))
+                .map_err(|e| Error::output(e, decoder.produced, self.name()))?;
         }
     }
 

@@ -369,15 +369,8 @@ impl Qcow2Image {
                     format!("{path}.vm_state"),
                 )
             })?;
-            out.write_all(part).map_err(|e| {
-                Error::new(
-                    ErrorKind::Output {
-                        reason: e.to_string(),
-                    },
-                    written,
-                    "qcow2.vm_state",
-                )
-            })?;
+            out.write_all(part)
+                .map_err(|e| Error::output(e, written, "qcow2.vm_state"))?;
             written = written.saturating_add(take);
             pos = pos.saturating_add(take);
         }

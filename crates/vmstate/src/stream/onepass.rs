@@ -327,10 +327,8 @@ impl Window<'_, '_> {
             }
             Err(e) if e.kind() == IoErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::Input {
-                        reason: e.to_string(),
-                    },
+                return Err(Error::input(
+                    e,
                     self.base.saturating_add(self.end as u64),
                     "input",
                 ))
@@ -344,13 +342,7 @@ impl Window<'_, '_> {
         if self.pos > self.start {
             let read = self.buf.get(self.start..self.pos).unwrap_or_default();
             (self.passed)(read).map_err(|e| {
-                Error::new(
-                    ErrorKind::Output {
-                        reason: e.to_string(),
-                    },
-                    self.base.saturating_add(self.start as u64),
-                    "output",
-                )
+                Error::output(e, self.base.saturating_add(self.start as u64), "output")
             })?;
             self.start = self.pos;
         }
@@ -506,13 +498,7 @@ pub fn expect_input_end(input: &mut dyn Read, end: u64) -> Result<()> {
                 "vmdescription",
             )),
             Err(e) if e.kind() == IoErrorKind::Interrupted => continue,
-            Err(e) => Err(Error::new(
-                ErrorKind::Input {
-                    reason: e.to_string(),
-                },
-                end,
-                "input",
-            )),
+            Err(e) => Err(Error::input(e, end, "input")),
         };
     }
 }

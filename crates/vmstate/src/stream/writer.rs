@@ -113,13 +113,7 @@ pub(crate) struct PlacedBlock {
 }
 
 fn output_error(e: std::io::Error, offset: u64) -> Error {
-    Error::new(
-        ErrorKind::Output {
-            reason: e.to_string(),
-        },
-        offset,
-        "output",
-    )
+    Error::output(e, offset, "output")
 }
 
 /// QEMU aligns each mapped-ram block's pages to 1 MiB of the file

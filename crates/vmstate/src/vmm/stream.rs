@@ -46,13 +46,7 @@ pub struct StreamWriter<W: Write> {
 }
 
 fn output_error(e: std::io::Error, offset: u64) -> Error {
-    Error::new(
-        ErrorKind::Output {
-            reason: e.to_string(),
-        },
-        offset,
-        "stream",
-    )
+    Error::output(e, offset, "stream")
 }
 
 impl<W: Write> StreamWriter<W> {
