@@ -17,8 +17,9 @@
 //!     [--backend-latency-ms L]
 //! ```
 //!
-//! The source and the destination are two threads with guest memories of their own; the
-//! stream is the only state that crosses, apart from the disk (shared storage) and the
+//! The destination is a second process (this program, started with `--serve`) with guest
+//! memory of its own; the stream is the only device state that crosses. At the switch the
+//! source writes the disk to a file both use (shared storage) and, after "go", sends the
 //! driver's own variables (guest CPU state, which a VMM migrates in its own sections).
 //! `--save-stream FILE` also writes FILE (the stream), FILE.disk (the disk at the switch)
 //! and FILE.driver (the driver's state and its ledger); `--restore-from FILE` runs a
@@ -47,6 +48,8 @@ struct Options {
     save_stream: Option<String>,
     restore_from: Option<String>,
     latency_ms: u64,
+    /// Internal: run as the destination process, the shared disk in this file.
+    serve: Option<String>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -59,6 +62,7 @@ fn parse() -> Result<Options, String> {
         save_stream: None,
         restore_from: None,
         latency_ms: 2,
+        serve: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -84,6 +88,7 @@ fn parse() -> Result<Options, String> {
             "--save-stream" => o.save_stream = Some(value()?),
             "--restore-from" => o.restore_from = Some(value()?),
             "--backend-latency-ms" => o.latency_ms = number(value()?)?,
+            "--serve" => o.serve = Some(value()?),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -98,9 +103,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = match &options.restore_from {
-        Some(file) => restore_from(file),
-        None => migrate(&options),
+    let result = match (&options.serve, &options.restore_from) {
+        (Some(disk), _) => serve(disk),
+        (None, Some(file)) => restore_from(file),
+        (None, None) => migrate(&options),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -189,12 +195,13 @@ impl<W: Write> Write for Cut<W> {
     }
 }
 
+/// What the destination has once the source said "go": the device and guest memory restored
+/// from the stream, and the connection, on which the guest CPU state follows.
+type Restored = (Device, GuestMemoryMmap, BufReader<TcpStream>);
+
 /// The destination: reads the stream as it arrives, restores, says "ready" and waits for
-/// "go". Returns the device and memory, or why it refused.
-fn destination(
-    listener: TcpListener,
-    latency: u64,
-) -> Result<(Device, GuestMemoryMmap, Vec<u8>), String> {
+/// "go"; or says why it refused.
+fn destination(listener: TcpListener) -> Result<Restored, String> {
     let (socket, _) = listener.accept().map_err(|e| e.to_string())?;
     let mut input = BufReader::new(socket.try_clone().map_err(|e| e.to_string())?);
     let mut bytes = Vec::new();
@@ -212,7 +219,7 @@ fn destination(
     };
     bytes.extend_from_slice(&read.held.bytes);
     // The disk is shared storage: the destination takes it over at the switch.
-    let restored = restore_stream(&bytes, Vec::new(), latency, 0);
+    let restored = restore_stream(&bytes, Vec::new(), 0, 0);
     let (device, memory) = match restored {
         Ok(r) => r,
         Err(e) => {
@@ -228,7 +235,68 @@ fn destination(
             "the source never said go: the destination discards what it restored".to_owned(),
         );
     }
-    Ok((device, memory, bytes))
+    Ok((device, memory, input))
+}
+
+/// The guest CPU state that follows "go": the driver, and what the run needs to finish.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handover {
+    driver: Driver,
+    latency_ms: u64,
+    requests: u64,
+    retries: Option<u64>,
+}
+
+/// The destination process: prints the port it listens on, restores what arrives, and runs
+/// the guest to the end once the source says "go".
+fn serve(disk_file: &str) -> Result<bool, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    println!("port {port}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let (mut device, memory, mut input) = match destination(listener) {
+        Ok(restored) => restored,
+        Err(reason) => {
+            eprintln!("{reason}");
+            return Err("nothing restored".to_owned());
+        }
+    };
+    let mut state = Vec::new();
+    std::io::Read::read_to_end(&mut input, &mut state).map_err(|e| e.to_string())?;
+    let Handover {
+        mut driver,
+        latency_ms,
+        requests,
+        retries,
+    } = serde_json::from_slice(&state).map_err(|e| format!("guest CPU state: {e}"))?;
+    // The disk is shared storage: the source stopped writing it before it said go.
+    device.disk = std::fs::read(disk_file).map_err(|e| format!("{disk_file}: {e}"))?;
+    device.latency = latency_ms;
+    for p in device.pending.iter_mut().flatten() {
+        p.done_at = latency_ms;
+    }
+    let o = Options {
+        queues: driver.shape.queues,
+        queue_size: driver.shape.size,
+        requests,
+        seed: driver.shape.seed,
+        cut_at: None,
+        save_stream: None,
+        restore_from: None,
+        latency_ms,
+        serve: None,
+    };
+    let clock = Clock(Instant::now());
+    let mut rng = Rng(driver.shape.seed ^ 0xd057);
+    finish(
+        &mut driver,
+        &mut device,
+        &memory,
+        &clock,
+        &mut rng,
+        &o,
+        retries,
+    )
 }
 
 fn migrate(o: &Options) -> Result<bool, String> {
@@ -258,11 +326,23 @@ fn migrate(o: &Options) -> Result<bool, String> {
     }
     let mut retries = 0u64;
     let mut cut = o.cut_at;
-    let (mut dst_device, dst_mem, sent) = loop {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        let latency = o.latency_ms;
-        let dst = std::thread::spawn(move || destination(listener, latency));
+    let disk_file = std::env::temp_dir().join(format!("live-migrate-{}.disk", std::process::id()));
+    let disk_path = disk_file.to_string_lossy().into_owned();
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    loop {
+        let mut child = std::process::Command::new(&exe)
+            .args(["--serve", &disk_path])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("destination process: {e}"))?;
+        let mut child_out = BufReader::new(child.stdout.take().ok_or("no destination stdout")?);
+        let mut line = String::new();
+        child_out.read_line(&mut line).map_err(|e| e.to_string())?;
+        let port: u16 = line
+            .trim()
+            .strip_prefix("port ")
+            .and_then(|p| p.parse().ok())
+            .ok_or(format!("destination said {line:?}"))?;
         let socket = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
         socket.set_nodelay(true).ok();
         let this_cut = cut.take();
@@ -299,18 +379,49 @@ fn migrate(o: &Options) -> Result<bool, String> {
                 String::new()
             }
         };
-        if ready.trim() == "ready" {
+        if let (Ok(sent), "ready") = (&sent, ready.trim()) {
+            // The switch: the source stops for good, hands over the disk and the CPU state.
+            eprintln!(
+                "source: stream of {} bytes sent, {} request(s) in flight at the switch",
+                sent.len(),
+                device.in_flight()
+            );
+            std::fs::write(&disk_file, &device.disk).map_err(|e| e.to_string())?;
+            if let Some(file) = &o.save_stream {
+                std::fs::write(file, sent).map_err(|e| e.to_string())?;
+                std::fs::write(format!("{file}.disk"), &device.disk).map_err(|e| e.to_string())?;
+                let state = serde_json::to_vec(&(&driver, o.latency_ms, o.requests))
+                    .map_err(|e| e.to_string())?;
+                std::fs::write(format!("{file}.driver"), state).map_err(|e| e.to_string())?;
+            }
+            let handover = Handover {
+                driver: driver.clone(),
+                latency_ms: o.latency_ms,
+                requests: o.requests,
+                retries: Some(retries).filter(|_| o.cut_at.is_some()),
+            };
             let mut go = &socket;
             go.write_all(b"go\n").map_err(|e| e.to_string())?;
-            let (mut dst_device, dst_mem, bytes) =
-                dst.join().map_err(|_| "destination panicked")??;
-            dst_device.disk = std::mem::take(&mut device.disk);
-            break (dst_device, dst_mem, bytes);
+            serde_json::to_writer(&mut go, &handover).map_err(|e| e.to_string())?;
+            socket
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(|e| e.to_string())?;
+            drop(device);
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut child_out, &mut rest).map_err(|e| e.to_string())?;
+            print!("{rest}");
+            let status = child.wait().map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(&disk_file);
+            return match status.code() {
+                Some(0) => Ok(true),
+                Some(1) => Ok(false),
+                _ => Err(format!("destination process: {status}")),
+            };
         }
         drop(socket);
-        match dst.join().map_err(|_| "destination panicked")? {
-            Err(reason) => eprintln!("{reason}"),
-            Ok(_) => return Err("destination ran without go".to_owned()),
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if status.success() {
+            return Err("destination ran without go".to_owned());
         }
         retries += 1;
         // The source's device was only stopped: it resumes where it was.
@@ -324,34 +435,7 @@ fn migrate(o: &Options) -> Result<bool, String> {
                 o.requests,
             );
         }
-    };
-    eprintln!(
-        "source: stream of {} bytes sent, {} request(s) in flight at the switch",
-        sent.len(),
-        dst_device.in_flight()
-    );
-    if let Some(file) = &o.save_stream {
-        std::fs::write(file, &sent).map_err(|e| e.to_string())?;
-        std::fs::write(format!("{file}.disk"), &dst_device.disk).map_err(|e| e.to_string())?;
-        let driver_state =
-            serde_json::to_vec(&(&driver, o.latency_ms, o.requests)).map_err(|e| e.to_string())?;
-        std::fs::write(format!("{file}.driver"), driver_state).map_err(|e| e.to_string())?;
     }
-    drop(device);
-    // The destination resubmits what was in flight, and the driver runs on there.
-    let clock = Clock(Instant::now());
-    for p in dst_device.pending.iter_mut().flatten() {
-        p.done_at = o.latency_ms;
-    }
-    finish(
-        &mut driver,
-        &mut dst_device,
-        &dst_mem,
-        &clock,
-        &mut rng,
-        o,
-        Some(retries).filter(|_| o.cut_at.is_some()),
-    )
 }
 
 /// Sends the stream: all RAM while the guest runs, two passes of dirty pages, then the stop
@@ -480,6 +564,7 @@ fn restore_from(file: &str) -> Result<bool, String> {
         save_stream: None,
         restore_from: None,
         latency_ms: latency,
+        serve: None,
     };
     let clock = Clock(Instant::now());
     let mut rng = Rng(driver.shape.seed ^ 0xdead);
