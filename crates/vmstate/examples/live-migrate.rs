@@ -75,9 +75,9 @@ fn parse() -> Result<Options, String> {
             "--queues" => o.queues = number(value()?)?.clamp(1, 64) as u16,
             "--queue-size" => {
                 let size = number(value()?)?;
-                if !size.is_power_of_two() || !(2..=1024).contains(&size) {
+                if !size.is_power_of_two() || !(4..=1024).contains(&size) {
                     return Err(format!(
-                        "--queue-size {size}: a power of two from 2 to 1024"
+                        "--queue-size {size}: a power of two from 4 to 1024 (a request takes 3 descriptors)"
                     ));
                 }
                 o.queue_size = size as u16;

@@ -15,7 +15,8 @@ fn scenario_count() -> u64 {
 }
 
 fn random_shape(rng: &mut Rng, seed: u64) -> (Shape, u64, u64, u64) {
-    let size = 1u16 << (1 + rng.below(10)); // 2 to 1024
+    // 4 to 1024: a request takes 3 descriptors, and no chain may be longer than its ring.
+    let size = 1u16 << (2 + rng.below(9));
     let shape = Shape {
         queues: 1 + rng.below(4) as u16,
         size,

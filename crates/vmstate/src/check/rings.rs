@@ -227,9 +227,7 @@ fn walk_split(
         let d = read_descriptor(ram, at, false)
             .map_err(|e| WalkError::from((e, format!("descriptor {index} at {at:#x}"))))?;
         if d.flags & DESC_F_INDIRECT != 0 {
-            // A split ring's indirect table is bounded by its own length, not by the ring's size:
-            // drivers use tables longer than small rings.
-            chain.extend(read_indirect(ram, &d, false, u64::MAX, tables)?);
+            chain.extend(read_indirect(ram, &d, false, num, tables)?);
         } else {
             chain.push(d.segment());
         }
