@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let DeviceState::Blk(blk) = &section.device.device else {
+            // ok: the fuzz invariant: restore_blk accepts virtio-blk only.
             panic!("restored a device that is not virtio-blk");
         };
         let restored: usize = queues.iter().map(|q| q.requests.len()).sum();

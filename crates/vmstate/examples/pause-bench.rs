@@ -20,6 +20,7 @@ use vmstate::wire::Writer;
 
 fn memory(shape: &Shape) -> GuestMemoryMmap {
     GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), shape.memory_size() as usize)])
+        // ok: a benchmark of its own state; no input reaches it.
         .expect("guest memory")
 }
 
@@ -39,8 +40,10 @@ fn loaded(shape: Shape, per_queue: u64, latency: u64) -> (GuestMemoryMmap, Devic
 
 /// Saving the device state with its requests in flight: snapshot, chains walked, encoded.
 fn save(device: &Device, mem: &GuestMemoryMmap) -> Vec<u8> {
+    // ok: the benchmark built this device itself; a failure is a bug to see at once.
     let state = device.snapshot().to_device(mem).expect("save");
     let mut w = Writer::new();
+    // ok: as above, the state is the benchmark's own.
     state.encode(&mut w).expect("encode");
     w.into_bytes()
 }
@@ -137,7 +140,9 @@ fn main() {
                 ..Default::default()
             },
         )
+        // ok: the bytes are the ones just encoded.
         .expect("decode");
+        // ok: restored against the memory it was saved from.
         let restored = restore_blk(&decoded, &mem, 1024).expect("restore");
         let restore = start.elapsed();
         let back: usize = restored.iter().map(|q| q.requests.len()).sum();

@@ -25,8 +25,9 @@
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //! use vmstate::vmm::{restore_blk, BlkSnapshot, QueueSnapshot, StreamWriter};
 //!
-//! let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-//! let mut queue = Queue::new(256).unwrap();
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])?;
+//! let mut queue = Queue::new(256)?;
 //! queue.set_desc_table_address(Some(0x1000), Some(0));
 //! queue.set_avail_ring_address(Some(0x2000), Some(0));
 //! queue.set_used_ring_address(Some(0x3000), Some(0));
@@ -38,16 +39,18 @@
 //!     config: vec![0; 60],
 //!     queues: vec![QueueSnapshot { state: queue.state(), in_flight: vec![] }],
 //! };
-//! let device = snapshot.to_device(&memory).unwrap();
+//! let device = snapshot.to_device(&memory)?;
 //!
-//! let mut stream = StreamWriter::new(Vec::new(), &memory).unwrap();
-//! stream.ram_pass(&memory, None).unwrap();
-//! stream.device(&snapshot.idstr(), &device).unwrap();
-//! let bytes = stream.finish().unwrap();
+//! let mut stream = StreamWriter::new(Vec::new(), &memory)?;
+//! stream.ram_pass(&memory, None)?;
+//! stream.device(&snapshot.idstr(), &device)?;
+//! let bytes = stream.finish()?;
 //!
-//! let (sections, restored_memory) = vmstate::vmm::load_stream(&bytes).unwrap();
-//! let queues = restore_blk(&sections[0].device, &restored_memory, 256).unwrap();
+//! let (sections, restored_memory) = vmstate::vmm::load_stream(&bytes)?;
+//! let queues = restore_blk(&sections[0].device, &restored_memory, 256)?;
 //! assert_eq!(queues[0].queue.state(), queue.state());
+//! # Ok(())
+//! # }
 //! ```
 
 mod restore;
