@@ -7,6 +7,10 @@
 # usage: ./make-machine-corpus.sh            everything, then $OUT/MANIFEST.md
 #        ./make-machine-corpus.sh NAME ...   only these scenarios (then MANIFEST.md again)
 #        ./make-machine-corpus.sh --list     scenario names
+#        QEMU_VERSION=10.0 ./make-machine-corpus.sh --fetch-qemu BIN...
+#                    only unpack these emulators of that QEMU (as below) and print, one per
+#                    line, shell words to run them: BIN=path, then ENV=VAR=value and
+#                    DATA=dir (its -L folders); other suites run QEMU 10.0 through this
 # env:   QEMU_VERSION=7.2|10.0   which QEMU (default 7.2: Debian 12's, installed with apt;
 #                    10.0: bookworm-backports', unpacked into $WORK, see below)
 #        OUT=dir     streams + metadata (default: <repo>/target/machine-corpus, and
@@ -719,6 +723,17 @@ run_group() {  # LABEL NAME...
 # ------------------------------------------------------------------ main
 if [ "${1:-}" = --list ]; then printf '%s\n' $ALL; exit 0; fi
 if [ "${1:-}" = --one ]; then bpo_setup; run_one "$2"; exit 0; fi
+if [ "${1:-}" = --fetch-qemu ]; then
+    shift
+    [ "$QEMU_VERSION" != 7.2 ] || die "--fetch-qemu is for QEMU_VERSION=10.0 (7.2 is Debian's own)"
+    [ -n "${SKIP_INSTALL:-}" ] || fetch_bpo_qemu "$@"
+    bpo_setup
+    check_bpo_qemu "$@"
+    for b in "$@"; do echo "BIN=$BPO/root/usr/bin/$b"; done
+    for e in "${QENV[@]:1}"; do echo "ENV=$e"; done
+    for d in "${QDATA[@]}"; do [ "$d" = -L ] || echo "DATA=$d"; done
+    exit 0
+fi
 T0=$SECONDS
 [ $# -gt 0 ] || set -- $ALL
 for n in "$@"; do

@@ -51,7 +51,7 @@ pub mod machine;
 pub mod memory;
 pub mod note;
 mod pages;
-pub mod schema;
+pub mod subsection;
 pub mod stream;
 pub mod virtio;
 pub mod vmm;

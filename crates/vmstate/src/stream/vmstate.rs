@@ -10,7 +10,7 @@
 use super::description::{FieldDescription, VmsdDescription};
 use super::{Field, StructValue, Subsection, Value};
 use crate::error::{Error, ErrorKind, Result};
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// Types that analyze-migration.py reads as signed integers.
@@ -100,7 +100,7 @@ pub(crate) fn decode_struct_as(
 }
 
 /// Reads the subsections that follow a struct, as QEMU's loader detects them (see
-/// [`schema::next_subsection`]): `is_known` says which names the parent has, and `decode`
+/// [`subsection::next_subsection`]): `is_known` says which names the parent has, and `decode`
 /// reads the payload of each one found.
 pub(crate) fn read_subsections(
     r: &mut Reader,
@@ -110,8 +110,8 @@ pub(crate) fn read_subsections(
 ) -> Result<Vec<Subsection>> {
     let mut out = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection_if(r, parent, &is_known)? {
-        schema::first_time(&mut seen, &header)?;
+    while let Some(header) = subsection::next_subsection_if(r, parent, &is_known)? {
+        subsection::first_time(&mut seen, &header)?;
         let state = decode(header.name, r).map_err(|e| e.within(header.name))?;
         out.push(Subsection {
             offset: header.offset,
@@ -242,7 +242,7 @@ pub(crate) fn encode_struct(w: &mut Writer, value: &StructValue) -> Result<()> {
         encode_field(w, field).map_err(|e| e.within(&field.name))?;
     }
     for sub in &value.subsections {
-        schema::write_subsection_header(w, &sub.name, sub.version)?;
+        subsection::write_subsection_header(w, &sub.name, sub.version)?;
         encode_struct(w, &sub.state).map_err(|e| e.within(&sub.name))?;
     }
     Ok(())

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// Name of the device VMState.
@@ -54,9 +54,9 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
     let actual = r.u32(Endian::Big, "balloon.actual")?;
     let mut subsections = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
-        schema::first_time(&mut seen, &header)?;
-        schema::check_version(&header, 1)?;
+    while let Some(header) = subsection::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
+        subsection::first_time(&mut seen, &header)?;
+        subsection::check_version(&header, 1)?;
         let sub = match header.name {
             FREE_PAGE_REPORT => BalloonSubsection::FreePageReport {
                 version: header.version,
@@ -68,7 +68,7 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
                 poison_val: r.u32(Endian::Big, "poison_val")?,
             },
         };
-        schema::end_of_struct(r, header.name)?;
+        subsection::end_of_struct(r, header.name)?;
         subsections.push(sub);
     }
     Ok(BalloonState {
@@ -89,7 +89,7 @@ pub fn encode(state: &BalloonState, w: &mut Writer) -> Result<()> {
                 cmd_id,
                 status,
             } => {
-                schema::write_subsection_header(w, FREE_PAGE_REPORT, *version)?;
+                subsection::write_subsection_header(w, FREE_PAGE_REPORT, *version)?;
                 w.u32(Endian::Big, *cmd_id);
                 w.u32(Endian::Big, *status);
             }
@@ -97,7 +97,7 @@ pub fn encode(state: &BalloonState, w: &mut Writer) -> Result<()> {
                 version,
                 poison_val,
             } => {
-                schema::write_subsection_header(w, PAGE_POISON, *version)?;
+                subsection::write_subsection_header(w, PAGE_POISON, *version)?;
                 w.u32(Endian::Big, *poison_val);
             }
         }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::mmio;
 use super::transport::{TransportExtra, TransportKind};
 use crate::error::Result;
-use crate::schema::{self, SubsectionHeader};
+use crate::subsection::{self, SubsectionHeader};
 use crate::wire::{Endian, Reader, Writer};
 
 /// Entries of the per-queue arrays in the core subsections: QEMU's `VIRTIO_QUEUE_MAX`,
@@ -145,11 +145,11 @@ pub struct ModernQueue {
 pub fn decode(r: &mut Reader<'_>, transport: TransportKind) -> Result<Vec<CoreSubsection>> {
     let mut found = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection(r, VMSD, KNOWN)? {
-        schema::first_time(&mut seen, &header)?;
-        schema::check_version(&header, 1)?;
+    while let Some(header) = subsection::next_subsection(r, VMSD, KNOWN)? {
+        subsection::first_time(&mut seen, &header)?;
+        subsection::check_version(&header, 1)?;
         let state = decode_state(r, &header, transport).map_err(|e| e.within(header.name))?;
-        schema::end_of_struct(r, header.name)?;
+        subsection::end_of_struct(r, header.name)?;
         found.push(CoreSubsection {
             offset: header.offset,
             version: header.version,
@@ -230,7 +230,7 @@ fn per_queue<T>(
     let mut entries = Vec::with_capacity(VIRTIO_QUEUE_MAX);
     for index in 0..VIRTIO_QUEUE_MAX {
         let value = entry(r).map_err(|e| e.within(&format!("vq[{index}]")))?;
-        schema::end_of_struct(r, vmsd)?;
+        subsection::end_of_struct(r, vmsd)?;
         entries.push(value);
     }
     Ok(entries)
@@ -243,10 +243,10 @@ fn decode_extra_state(r: &mut Reader<'_>) -> Result<PciExtraState> {
         modern: None,
     };
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection(r, "virtio_pci", &["virtio_pci/modern_state"])?
+    while let Some(header) = subsection::next_subsection(r, "virtio_pci", &["virtio_pci/modern_state"])?
     {
-        schema::first_time(&mut seen, &header)?;
-        schema::check_version(&header, 1)?;
+        subsection::first_time(&mut seen, &header)?;
+        subsection::check_version(&header, 1)?;
         let mut words = || r.u32(Endian::Big, "modern_state");
         let (dfselect, gfselect, low, high) = (words()?, words()?, words()?, words()?);
         // Written by a custom function, not as a struct array: no peeks between queues.
@@ -260,7 +260,7 @@ fn decode_extra_state(r: &mut Reader<'_>) -> Result<PciExtraState> {
                 used: word_pair(r, "modern_state.used")?,
             });
         }
-        schema::end_of_struct(r, header.name)?;
+        subsection::end_of_struct(r, header.name)?;
         extra.modern_version = Some(header.version);
         extra.modern = Some(ModernState {
             dfselect,
@@ -280,7 +280,7 @@ pub(super) fn word_pair(r: &mut Reader<'_>, field: &str) -> Result<[u32; 2]> {
 /// Writes the core subsections back in the order they were read.
 pub fn encode(subsections: &[CoreSubsection], w: &mut Writer) -> Result<()> {
     for sub in subsections {
-        schema::write_subsection_header(w, sub.state.name(), sub.version)?;
+        subsection::write_subsection_header(w, sub.state.name(), sub.version)?;
         match &sub.state {
             CoreState::DeviceEndian(v)
             | CoreState::Broken(v)
@@ -312,7 +312,7 @@ pub fn encode(subsections: &[CoreSubsection], w: &mut Writer) -> Result<()> {
             }
             CoreState::ExtraState(TransportExtra::Pci(extra)) => {
                 if let (Some(version), Some(modern)) = (extra.modern_version, &extra.modern) {
-                    schema::write_subsection_header(w, "virtio_pci/modern_state", version)?;
+                    subsection::write_subsection_header(w, "virtio_pci/modern_state", version)?;
                     w.u32(Endian::Big, modern.dfselect);
                     w.u32(Endian::Big, modern.gfselect);
                     w.u32(Endian::Big, modern.guest_features[0]);

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::core::{word_pair, VIRTIO_QUEUE_MAX};
 use crate::error::Result;
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// The registers virtio-mmio saves before the virtio core's fields.
@@ -90,9 +90,9 @@ pub fn decode_extra_state(r: &mut Reader<'_>) -> Result<MmioExtraState> {
         state: None,
     };
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection(r, VMSD, &[STATE])? {
-        schema::first_time(&mut seen, &header)?;
-        schema::check_version(&header, 1)?;
+    while let Some(header) = subsection::next_subsection(r, VMSD, &[STATE])? {
+        subsection::first_time(&mut seen, &header)?;
+        subsection::check_version(&header, 1)?;
         let guest_features = word_pair(r, "guest_features")?;
         let mut queues = Vec::with_capacity(VIRTIO_QUEUE_MAX);
         for index in 0..VIRTIO_QUEUE_MAX {
@@ -106,10 +106,10 @@ pub fn decode_extra_state(r: &mut Reader<'_>) -> Result<MmioExtraState> {
                 })
             };
             let queue = read().map_err(|e| e.within(&format!("{STATE}.vqs[{index}]")))?;
-            schema::end_of_struct(r, QUEUE_VMSD)?;
+            subsection::end_of_struct(r, QUEUE_VMSD)?;
             queues.push(queue);
         }
-        schema::end_of_struct(r, STATE)?;
+        subsection::end_of_struct(r, STATE)?;
         extra.state_version = Some(header.version);
         extra.state = Some(MmioState {
             guest_features,
@@ -122,7 +122,7 @@ pub fn decode_extra_state(r: &mut Reader<'_>) -> Result<MmioExtraState> {
 /// Writes the `virtio_mmio` VMState back.
 pub fn encode_extra_state(extra: &MmioExtraState, w: &mut Writer) -> Result<()> {
     if let (Some(version), Some(state)) = (extra.state_version, &extra.state) {
-        schema::write_subsection_header(w, STATE, version)?;
+        subsection::write_subsection_header(w, STATE, version)?;
         for word in state.guest_features {
             w.u32(Endian::Big, word);
         }

@@ -49,7 +49,7 @@ pub use crate::hex::HexBytes;
 use crate::element::LayoutChoice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::note::Note;
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// A fact the stream does not state, and how the decoder settled it.
@@ -711,7 +711,7 @@ impl Common {
         let opens_core = |at: &usize| {
             let tail = rest.get(*at..).unwrap_or(&[]);
             tail.is_empty()
-                || (tail.first() == Some(&schema::SUBSECTION_MARKER)
+                || (tail.first() == Some(&subsection::SUBSECTION_MARKER)
                     && tail.get(2..9) == Some(b"virtio/".as_slice()))
         };
         let split = (0..=rest.len())

@@ -16,7 +16,7 @@ use super::framing::Reading;
 use super::{Assumptions, Inference};
 use crate::error::{Error, ErrorKind, Result};
 use crate::hex::HexBytes;
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// Name of the device VMState.
@@ -184,7 +184,7 @@ pub fn decode(
 ) -> Result<NetState> {
     let mac = MacAddr(r.array("net.mac")?);
     let tx_waiting = r.u32(Endian::Big, "net.vqs[0].tx_waiting")?;
-    schema::end_of_struct(r, "virtio-net-queue-tx_waiting")?;
+    subsection::end_of_struct(r, "virtio-net-queue-tx_waiting")?;
     let mergeable_rx_bufs = r.u32(Endian::Big, "net.mergeable_rx_bufs")?;
     let status = r.u16(Endian::Big, "net.status")?;
     let promisc = r.u8("net.promisc")?;
@@ -203,7 +203,7 @@ pub fn decode(
     };
     let vlans = HexBytes(r.bytes(VLAN_BYTES, "net.vlans")?.to_vec());
     let has_vnet_hdr = r.u32(Endian::Big, "net.has_vnet_hdr")?;
-    schema::end_of_struct(r, "virtio-net-vnet")?;
+    subsection::end_of_struct(r, "virtio-net-vnet")?;
     let multi_overflow = r.u8("net.mac_table.multi_overflow")?;
     let uni_overflow = r.u8("net.mac_table.uni_overflow")?;
     let alluni = r.u8("net.alluni")?;
@@ -211,22 +211,22 @@ pub fn decode(
     let nouni = r.u8("net.nouni")?;
     let nobcast = r.u8("net.nobcast")?;
     let has_ufo = r.u8("net.has_ufo")?;
-    schema::end_of_struct(r, "virtio-net-ufo")?;
+    subsection::end_of_struct(r, "virtio-net-ufo")?;
     let queue_pairs = match reading.queue_pairs {
         false => None,
         true => Some(decode_queue_pairs(r)?),
     };
-    schema::end_of_struct(r, "virtio-net-tx_waiting")?;
+    subsection::end_of_struct(r, "virtio-net-tx_waiting")?;
     let curr_guest_offloads = match guest_features_low & CTRL_GUEST_OFFLOADS {
         0 => None,
         _ => Some(r.u64(Endian::Big, "net.curr_guest_offloads")?),
     };
     let mut subsections = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = schema::next_subsection(r, VMSD, &[RSS])? {
-        schema::first_time(&mut seen, &header)?;
+    while let Some(header) = subsection::next_subsection(r, VMSD, &[RSS])? {
+        subsection::first_time(&mut seen, &header)?;
         let rss = decode_rss(r, &header).map_err(|e| e.within(header.name))?;
-        schema::end_of_struct(r, header.name)?;
+        subsection::end_of_struct(r, header.name)?;
         subsections.push(NetSubsection::Rss(rss));
     }
     Ok(NetState {
@@ -285,7 +285,7 @@ fn decode_queue_pairs(r: &mut Reader<'_>) -> Result<NetQueuePairs> {
     for k in 0..more {
         let path = format!("net.vqs[{}].tx_waiting", k.saturating_add(1));
         tx_waiting.push(r.u32(Endian::Big, &path)?);
-        schema::end_of_struct(r, "virtio-net-queue-tx_waiting")?;
+        subsection::end_of_struct(r, "virtio-net-queue-tx_waiting")?;
     }
     Ok(NetQueuePairs {
         max,
@@ -294,9 +294,9 @@ fn decode_queue_pairs(r: &mut Reader<'_>) -> Result<NetQueuePairs> {
     })
 }
 
-fn decode_rss(r: &mut Reader<'_>, header: &schema::SubsectionHeader<'_>) -> Result<RssState> {
+fn decode_rss(r: &mut Reader<'_>, header: &subsection::SubsectionHeader<'_>) -> Result<RssState> {
     if header.version != 1 && header.version != 2 {
-        schema::check_version(header, 1)?;
+        subsection::check_version(header, 1)?;
     }
     let enabled = r.u8("enabled")?;
     let redirect = r.u8("redirect")?;
@@ -410,7 +410,7 @@ pub fn encode(net: &NetState, w: &mut Writer) -> Result<()> {
     }
     for sub in &net.subsections {
         let NetSubsection::Rss(rss) = sub;
-        schema::write_subsection_header(w, RSS, rss.version)?;
+        subsection::write_subsection_header(w, RSS, rss.version)?;
         w.u8(rss.enabled);
         w.u8(rss.redirect);
         w.u8(rss.populate_hash);

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{HexBytes, Inference};
 use crate::error::{ErrorKind, Result};
-use crate::schema;
+use crate::subsection;
 use crate::wire::{Endian, Reader, Writer};
 
 /// Bytes of config space of a conventional PCI function.
@@ -198,7 +198,7 @@ impl PciTransport {
                 ));
             }
         }
-        schema::end_of_struct(r, Self::vmsd_name(shape.express))?;
+        subsection::end_of_struct(r, Self::vmsd_name(shape.express))?;
 
         let msix = match (shape.msix_vectors, shape.msix_capability) {
             (0, _) | (_, None) => {
