@@ -525,11 +525,12 @@ class Suite(Vmstate):
         log("source %s: %s request(s) in flight per queue, %d bytes" % (name, facts["held_per_queue"], facts["stream_bytes"]))
         return stream, facts
 
-    def destination(self, folder, src, incoming, expect, expect_error=None):
+    def destination(self, folder, src, incoming, expect, expect_error=None, host=None):
         """Loads `incoming` into a fresh QEMU with the same devices and a plain disk; when it
         loads, resumes the guest and checks that every write completes (`expect`: COMPLETES),
         or that QEMU refuses the stream (REFUSED, exiting with `expect_error`), or that the
-        guest never finishes (STUCK: requests were lost)."""
+        guest never finishes (STUCK: requests were lost). `host`: another QEMU build to load
+        it with (default: the system's)."""
         os.makedirs(folder, exist_ok=True)
         img = self.disk(folder)
         args = self.base_args(src) + [
@@ -537,7 +538,7 @@ class Suite(Vmstate):
             "-blockdev", "driver=raw,file=bf0,node-name=bd0"] + self.disk_device(src) + [
             "-incoming", incoming]
         r = {"loaded": False}
-        q = Qemu(folder, args, backend=SCSI if src.get("scsi") else BLK)
+        q = Qemu(folder, args, host, backend=SCSI if src.get("scsi") else BLK)
         try:
             q.load_and_resume(r, 90, STUCK_WAIT if expect == STUCK else 180, [DONE, FAILED])
         finally:

@@ -43,6 +43,12 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Check the virtio device state of a stream: exit 0 clean, 1 with findings.
     Check(commands::check::CheckArgs),
+    /// The VMState descriptions of a stream or a -dump-vmstate file: a tree, or --json in
+    /// the shape of -dump-vmstate (virtio state shown as the layout inside its one field).
+    Schema(commands::schema::SchemaArgs),
+    /// Will DST load what SRC sends? Each a stream or a -dump-vmstate file: exit 0
+    /// compatible, 1 with every problem listed (for a stream, QEMU's message for each).
+    Compat(commands::compat::CompatArgs),
     /// Change decoded virtio device fields and write the stream from the typed state.
     Edit(commands::edit::EditArgs),
     /// Guest RAM: `extract` writes it out by RAM block, by guest-physical address, or as an
@@ -66,6 +72,8 @@ fn main() -> ExitCode {
         Command::Convert(args) => commands::convert::run(args),
         Command::Edit(args) => commands::edit::run(args),
         Command::Check(args) => commands::check::run(args),
+        Command::Schema(args) => commands::schema::run(args),
+        Command::Compat(args) => commands::compat::run(args),
         Command::Ram(command) => commands::ram::run(command),
     };
     match result {

@@ -157,6 +157,11 @@ pub enum ErrorKind {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `-dump-vmstate` file is malformed.
+    BadSchema {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A RAM record is invalid (unknown flags, unknown block, offset outside its block, ...).
     BadRamRecord {
         /// What is wrong with it.
@@ -305,6 +310,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::BadDescription { reason } => {
                 write!(f, "bad stream description (vmdesc): {reason}")
             }
+            ErrorKind::BadSchema { reason } => write!(f, "bad -dump-vmstate file: {reason}"),
             ErrorKind::BadRamRecord { reason } => write!(f, "bad RAM record: {reason}"),
             ErrorKind::EmptyString => f.write_str("empty name (length 0)"),
             ErrorKind::NotUtf8 => f.write_str("name is not UTF-8"),

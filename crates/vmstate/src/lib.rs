@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod compat;
 pub mod devices;
 pub mod element;
 pub mod envelope;
@@ -51,8 +52,9 @@ pub mod machine;
 pub mod memory;
 pub mod note;
 mod pages;
-pub mod subsection;
+pub mod schema;
 pub mod stream;
+pub mod subsection;
 pub mod virtio;
 pub mod vmm;
 pub mod vmsd;

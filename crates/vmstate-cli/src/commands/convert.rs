@@ -1,21 +1,24 @@
 //! `vmstate convert`: read a migration stream and write it back.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::collections::HashSet;
 
 use clap::Args;
 use vmstate::check;
+use vmstate::compat::{self, Problem, ProblemKind, Release};
 use vmstate::devices;
 use vmstate::element::Layout;
 use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
+use super::compat::release_of;
 use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
-use crate::io::{convert_flowing, write_stream, Input, Opened};
-use crate::outcome::{Failure, Outcome};
+use super::schema::load_side;
+use crate::io::{convert_flowing, write_output, write_stream, Input, Opened};
+use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
 /// What `convert` writes, when not what it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -139,6 +142,20 @@ pub struct ConvertArgs {
     /// read (implied by the options above that change device state).
     #[arg(long)]
     reencode: bool,
+    /// Rewrite the stream for the destination this -dump-vmstate file (or stream) describes,
+    /// where no state is lost: commands it does not know that carry no state are dropped,
+    /// the machine type renamed to its own, section versions lowered when every field sent
+    /// is one that version reads. Anything else it would refuse is refused here (exit 1),
+    /// naming the field; every change is listed on stderr.
+    #[arg(long, value_name = "DST")]
+    target: Option<PathBuf>,
+    /// With --target: the destination's QEMU release (X.Y), instead of the one inferred
+    /// from its schema.
+    #[arg(long, value_name = "X.Y", requires = "target")]
+    dst_version: Option<Release>,
+    /// With --target: print the changes as JSON on standard output (OUT must be a file).
+    #[arg(long, requires = "target")]
+    json: bool,
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]
@@ -182,7 +199,14 @@ impl ConvertArgs {
 pub fn run(args: ConvertArgs) -> Outcome {
     let shown = args.input.display().to_string();
     let drops_pages = args.strip_ram || matches!(args.ram, Some(RamPages::None | RamPages::Rings));
-    let flows = !drops_pages && args.ram_layout != Some(RamLayoutArg::MappedRam);
+    if args.json && args.output == Path::new("-") {
+        return Err(Failure::unreadable(
+            "--json prints the changes on standard output: write the stream to a file",
+        ));
+    }
+    // The configuration section, first in the stream, may change: read it all first.
+    let flows =
+        !drops_pages && args.ram_layout != Some(RamLayoutArg::MappedRam) && args.target.is_none();
     let snapshot = args.source.snapshot.as_deref();
     let bytes = if flows {
         match Input::open_flowing(&args.input, snapshot)? {
@@ -220,12 +244,83 @@ pub fn run(args: ConvertArgs) -> Outcome {
         _ => {}
     }
     store_devices(&mut loaded.stream, &args, &shown)?;
+    if let Some(target) = &args.target {
+        retarget(&mut loaded.stream, target, &args, &shown)?;
+    }
     let image = match args.to {
         Some(To::Stream) => None,
         None => loaded.bytes.envelope.libvirt_image(),
     };
     let layout = args.ram_layout.map_or(RamLayout::AsRead, RamLayout::from);
     write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)
+}
+
+/// Rewrites the stream for the destination `target` describes, listing every change on
+/// stderr (and as JSON on stdout with --json); refusals end the command with exit 1.
+fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str) -> Outcome {
+    let dst = load_side(target, &SourceArgs::default(), &DeviceArgs::default())?;
+    let release = release_of(&dst, args.dst_version);
+    eprintln!(
+        "target: {} ({}); {}",
+        target.display(),
+        dst.kind(),
+        release.how
+    );
+    let devices = args.devices.decode(stream, shown)?;
+    match compat::retarget(stream, &devices, dst.schema(), release.release) {
+        Ok(changes) => {
+            for change in &changes {
+                eprintln!("changed: {}: {}", change.section, change.message);
+            }
+            if changes.is_empty() {
+                eprintln!("changed: nothing: the destination loads the stream as it is");
+            }
+            if args.json {
+                let mut text = serde_json::to_string_pretty(&serde_json::json!({
+                    "target": target.display().to_string(),
+                    "release": release,
+                    "changes": changes,
+                }))
+                .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+                text.push('\n');
+                write_output(Path::new("-"), text.as_bytes())?;
+            }
+            Ok(())
+        }
+        Err(refused) => {
+            for problem in &refused {
+                eprintln!("refused: {problem}{}", flag_hint(problem));
+            }
+            if args.json {
+                let mut text = serde_json::to_string_pretty(&serde_json::json!({
+                    "target": target.display().to_string(),
+                    "release": release,
+                    "refused": refused,
+                }))
+                .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+                text.push('\n');
+                write_output(Path::new("-"), text.as_bytes())?;
+            }
+            Err(Failure {
+                code: INVALID_STATE,
+                message: format!(
+                    "{shown}: {} problem(s) cannot be rewritten for {} without losing state; \
+                     nothing written",
+                    refused.len(),
+                    target.display()
+                ),
+            })
+        }
+    }
+}
+
+/// The option that rewrites what a refusal names, where one does.
+fn flag_hint(problem: &Problem) -> &'static str {
+    if problem.kind == ProblemKind::VirtioInternals && problem.field.as_deref() == Some("ndescs") {
+        " (--packed-ndescs-after)"
+    } else {
+        ""
+    }
 }
 
 /// Writes every virtio device (and virtio-scsi's requests) back from its typed state, as

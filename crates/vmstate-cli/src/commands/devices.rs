@@ -15,7 +15,7 @@ use vmstate::virtio::{
 use crate::outcome::Failure;
 
 /// Options for decoding virtio device state.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct DeviceArgs {
     /// State a device property the stream does not carry, as SECTION:PROPERTY=VALUE with
     /// PROPERTY num-queues=N or packed=on|off, e.g. 0000:00:01.0/virtio-blk:num-queues=2

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod compat;
 pub mod convert;
 pub mod devices;
 pub mod dump;
@@ -8,3 +9,4 @@ pub mod edit;
 pub mod element;
 pub mod memory;
 pub mod ram;
+pub mod schema;

@@ -226,6 +226,28 @@ pub fn set_field_size(
     Ok(render_like_qemu(&root).into_bytes())
 }
 
+/// Sets the size of the configuration section's machine name (`name`) in the JSON text of a
+/// description, for a stream whose machine type was renamed, and renders the text again as
+/// QEMU writes it. A description without the configuration section is given back as it is.
+pub fn set_configuration_name_size(json: &[u8], size: u64) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::new(ErrorKind::BadDescription { reason }, 0, "vmdescription");
+    let mut root: Json = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let Some(fields) = root
+        .get_mut("configuration")
+        .and_then(|c| c.get_mut("fields"))
+        .and_then(Json::as_array_mut)
+    else {
+        return Ok(json.to_vec());
+    };
+    let name = fields
+        .iter_mut()
+        .find(|f| f.get("name").and_then(Json::as_str) == Some("name"))
+        .and_then(Json::as_object_mut)
+        .ok_or_else(|| bad("the configuration has no \"name\" field".to_owned()))?;
+    name.insert("size".to_owned(), Json::from(size));
+    Ok(render_like_qemu(&root).into_bytes())
+}
+
 /// Describes the configuration section's `configuration/capabilities` subsection in the
 /// JSON text of a description as the stream now carries it: listing `capabilities`, or
 /// gone when they are none, and renders the text again as QEMU writes it. A description

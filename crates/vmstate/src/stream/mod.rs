@@ -35,8 +35,8 @@ use serde::Serialize;
 pub use container::{read, read_in_file, read_with_progress};
 pub(crate) use container::{TYPE_CONFIGURATION, TYPE_EOF, TYPE_FOOTER, TYPE_VMDESCRIPTION};
 pub use description::{
-    render_like_qemu, set_field_size, Description, DeviceDescription, FieldDescription,
-    VmsdDescription,
+    render_like_qemu, set_configuration_name_size, set_field_size, Description, DeviceDescription,
+    FieldDescription, VmsdDescription,
 };
 pub use gzip::{decompress_if_gzip, gunzip, is_gzip};
 pub use iterative::{read as read_iterative, IterativeFormat, IterativePayload};

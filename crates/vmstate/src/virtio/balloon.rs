@@ -54,7 +54,8 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
     let actual = r.u32(Endian::Big, "balloon.actual")?;
     let mut subsections = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = subsection::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
+    while let Some(header) = subsection::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])?
+    {
         subsection::first_time(&mut seen, &header)?;
         subsection::check_version(&header, 1)?;
         let sub = match header.name {

@@ -16,7 +16,7 @@ pub const VIRTIO_QUEUE_MAX: usize = 1024;
 pub const VMSD: &str = "virtio";
 
 /// Every subsection the `virtio` VMState has, in the order QEMU writes them.
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "virtio/device_endian",
     "virtio/128bit_features",
     "virtio/64bit_features",
@@ -243,7 +243,8 @@ fn decode_extra_state(r: &mut Reader<'_>) -> Result<PciExtraState> {
         modern: None,
     };
     let mut seen = Vec::new();
-    while let Some(header) = subsection::next_subsection(r, "virtio_pci", &["virtio_pci/modern_state"])?
+    while let Some(header) =
+        subsection::next_subsection(r, "virtio_pci", &["virtio_pci/modern_state"])?
     {
         subsection::first_time(&mut seen, &header)?;
         subsection::check_version(&header, 1)?;

@@ -29,6 +29,7 @@ mod transport;
 pub use self::balloon::{BalloonState, BalloonSubsection};
 pub use self::blk::{BlkRequest, BlkState};
 pub use self::ccw::CcwTransport;
+pub(crate) use self::core::KNOWN as CORE_SUBSECTIONS;
 pub use self::core::{
     CoreState, CoreSubsection, ModernQueue, ModernState, PackedQueueState, PciExtraState,
     RingAddresses, VIRTIO_QUEUE_MAX,

@@ -73,7 +73,11 @@ impl<W: Write> StreamWriter<W> {
         w.buf.u8(TYPE_CONFIGURATION);
         w.buf.u32(Endian::Big, MACHINE.len() as u32);
         w.buf.bytes(MACHINE.as_bytes());
-        crate::subsection::write_subsection_header(&mut w.buf, "configuration/target-page-bits", 1)?;
+        crate::subsection::write_subsection_header(
+            &mut w.buf,
+            "configuration/target-page-bits",
+            1,
+        )?;
         w.buf.u32(Endian::Big, PAGE_SIZE.trailing_zeros());
 
         section_header(

@@ -1,0 +1,215 @@
+//! `vmstate schema`, `vmstate compat` and `vmstate convert --target` on bundled streams and
+//! QEMU's -dump-vmstate files of 7.2 and 10.0 (tests/fixtures/schemas).
+
+mod cli;
+#[path = "../../vmstate/tests/support/mod.rs"]
+mod support;
+
+use cli::run;
+use serde_json::Value;
+
+fn fixture(p: &str) -> String {
+    support::fixture(p).display().to_string()
+}
+
+const STREAM_10: &str = "streams/qemu10.0-noos-q35-alldev.mig.gz";
+const SCHEMA_72: &str = "schemas/qemu7.2-pc-q35-7.2.json.gz";
+const SCHEMA_10: &str = "schemas/qemu10.0-pc-q35-10.0.json.gz";
+
+fn compat_json(src: &str, dst: &str) -> (i32, Value) {
+    let out = run(&["compat", "--json", src, dst], None);
+    let report = serde_json::from_slice(&out.stdout).expect("compat --json prints JSON");
+    (out.status.code().unwrap_or(-1), report)
+}
+
+#[test]
+fn a_stream_of_10_0_against_7_2_has_exactly_the_two_refusals_qemu_7_2_prints() {
+    let (code, report) = compat_json(&fixture(STREAM_10), &fixture(SCHEMA_72));
+    assert_eq!(code, 1);
+    assert_eq!(report["destination"]["release"]["release"], "7.2");
+    assert_eq!(report["destination"]["release"]["certainty"], "exact");
+    let messages: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["qemu_message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Machine type received is 'pc-q35-10.0' and local is 'pc-q35-7.2'",
+            "MIG_CMD 0xb unknown (len 0x0)"
+        ]
+    );
+    // Against its own release it is compatible.
+    let (code, report) = compat_json(&fixture(STREAM_10), &fixture(SCHEMA_10));
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["compatible"], true);
+}
+
+#[test]
+fn the_dst_version_overrides_the_inferred_release() {
+    let out = run(
+        &[
+            "compat",
+            "--json",
+            "--dst-version",
+            "10.0",
+            &fixture(STREAM_10),
+            &fixture(SCHEMA_72),
+        ],
+        None,
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["destination"]["release"]["certainty"], "stated");
+    // Stated as 10.0, the destination knows SWITCHOVER_START: only the machine type remains.
+    assert_eq!(report["problems"].as_array().unwrap().len(), 1);
+}
+
+/// Every line of QEMU's vmstate-static-checker.py (7.2's script) on the pair is a problem
+/// `compat` reports too.
+#[test]
+fn compat_reports_every_problem_the_static_checker_reports_on_10_0_to_7_2() {
+    let (code, report) = compat_json(
+        &fixture("schemas/qemu10.0-pc-q35-7.2.json.gz"),
+        &fixture(SCHEMA_72),
+    );
+    assert_eq!(code, 1);
+    let problems = report["problems"].as_array().unwrap();
+    let checker = std::fs::read_to_string(support::fixture(
+        "schemas/checker-qemu10.0-pc-q35-7.2-to-qemu7.2-pc-q35-7.2.txt",
+    ))
+    .unwrap();
+    let quoted = |line: &str| -> Vec<String> {
+        line.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut matched = 0;
+    for line in checker.lines() {
+        let q = quoted(line);
+        let section = &q[0];
+        let has = |kind: &str, pred: &dyn Fn(&Value) -> bool| {
+            problems
+                .iter()
+                .any(|p| p["section"] == section.as_str() && p["kind"] == kind && pred(p))
+        };
+        let found = if line.ends_with("does not exist in dest") {
+            has("section-missing", &|_| true)
+        } else if line.contains("expected field") {
+            // The checker skips `unused` fields of one side only, so where they differ it
+            // names fields further on (e1000e): the mismatch is in the same description.
+            problems.iter().any(|p| {
+                p["section"] == section.as_str()
+                    && p["description"] == q[1].as_str()
+                    && p["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("expected field")
+            })
+        } else if line.contains("Entry \"Subsections\" missing") {
+            has("subsection-missing", &|p| p["description"] == q[1].as_str())
+        } else if line.contains("Subsection") {
+            has("subsection-missing", &|p| p["field"] == q[2].as_str())
+        } else if line.contains("Entry \"Fields\" missing") {
+            has("fields-missing", &|p| p["description"] == q[1].as_str())
+        } else if let Some(v) = line.split("version error: ").nth(1) {
+            has("version-too-new", &|p| {
+                p["message"].as_str().unwrap_or("").contains(v)
+            })
+        } else {
+            panic!("checker line not understood: {line}");
+        };
+        assert!(found, "not reported: {line}");
+        matched += 1;
+    }
+    assert_eq!(matched, 39);
+    // ... and the ones it skips after the first mismatch of a description.
+    assert!(problems.len() > 39, "{}", problems.len());
+}
+
+#[test]
+fn schema_prints_a_tree_and_dump_vmstate_json_with_the_virtio_layout() {
+    let out = cli::ok(&["schema", &fixture(SCHEMA_72)]);
+    let tree = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        tree.starts_with("schema of a -dump-vmstate file: machine pc-q35-7.2"),
+        "{tree}"
+    );
+    assert!(tree.contains("virtio-blk-device version 2 (loads 2..=2): virtio-blk"));
+    let out = cli::ok(&["schema", "--json", &fixture(STREAM_10)]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["vmschkmachine"]["Name"], "pc-q35-10.0");
+    let blk = json
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("/virtio-blk"))
+        .map(|(_, v)| v)
+        .expect("a virtio-blk section");
+    let virtio = &blk["Description"]["Fields"][0];
+    assert_eq!(virtio["field"], "virtio");
+    assert_eq!(virtio["Description"]["name"], "virtio");
+    assert_eq!(virtio["Description"]["Fields"][0]["field"], "transport");
+}
+
+#[test]
+fn convert_target_rewrites_what_loses_nothing_and_refuses_the_rest() {
+    let out_path = cli::tmp("convert_target", "for-7.2.mig");
+    let out = cli::ok(&[
+        "convert",
+        "--target",
+        &fixture(SCHEMA_72),
+        &fixture(STREAM_10),
+        out_path.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("machine type pc-q35-10.0 renamed pc-q35-7.2"),
+        "{said}"
+    );
+    assert!(said.contains("command SWITCHOVER_START dropped"), "{said}");
+    let (code, report) = compat_json(out_path.to_str().unwrap(), &fixture(SCHEMA_72));
+    assert_eq!(code, 0, "{report}");
+    // A capability 7.2 does not know cannot be rewritten away: refused, nothing written.
+    let mapped = cli::tmp("convert_target", "mapped.mig");
+    cli::ok(&[
+        "convert",
+        "--ram-layout",
+        "mapped-ram",
+        &fixture(STREAM_10),
+        mapped.to_str().unwrap(),
+    ]);
+    let refused_path = cli::tmp("convert_target", "refused.mig");
+    let out = run(
+        &[
+            "convert",
+            "--target",
+            &fixture(SCHEMA_72),
+            mapped.to_str().unwrap(),
+            refused_path.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Received unknown capability mapped-ram"),
+        "{said}"
+    );
+    assert!(!refused_path.exists());
+}
+
+#[test]
+fn unreadable_schemas_exit_2() {
+    let bad = cli::tmp("compat_bad", "bad.json");
+    std::fs::write(&bad, "{\"x\": {\"Name\": \"x\"}}").unwrap();
+    let out = run(
+        &["compat", &fixture(STREAM_10), bad.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("version_id"));
+}

@@ -1,0 +1,580 @@
+//! A stream against a destination: everything the destination would refuse, in stream order,
+//! with the message QEMU prints for each.
+
+use super::release::{
+    knows_capability, knows_command, knows_virtio_subsection, machine_release, Release,
+};
+use super::{Problem, ProblemKind};
+use crate::schema::{virtio::VIRTIO_TYPE, Description, Field, Origin, Schema, SectionSchema};
+use crate::stream::Stream;
+
+/// Sections that QEMU registers without a device class VMState, which no `-dump-vmstate`
+/// file lists: their versions and fields cannot be checked against one.
+pub const NOT_IN_DUMPS: &[&str] = &[
+    "ram",
+    "block",
+    "dirty-bitmap",
+    "cpu",
+    "cpu_common",
+    "apic",
+    "kvm-apic",
+    "timer",
+    "globalstate",
+    "kvmclock",
+    "slirp",
+    "spapr",
+    "s390-storage_attributes",
+    "spapr/htab",
+    "PCIBUS",
+    "i2c_bus",
+    "acpi_build",
+    // PIIX IDE: QEMU 7.2 registered it without its class (10.0 dumps list `piix3-ide`).
+    "ide",
+];
+
+/// What [`check_stream`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamCheck {
+    /// Everything the destination refuses or misreads, in stream order.
+    pub problems: Vec<Problem>,
+    /// What could not be checked, and why.
+    pub unchecked: Vec<String>,
+}
+
+/// Compares what `stream` carries (`carried`, its [`Schema::from_stream`]) with the
+/// destination `dst`, a `-dump-vmstate` file or another stream, of QEMU `release` when known.
+pub fn check_stream(
+    stream: &Stream,
+    carried: &Schema,
+    dst: &Schema,
+    release: Option<Release>,
+) -> StreamCheck {
+    let mut check = StreamCheck::default();
+    configuration(&mut check, stream, dst, release);
+    commands(&mut check, stream, release);
+    let mut not_described = Vec::new();
+    for section in carried
+        .sections
+        .iter()
+        .filter(|s| s.name != "configuration")
+    {
+        match section.description.as_ref() {
+            Some(desc) => match best_match(dst, section, desc, release) {
+                Some(found) => check.problems.extend(found),
+                None if dst.origin == Origin::Dump
+                    && NOT_IN_DUMPS.contains(&desc.name.as_str()) =>
+                {
+                    not_described.push(section.name.clone());
+                }
+                None => check.problems.push(
+                    Problem::new(
+                        ProblemKind::SectionMissing,
+                        &section.name,
+                        format!(
+                            "the destination has no section of this kind ({}, instance {})",
+                            desc.name,
+                            section.instance_id.unwrap_or(0)
+                        ),
+                    )
+                    .qemu(format!(
+                        "Unknown savevm section or instance '{}' {}. Make sure that your current \
+                         VM setup matches your saved VM setup, including any hotplugged devices",
+                        section.name,
+                        section.instance_id.unwrap_or(0)
+                    ))
+                    .at(section.offset),
+                ),
+            },
+            None if dst.origin == Origin::Stream && dst.section(&section.name).is_none() => {
+                check.problems.push(
+                    Problem::new(
+                        ProblemKind::SectionMissing,
+                        &section.name,
+                        "the destination stream has no such section".to_owned(),
+                    )
+                    .at(section.offset),
+                );
+            }
+            None => not_described.push(section.name.clone()),
+        }
+    }
+    if !not_described.is_empty() {
+        check.unchecked.push(format!(
+            "sections no -dump-vmstate file describes (registered without a device class), \
+             not checked: {}",
+            not_described.join(", ")
+        ));
+    }
+    check.problems.sort_by_key(|p| p.offset.unwrap_or(u64::MAX));
+    check
+}
+
+fn configuration(check: &mut StreamCheck, stream: &Stream, dst: &Schema, release: Option<Release>) {
+    let Some(config) = stream.configuration() else {
+        return;
+    };
+    let offset = Some(config.span.offset);
+    let machine = &config.machine;
+    match &dst.machine {
+        Some(local) if local != machine => {
+            let mut message =
+                format!("the stream is of machine {machine}, the destination runs {local}");
+            if let (Some(r), Some(m)) = (release, machine_release(machine)) {
+                if m > r {
+                    message.push_str(&format!(" (QEMU {r} has no machine {machine})"));
+                }
+            }
+            check.problems.push(
+                Problem::new(ProblemKind::MachineType, "configuration", message)
+                    .on("name")
+                    .qemu(format!(
+                        "Machine type received is '{machine}' and local is '{local}'"
+                    ))
+                    .at(offset),
+            );
+        }
+        Some(_) => {}
+        None => check
+            .unchecked
+            .push("the destination names no machine type: the stream's was not checked".to_owned()),
+    }
+    for capability in config.capabilities() {
+        let known = release.and_then(|r| knows_capability(r, capability));
+        let problem = match known {
+            Some(false) => Problem::new(
+                ProblemKind::Capability,
+                "configuration",
+                format!(
+                    "the stream needs capability {capability}, which QEMU {} does not have",
+                    release.map(|r| r.to_string()).unwrap_or_default()
+                ),
+            )
+            .qemu(format!("Received unknown capability {capability}")),
+            _ => Problem::new(
+                ProblemKind::Capability,
+                "configuration",
+                format!(
+                    "the stream was written with capability {capability} on: the destination \
+                     must turn it on before the stream arrives"
+                ),
+            )
+            .qemu(format!(
+                "Capability {capability} is off, but received capability is on"
+            )),
+        };
+        check.problems.push(problem.on("capabilities").at(offset));
+    }
+}
+
+fn commands(check: &mut StreamCheck, stream: &Stream, release: Option<Release>) {
+    let Some(release) = release else {
+        if !stream.commands().is_empty() {
+            check.unchecked.push(
+                "the destination's QEMU release is not known: the stream's commands were not \
+                 checked"
+                    .to_owned(),
+            );
+        }
+        return;
+    };
+    for command in stream.commands() {
+        if knows_command(release, command.number) == Some(false) {
+            check.problems.push(
+                Problem::new(
+                    ProblemKind::UnknownCommand,
+                    "commands",
+                    format!(
+                        "command {} (0x{:x}) is not known to QEMU {release}",
+                        command.name, command.number
+                    ),
+                )
+                .on(command.name)
+                .qemu(format!(
+                    "MIG_CMD 0x{:x} unknown (len 0x{:x})",
+                    command.number,
+                    command.payload.len()
+                ))
+                .at(Some(command.span.offset)),
+            );
+        }
+    }
+}
+
+/// The problems of `section` against the destination's section of its kind: of a dump's
+/// classes with its description (several classes share one, `serial` and `isa-serial`), the
+/// one that fits it best. `None` when the destination has none.
+fn best_match(
+    dst: &Schema,
+    section: &SectionSchema,
+    desc: &Description,
+    release: Option<Release>,
+) -> Option<Vec<Problem>> {
+    let candidates: Vec<&SectionSchema> = match dst.origin {
+        Origin::Stream => dst.section(&section.name).into_iter().collect(),
+        Origin::Dump => dst.sections_of(&desc.name).collect(),
+    };
+    candidates
+        .into_iter()
+        .map(|target| {
+            let mut found = Vec::new();
+            compare_section(&mut found, section, desc, target, release);
+            found
+        })
+        .min_by_key(Vec::len)
+}
+
+/// QEMU's message when loading a section's state fails inside it.
+fn load_error(section: &SectionSchema) -> String {
+    format!(
+        "error while loading state for instance 0x{:x} of device '{}'",
+        section.instance_id.unwrap_or(0),
+        section.name
+    )
+}
+
+fn compare_section(
+    out: &mut Vec<Problem>,
+    section: &SectionSchema,
+    desc: &Description,
+    target: &SectionSchema,
+    release: Option<Release>,
+) {
+    let version = section.version_id;
+    if version > target.version_id {
+        out.push(
+            Problem::new(
+                ProblemKind::VersionTooNew,
+                &section.name,
+                format!(
+                    "version {version}, the destination loads up to {}",
+                    target.version_id
+                ),
+            )
+            .in_description(&desc.name)
+            .qemu(format!(
+                "savevm: unsupported version {version} for '{}' v{}",
+                section.name, target.version_id
+            ))
+            .at(section.offset),
+        );
+        return;
+    }
+    if let Some(min) = target.minimum_version_id.filter(|m| version < *m) {
+        out.push(
+            Problem::new(
+                ProblemKind::VersionTooOld,
+                &section.name,
+                format!("version {version}, the destination loads {min} and up"),
+            )
+            .in_description(&desc.name)
+            .qemu(format!(
+                "{}: incoming version_id {version} is too old for local minimum version_id  {min}",
+                desc.name
+            ))
+            .at(section.offset),
+        );
+        return;
+    }
+    let Some(dst_desc) = &target.description else {
+        return;
+    };
+    let context = Context {
+        section,
+        release,
+        qemu: load_error(section),
+    };
+    context.description(out, desc, dst_desc, version);
+}
+
+struct Context<'a> {
+    section: &'a SectionSchema,
+    release: Option<Release>,
+    qemu: String,
+}
+
+impl Context<'_> {
+    fn problem(&self, kind: ProblemKind, desc: &str, field: &str, message: String) -> Problem {
+        Problem::new(kind, &self.section.name, message)
+            .in_description(desc)
+            .on(field)
+    }
+
+    /// One struct as sent against the destination's description of it, loaded at `version`.
+    fn description(
+        &self,
+        out: &mut Vec<Problem>,
+        sent: &Description,
+        dst: &Description,
+        version: u32,
+    ) {
+        let read: Vec<&Field> = dst
+            .fields
+            .iter()
+            .filter(|f| f.version_id <= version)
+            .collect();
+        self.fields(out, sent, &sent.fields.iter().collect::<Vec<_>>(), &read);
+        for sub in &sent.subsections {
+            let Some(known) = dst.subsection(&sub.name) else {
+                out.push(
+                    self.problem(
+                        ProblemKind::SubsectionMissing,
+                        &sent.name,
+                        &sub.name,
+                        format!(
+                            "the stream carries subsection {}, which the destination does not know",
+                            sub.name
+                        ),
+                    )
+                    .qemu(self.qemu.clone())
+                    .at(sub.offset),
+                );
+                continue;
+            };
+            let sub_version = sub.version_id.unwrap_or(0);
+            if let Some(v) = known.version_id.filter(|v| sub_version > *v) {
+                out.push(
+                    self.problem(
+                        ProblemKind::VersionTooNew,
+                        &sub.name,
+                        &sub.name,
+                        format!(
+                            "subsection version {sub_version}, the destination loads up to {v}"
+                        ),
+                    )
+                    .qemu(format!(
+                        "{}: incoming version_id {sub_version} is too new for local version_id {v}",
+                        sub.name
+                    ))
+                    .at(sub.offset),
+                );
+                continue;
+            }
+            if let Some(m) = known.minimum_version_id.filter(|m| sub_version < *m) {
+                out.push(
+                    self.problem(
+                        ProblemKind::VersionTooOld,
+                        &sub.name,
+                        &sub.name,
+                        format!("subsection version {sub_version}, the destination loads {m} and up"),
+                    )
+                    .qemu(format!(
+                        "{}: incoming version_id {sub_version} is too old for local minimum version_id  {m}",
+                        sub.name
+                    ))
+                    .at(sub.offset),
+                );
+                continue;
+            }
+            self.description(out, sub, known, sub_version);
+        }
+    }
+
+    /// The fields as sent against the ones the destination reads. Names do not travel: a
+    /// field renamed with the same size in the same place is no problem.
+    fn fields(&self, out: &mut Vec<Problem>, sent: &Description, src: &[&Field], dst: &[&Field]) {
+        let (mut i, mut j) = (0usize, 0usize);
+        while let Some(s) = src.get(i).copied() {
+            let Some(d) = dst.get(j).copied() else {
+                out.push(
+                    self.problem(
+                        ProblemKind::FieldNotRead,
+                        &sent.name,
+                        &s.name,
+                        format!(
+                            "the stream carries {} ({} byte(s)), which the destination does not \
+                             read: it takes these bytes for what follows",
+                            s.name,
+                            sent_bytes(s)
+                        ),
+                    )
+                    .at(s.offset),
+                );
+                i = i.saturating_add(1);
+                continue;
+            };
+            let next_is_same = dst
+                .get(j.saturating_add(1))
+                .is_some_and(|n| n.name == d.name && fits(s, n));
+            if d.field_exists && next_is_same {
+                // QEMU's pair of one field under a test for old versions and the same field
+                // from a version on: the stream carries the second.
+                j = j.saturating_add(1);
+                continue;
+            }
+            if fits(s, d) {
+                if s.type_name.as_deref() == Some(VIRTIO_TYPE) {
+                    self.virtio(out, s);
+                } else if let (Some(sn), Some(dn)) = (&s.description, &d.description) {
+                    self.description(out, sn, dn, dn.version_id.unwrap_or(u32::MAX));
+                }
+                i = i.saturating_add(1);
+                j = j.saturating_add(1);
+                continue;
+            }
+            if d.field_exists && d.name != s.name {
+                // A field the destination reads only when a test says so: assume it says no.
+                j = j.saturating_add(1);
+                continue;
+            }
+            let later = dst.iter().skip(j).position(|f| f.name == s.name);
+            match later {
+                Some(_) => {
+                    out.push(
+                        self.problem(
+                            ProblemKind::FieldNotSent,
+                            &sent.name,
+                            &d.name,
+                            format!(
+                                "the destination reads {} ({} byte(s)) here, which the stream \
+                                 does not carry: it takes {}'s bytes for it",
+                                d.name,
+                                d.size.saturating_mul(d.count()),
+                                s.name
+                            ),
+                        )
+                        .at(s.offset),
+                    );
+                    j = j.saturating_add(1);
+                }
+                None if s.name == d.name => {
+                    out.push(
+                        self.problem(
+                            ProblemKind::SizeMismatch,
+                            &sent.name,
+                            &s.name,
+                            format!(
+                                "{} is {} byte(s) in the stream, the destination reads {}",
+                                s.name,
+                                sent_bytes(s),
+                                d.size.saturating_mul(d.count())
+                            ),
+                        )
+                        .at(s.offset),
+                    );
+                    i = i.saturating_add(1);
+                    j = j.saturating_add(1);
+                }
+                None => {
+                    out.push(
+                        self.problem(
+                            ProblemKind::FieldNotRead,
+                            &sent.name,
+                            &s.name,
+                            format!(
+                                "the stream carries {} ({} byte(s)) where the destination reads \
+                                 {} ({} byte(s))",
+                                s.name,
+                                sent_bytes(s),
+                                d.name,
+                                d.size.saturating_mul(d.count())
+                            ),
+                        )
+                        .at(s.offset),
+                    );
+                    i = i.saturating_add(1);
+                    j = j.saturating_add(1);
+                }
+            }
+        }
+        // A conditional field, or an array of structs (with no elements it is not described),
+        // may be absent.
+        for d in dst
+            .iter()
+            .skip(j)
+            .filter(|d| !d.field_exists && d.description.is_none())
+        {
+            out.push(
+                self.problem(
+                    ProblemKind::FieldNotSent,
+                    &sent.name,
+                    &d.name,
+                    format!(
+                        "the destination reads {} ({} byte(s)) after the fields the stream carries",
+                        d.name,
+                        d.size.saturating_mul(d.count())
+                    ),
+                )
+                .at(sent.offset),
+            );
+        }
+    }
+
+    /// The virtio internals: core subsections the destination's QEMU does not read, and
+    /// packed-ring requests framed as QEMU writes them but not as its loader reads them.
+    fn virtio(&self, out: &mut Vec<Problem>, field: &Field) {
+        let Some(layout) = &field.description else {
+            return;
+        };
+        if let Some(release) = self.release {
+            for sub in &layout.subsections {
+                if knows_virtio_subsection(release, &sub.name) == Some(false) {
+                    out.push(
+                        self.problem(
+                            ProblemKind::VirtioInternals,
+                            VIRTIO_TYPE,
+                            &sub.name,
+                            format!(
+                                "the device's state carries core subsection {}, which QEMU \
+                                 {release} does not read",
+                                sub.name
+                            ),
+                        )
+                        .qemu(self.qemu.clone())
+                        .at(sub.offset),
+                    );
+                }
+            }
+        }
+        let ndescs_first = layout.fields.iter().any(|f| {
+            f.count() > 0
+                && f.description.as_ref().is_some_and(|rq| {
+                    let names: Vec<&str> = rq.fields.iter().map(|f| f.name.as_str()).collect();
+                    let ndescs = names.iter().position(|n| *n == "ndescs");
+                    let elem = names.iter().position(|n| *n == "elem");
+                    matches!((ndescs, elem), (Some(n), Some(e)) if n < e)
+                })
+        });
+        if ndescs_first {
+            out.push(
+                self.problem(
+                    ProblemKind::VirtioInternals,
+                    VIRTIO_TYPE,
+                    "ndescs",
+                    "packed-ring requests in flight carry their ndescs word before the element, \
+                     as QEMU writes it; QEMU's loader reads it after the element and misreads \
+                     every request (write it after the element)"
+                        .to_owned(),
+                )
+                .at(layout.offset),
+            );
+        }
+    }
+}
+
+/// Bytes a field took in the stream.
+fn sent_bytes(field: &Field) -> u64 {
+    field.size.saturating_mul(field.count())
+}
+
+/// Whether the destination reads a sent field as one field: the same bytes (any name), or a
+/// field whose size varies (`virtio`, buffers sized by another field), or a struct of the
+/// same name.
+///
+/// A `-dump-vmstate` file gives an array's element size and not its count: there, any whole
+/// number of elements fits.
+fn fits(sent: &Field, dst: &Field) -> bool {
+    if sent.name == dst.name && (dst.description.is_some() || dst.size == 0) {
+        return true;
+    }
+    if dst.description.is_some() {
+        return false;
+    }
+    let sent = sent_bytes(sent);
+    match dst.num {
+        Some(n) => {
+            let bytes = dst.size.saturating_mul(n);
+            bytes == 0 || bytes == sent
+        }
+        None => dst.size == 0 || (sent > 0 && sent.checked_rem(dst.size) == Some(0)),
+    }
+}
