@@ -276,14 +276,7 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
                 eprintln!("changed: nothing: the destination loads the stream as it is");
             }
             if args.json {
-                let mut text = serde_json::to_string_pretty(&serde_json::json!({
-                    "target": target.display().to_string(),
-                    "release": release,
-                    "changes": changes,
-                }))
-                .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-                text.push('\n');
-                write_output(Path::new("-"), text.as_bytes())?;
+                print_report(target, &release, "changes", &changes)?;
             }
             Ok(())
         }
@@ -292,14 +285,7 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
                 eprintln!("refused: {problem}{}", flag_hint(problem));
             }
             if args.json {
-                let mut text = serde_json::to_string_pretty(&serde_json::json!({
-                    "target": target.display().to_string(),
-                    "release": release,
-                    "refused": refused,
-                }))
-                .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-                text.push('\n');
-                write_output(Path::new("-"), text.as_bytes())?;
+                print_report(target, &release, "refused", &refused)?;
             }
             Err(Failure {
                 code: INVALID_STATE,
@@ -312,6 +298,27 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
             })
         }
     }
+}
+
+/// The --json report of `convert --target`: the target, its release, and `what` it lists.
+fn print_report(
+    target: &Path,
+    release: &vmstate::compat::ReleaseGuess,
+    key: &str,
+    list: &impl serde::Serialize,
+) -> Outcome {
+    let mut report = serde_json::Map::new();
+    report.insert("target".to_owned(), target.display().to_string().into());
+    report.insert("release".to_owned(), to_value(release)?);
+    report.insert(key.to_owned(), to_value(list)?);
+    let mut text = serde_json::to_string_pretty(&report)
+        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+    text.push('\n');
+    write_output(Path::new("-"), text.as_bytes())
+}
+
+fn to_value(value: &impl serde::Serialize) -> Result<serde_json::Value, Failure> {
+    serde_json::to_value(value).map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))
 }
 
 /// The option that rewrites what a refusal names, where one does.
