@@ -776,3 +776,11 @@ fn image_holding(image: &LibvirtImage, mapped: bool) -> Result<LibvirtImage, Str
     };
     Ok(image)
 }
+
+/// Prints `value` as indented JSON on standard output.
+pub fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
+    text.push('\n');
+    write_output(Path::new("-"), text.as_bytes())
+}

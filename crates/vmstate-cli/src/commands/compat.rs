@@ -10,7 +10,7 @@ use vmstate::compat::{self, Problem, Release, ReleaseGuess};
 use super::devices::DeviceArgs;
 use super::dump::SourceArgs;
 use super::schema::{load_side, Side};
-use crate::io::write_output;
+use crate::io::{print_json, write_output};
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
 /// Arguments of `vmstate compat`.
@@ -111,15 +111,11 @@ pub fn run(args: CompatArgs) -> Outcome {
         problems: &problems,
         unchecked: &unchecked,
     };
-    let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&report)
-            .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-        text.push('\n');
-        text
+    if args.json {
+        print_json(&report)?;
     } else {
-        render(&report)
-    };
-    write_output(Path::new("-"), text.as_bytes())?;
+        write_output(Path::new("-"), render(&report).as_bytes())?;
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -17,7 +17,7 @@ use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
 use super::schema::load_side;
-use crate::io::{convert_flowing, write_output, write_stream, Input, Opened};
+use crate::io::{convert_flowing, print_json, write_stream, Input, Opened};
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
 /// What `convert` writes, when not what it read.
@@ -300,7 +300,7 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
     }
 }
 
-/// The --json report of `convert --target`: the target, its release, and `what` it lists.
+/// The --json report of `convert --target`: the target, its release, and the `key` list.
 fn print_report(
     target: &Path,
     release: &vmstate::compat::ReleaseGuess,
@@ -311,10 +311,7 @@ fn print_report(
     report.insert("target".to_owned(), target.display().to_string().into());
     report.insert("release".to_owned(), to_value(release)?);
     report.insert(key.to_owned(), to_value(list)?);
-    let mut text = serde_json::to_string_pretty(&report)
-        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-    text.push('\n');
-    write_output(Path::new("-"), text.as_bytes())
+    print_json(&report)
 }
 
 fn to_value(value: &impl serde::Serialize) -> Result<serde_json::Value, Failure> {

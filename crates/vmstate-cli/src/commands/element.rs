@@ -7,7 +7,7 @@ use serde::Serialize;
 use vmstate::element::{self, Element, Layout, LayoutChoice};
 use vmstate::wire::{Reader, Writer};
 
-use crate::io::{read_input, write_output};
+use crate::io::{print_json, read_input, write_output};
 use crate::outcome::{Failure, Outcome};
 
 /// The largest input the element commands read: a few times the largest element.
@@ -159,11 +159,4 @@ fn detect(args: DetectArgs) -> Outcome {
         }
     }
     chosen.map(|_| ()).map_err(Failure::from)
-}
-
-fn print_json(value: &impl Serialize) -> Outcome {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-    text.push('\n');
-    write_output(std::path::Path::new("-"), text.as_bytes())
 }

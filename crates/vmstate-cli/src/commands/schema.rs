@@ -7,7 +7,7 @@ use vmstate::schema::{render_tree, Schema};
 
 use super::devices::DeviceArgs;
 use super::dump::{load_stream, LoadedStream, SourceArgs};
-use crate::io::{read_input, write_output};
+use crate::io::{print_json, read_input, write_output};
 use crate::outcome::{Failure, Outcome};
 
 /// The largest `-dump-vmstate` file read (QEMU's are about 1 MB).
@@ -100,13 +100,8 @@ fn dump_json(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
 /// Runs `vmstate schema`.
 pub fn run(args: SchemaArgs) -> Outcome {
     let side = load_side(&args.file, &args.source, &args.devices)?;
-    let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&side.schema().to_dump_json())
-            .map_err(|e| Failure::unreadable(format!("cannot render JSON: {e}")))?;
-        text.push('\n');
-        text
-    } else {
-        render_tree(side.schema())
-    };
-    write_output(Path::new("-"), text.as_bytes())
+    if args.json {
+        return print_json(&side.schema().to_dump_json());
+    }
+    write_output(Path::new("-"), render_tree(side.schema()).as_bytes())
 }
