@@ -307,3 +307,79 @@ fn every_corpus_stream_checks_clean_against_its_memory() {
         "split (8) and mq2 (1 + 1) requests walked"
     );
 }
+
+/// A `packed=on` device driven by firmware that knows only split rings: the device offers
+/// packed rings (so QEMU sends `virtio/packed_virtqueues`), the driver negotiated split ones,
+/// and the subsection holds the split ring's free-running indices.
+#[test]
+fn firmware_driven_packed_devices_are_checked_as_split_rings() {
+    for name in ["firmware-scsi-packed", "firmware-q35-packed-alldev"] {
+        let data = rings(name);
+        let (found, _) = memory_checks::decoded(&data);
+        assert!(
+            found.iter().all(|s| !s.device.uses_packed_rings()),
+            "{name}"
+        );
+        assert!(
+            found.iter().all(|s| s.device.offers_packed_rings()),
+            "{name}"
+        );
+        let report = check_bytes(&data);
+        assert!(report.is_clean(), "{name}: {report:#?}");
+        for d in &report.devices {
+            assert!(
+                d.checked
+                    .iter()
+                    .any(|c| c.contains("virtio/packed_virtqueues: split-ring indices")),
+                "{name} {}: {:?}",
+                d.section,
+                d.checked
+            );
+        }
+    }
+    // The ground truth: the request queue made more requests than its ring has entries.
+    let data = rings("firmware-scsi-packed");
+    let (found, _) = memory_checks::decoded(&data);
+    let scsi = &found[0].device;
+    assert_eq!(
+        (scsi.queues[2].num, scsi.queues[2].last_avail_idx),
+        (256, 263)
+    );
+    let report = check_bytes(&data);
+    assert!(
+        memory_checks::device(&report, "virtio-scsi")
+            .checked
+            .iter()
+            .any(|c| c
+                .contains("queue 2: rings in RAM and aligned, avail index 263, used index 263")),
+        "{report:#?}"
+    );
+}
+
+/// On a split-driven device the subsection's values are still checked, as split-ring values.
+#[test]
+fn the_packed_subsection_of_a_split_driven_device_is_checked_as_split_indices() {
+    let data = rings("firmware-scsi-packed");
+    let at = |field: &str| format!("subsections[virtio/packed_virtqueues].queues[2].{field}");
+    for (field, value, rule) in [
+        ("last_avail_idx", "262", Rule::PackedIndicesDisagree),
+        ("used_idx", "6", Rule::InUseOverRingSize),
+        ("inuse", "300", Rule::InUseOverRingSize),
+    ] {
+        let path = at(field);
+        let broken =
+            memory_checks::edited_device(&data, "virtio-scsi", |d| d.set(&path, value).unwrap());
+        let report = check_bytes(&broken);
+        let findings = rules(memory_checks::device(&report, "virtio-scsi"));
+        assert!(
+            findings.contains(&(rule, path.clone())),
+            "{path}: {findings:?}"
+        );
+        assert!(
+            findings
+                .iter()
+                .all(|(r, _)| *r != Rule::PackedIndexOutOfRange),
+            "{path}: {findings:?}"
+        );
+    }
+}

@@ -8,7 +8,8 @@ use crate::devices::{ScsiDiskSection, VirtioSection};
 use crate::element::{Layout, VIRTQUEUE_MAX_SIZE};
 use crate::note::Note;
 use crate::virtio::{
-    CoreState, DeviceKind, DeviceState, Framing, NdescsOrder, VirtioDevice, NO_VECTOR,
+    CoreState, DeviceKind, DeviceState, Framing, NdescsOrder, PackedQueueState, VirtioDevice,
+    NO_VECTOR,
 };
 
 /// The largest device config space there is reason to accept: every virtio device's is far
@@ -211,42 +212,7 @@ fn check_subsections(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mu
                 format!("device_endian {v}: expected 0 (unknown), 1 (little) or 2 (big)"),
             )),
             CoreState::PackedVirtqueues(ref queues) => {
-                for (index, (state, q)) in queues.iter().zip(&d.queues).enumerate() {
-                    let num = q.num.max(1);
-                    let at = |field: &str| {
-                        format!("subsections[virtio/packed_virtqueues].queues[{index}].{field}")
-                    };
-                    for (field, value) in [
-                        ("last_avail_idx", u32::from(state.last_avail_idx)),
-                        ("used_idx", u32::from(state.used_idx)),
-                    ] {
-                        if value >= num {
-                            findings.push(Finding::new(
-                                Rule::PackedIndexOutOfRange,
-                                at(field),
-                                format!("packed-ring {field} {value} is past the ring of {num}"),
-                            ));
-                        }
-                    }
-                    if state.last_avail_idx != q.last_avail_idx {
-                        findings.push(Finding::new(
-                            Rule::PackedIndicesDisagree,
-                            at("last_avail_idx"),
-                            format!(
-                                "packed-ring last_avail_idx {} disagrees with the {} saved with \
-                                 the queue (QEMU loads the subsection's)",
-                                state.last_avail_idx, q.last_avail_idx
-                            ),
-                        ));
-                    }
-                    if state.inuse > num {
-                        findings.push(Finding::new(
-                            Rule::InUseOverRingSize,
-                            at("inuse"),
-                            format!("{} in use on a ring of {num}", state.inuse),
-                        ));
-                    }
-                }
+                check_packed_subsection(d, queues, findings, checked);
             }
             CoreState::Features64(features)
                 if features & 0xffff_ffff != u64::from(d.guest_features_low) =>
@@ -265,6 +231,81 @@ fn check_subsections(d: &VirtioDevice, findings: &mut Vec<Finding>, checked: &mu
         }
     }
     checked.push("device_endian, guest features in both places".to_owned());
+}
+
+/// `virtio/packed_virtqueues`, which QEMU sends when the device *offers* packed rings. What
+/// its values mean follows what the driver negotiated: with `VIRTIO_F_RING_PACKED` they are
+/// packed-ring positions, bounded by the ring; without it (firmware drives split rings on a
+/// `packed=on` device) they are the split ring's free-running indices, which pass the ring
+/// size as soon as the driver has made more requests than the ring has entries. The
+/// loader takes `last_avail_idx` from here in both cases; for a split ring it recomputes
+/// `used_idx` and `inuse` from the used ring in guest memory, so only their distance is
+/// bounded.
+fn check_packed_subsection(
+    d: &VirtioDevice,
+    queues: &[PackedQueueState],
+    findings: &mut Vec<Finding>,
+    checked: &mut Vec<String>,
+) {
+    let packed = d.uses_packed_rings();
+    for (index, (state, q)) in queues.iter().zip(&d.queues).enumerate() {
+        let num = q.num.max(1);
+        let at =
+            |field: &str| format!("subsections[virtio/packed_virtqueues].queues[{index}].{field}");
+        if packed {
+            for (field, value) in [
+                ("last_avail_idx", u32::from(state.last_avail_idx)),
+                ("used_idx", u32::from(state.used_idx)),
+            ] {
+                if value >= num {
+                    findings.push(Finding::new(
+                        Rule::PackedIndexOutOfRange,
+                        at(field),
+                        format!("packed-ring {field} {value} is past the ring of {num}"),
+                    ));
+                }
+            }
+        } else {
+            let outstanding = state.last_avail_idx.wrapping_sub(state.used_idx);
+            if u32::from(outstanding) > num {
+                findings.push(Finding::new(
+                    Rule::InUseOverRingSize,
+                    at("used_idx"),
+                    format!(
+                        "split-ring last_avail_idx {} - used_idx {} is {outstanding}, more than \
+                         the ring of {num} holds",
+                        state.last_avail_idx, state.used_idx
+                    ),
+                ));
+            }
+        }
+        if state.last_avail_idx != q.last_avail_idx {
+            findings.push(Finding::new(
+                Rule::PackedIndicesDisagree,
+                at("last_avail_idx"),
+                format!(
+                    "last_avail_idx {} disagrees with the {} saved with the queue (QEMU loads \
+                     the subsection's)",
+                    state.last_avail_idx, q.last_avail_idx
+                ),
+            ));
+        }
+        if state.inuse > num {
+            findings.push(Finding::new(
+                Rule::InUseOverRingSize,
+                at("inuse"),
+                format!("{} in use on a ring of {num}", state.inuse),
+            ));
+        }
+    }
+    checked.push(if packed {
+        "virtio/packed_virtqueues: packed-ring indices within their rings (RING_PACKED negotiated)"
+            .to_owned()
+    } else {
+        "virtio/packed_virtqueues: split-ring indices, as the driver did not negotiate \
+         RING_PACKED (the device only offers it)"
+            .to_owned()
+    });
 }
 
 /// In-flight elements: their queue, head index and uniqueness.
