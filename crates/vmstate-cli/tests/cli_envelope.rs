@@ -384,3 +384,71 @@ fn a_snapshot_that_is_not_there_exits_2_listing_those_that_are() {
         "{stderr}"
     );
 }
+
+/// A qcow2 image with two `savevm` snapshots ("first", "second", the guest running between
+/// them) and a disk-only one (`qemu-img snapshot -c disk-only`): `dump` lists them all, as
+/// `qemu-img snapshot -l` does, and marks the one read.
+#[test]
+fn dump_lists_every_snapshot_of_a_qcow2_image() {
+    let path = tmp("two-snapshots.qcow2");
+    let packed = std::fs::read(support::fixture("qcow2/two-snapshots.qcow2.gz")).unwrap();
+    std::fs::write(&path, gunzip(&packed)).unwrap();
+    let image = path.to_string_lossy().into_owned();
+    let listing = |out: &std::process::Output| -> Vec<String> {
+        let text = text(out);
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.iter().position(|l| *l == "snapshots:").expect(&text);
+        lines[start + 1..]
+            .iter()
+            .take_while(|l| l.starts_with(' ') || l.starts_with('*'))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let rows = listing(&cli::ok(&["dump", &image]));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert_eq!(rows[0], "id name VM state date VM clock");
+    assert!(
+        rows[1].starts_with("1 first ") && rows[1].ends_with(" 00:00:00.083"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[2].starts_with("* 2 second ") && rows[2].ends_with(" 00:00:01.290"),
+        "{rows:?}"
+    );
+    assert!(
+        rows[3].starts_with("3 disk-only none 2026-12-08 "),
+        "{rows:?}"
+    );
+    let rows = listing(&cli::ok(&["dump", "--snapshot", "first", &image]));
+    assert!(rows[1].starts_with("* 1 first "), "{rows:?}");
+    assert!(rows[2].starts_with("2 second "), "{rows:?}");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&cli::ok(&["dump", "--json", &image]).stdout).unwrap();
+    let envelope = &json["envelope"];
+    assert_eq!(envelope["kind"], "qcow2");
+    let snapshots = envelope["image"]["snapshots"].as_array().unwrap();
+    let named: Vec<(&str, &str, bool)> = snapshots
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap(),
+                s["name"].as_str().unwrap(),
+                s["vm_state_size"].as_u64().unwrap() > 0,
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("1", "first", true),
+            ("2", "second", true),
+            ("3", "disk-only", false)
+        ]
+    );
+    assert_eq!(
+        snapshots[1]["vm_clock_nsec"].as_u64().unwrap() / 1_000_000,
+        1290
+    );
+    assert_eq!(envelope["chosen"], 1);
+}

@@ -189,6 +189,9 @@ fn summary(path: &Path, loaded: &LoadedModel) -> String {
                 loaded.file_size,
                 envelope.describe()
             );
+            if let Envelope::Qcow2 { image, chosen } = envelope {
+                let _ = write!(out, "snapshots:\n{}", image.snapshot_table(*chosen));
+            }
         }
     }
     let footers = match stream.footers {

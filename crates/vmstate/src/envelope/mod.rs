@@ -169,6 +169,48 @@ impl Envelope {
     }
 }
 
+impl Qcow2Image {
+    /// Every internal snapshot, one line each with a header line, as `qemu-img snapshot -l`
+    /// lists them (id, name, VM state size, date, VM clock); `chosen` (a table position) is
+    /// marked with `*`. Empty when the image has no snapshots.
+    pub fn snapshot_table(&self, chosen: Option<usize>) -> String {
+        if self.snapshots.is_empty() {
+            return String::new();
+        }
+        let id_width = self
+            .snapshots
+            .iter()
+            .map(|s| s.id.len())
+            .fold(2, usize::max);
+        let name_width = self
+            .snapshots
+            .iter()
+            .map(|s| s.name.len())
+            .fold(4, usize::max);
+        let mut out = format!(
+            "  {:<id_width$}  {:<name_width$}  {:>14}  {:<23}  VM clock\n",
+            "id", "name", "VM state", "date"
+        );
+        for s in &self.snapshots {
+            let state = if s.vm_state_size == 0 {
+                "none".to_owned()
+            } else {
+                format!("{} bytes", s.vm_state_size)
+            };
+            out.push_str(&format!(
+                "{} {:<id_width$}  {:<name_width$}  {:>14}  {:<23}  {}\n",
+                if chosen == Some(s.index) { '*' } else { ' ' },
+                s.id,
+                s.name,
+                state,
+                utc(u64::from(s.date_sec)),
+                clock(s.vm_clock_nsec)
+            ));
+        }
+        out
+    }
+}
+
 /// Seconds since the epoch as a UTC date and time.
 fn utc(secs: u64) -> String {
     let days = secs / 86_400;
