@@ -14,8 +14,14 @@
 //! ```text
 //! cargo run --release --example live-migrate -- [--queues Q] [--queue-size S] [--requests N]
 //!     [--seed K] [--cut-at BYTE] [--save-stream FILE] [--restore-from FILE]
-//!     [--backend-latency-ms L]
+//!     [--backend-latency-steps L]
 //! ```
+//!
+//! Time is the driver's own clock: one step submits what fits, pops, completes what is due
+//! and reaps. The backend completes a request L steps after it popped it (by default 3 + K
+//! mod 3, from the seed), and until the switch the source's backend holds the newest request
+//! of each queue, so that what is in flight at the switch follows from the options alone,
+//! not from how fast the machine runs: with N >= 2 x Q every queue has at least one.
 //!
 //! The destination is a second process (this program, started with `--serve`) with guest
 //! memory of its own; the stream is the only device state that crosses. At the switch the
@@ -24,7 +30,9 @@
 //! `--save-stream FILE` also writes FILE (the stream), FILE.disk (the disk at the switch)
 //! and FILE.driver (the driver's state and its ledger); `--restore-from FILE` runs a
 //! destination from them. The last line is
-//! `migrated: submitted N, completed once N, lost 0, duplicated 0, disk verified`.
+//! `migrated: submitted N, completed once N, lost 0, duplicated 0, disk verified, in flight
+//! at the switch K`, K counted in the restored device; the exit status is 1 if a request was
+//! lost or repeated, the disk is wrong, or, with N >= 2 x Q, a queue had none in flight.
 
 #[path = "../tests/vmm_sim/mod.rs"]
 mod vmm_sim;
@@ -32,7 +40,7 @@ mod vmm_sim;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -47,7 +55,8 @@ struct Options {
     cut_at: Option<u64>,
     save_stream: Option<String>,
     restore_from: Option<String>,
-    latency_ms: u64,
+    /// Steps from the backend's taking a request to its completing it.
+    latency_steps: u64,
     /// Internal: run as the destination process, the shared disk in this file.
     serve: Option<String>,
 }
@@ -61,9 +70,10 @@ fn parse() -> Result<Options, String> {
         cut_at: None,
         save_stream: None,
         restore_from: None,
-        latency_ms: 2,
+        latency_steps: 0,
         serve: None,
     };
+    let mut latency_steps = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -87,13 +97,25 @@ fn parse() -> Result<Options, String> {
             "--cut-at" => o.cut_at = Some(number(value()?)?),
             "--save-stream" => o.save_stream = Some(value()?),
             "--restore-from" => o.restore_from = Some(value()?),
-            "--backend-latency-ms" => o.latency_ms = number(value()?)?,
+            "--backend-latency-steps" => {
+                let steps = number(value()?)?;
+                if steps > MAX_LATENCY_STEPS {
+                    return Err(format!(
+                        "--backend-latency-steps {steps}: at most {MAX_LATENCY_STEPS}"
+                    ));
+                }
+                latency_steps = Some(steps);
+            }
             "--serve" => o.serve = Some(value()?),
             other => return Err(format!("unknown option {other}")),
         }
     }
+    o.latency_steps = latency_steps.unwrap_or(3 + o.seed % 3);
     Ok(o)
 }
+
+/// The longest backend latency accepted, in steps: longer ones only make the run slower.
+const MAX_LATENCY_STEPS: u64 = 1000;
 
 fn main() -> ExitCode {
     let options = match parse() {
@@ -120,34 +142,43 @@ fn main() -> ExitCode {
 
 type Memory = GuestMemoryMmap<AtomicBitmap>;
 
-/// A clock in milliseconds since the run began: the device's latencies count in it.
-struct Clock(Instant);
+/// The driver's clock, in steps: the backend's latencies count in it, so that a run does the
+/// same whatever the machine's speed.
+struct StepClock(u64);
 
-impl Clock {
-    fn now(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
+impl StepClock {
+    /// The current step, and the clock moved on to the next.
+    fn tick(&mut self) -> u64 {
+        let now = self.0;
+        self.0 += 1;
+        now
     }
 }
 
-/// One step of the guest and the device: submit what fits, pop, complete, reap.
+/// One step of the guest and the device: submit what fits, on every queue in turn from a
+/// random one (so that the first Q requests go one to each queue), pop, complete what is
+/// due, reap. Returns the number of requests completed.
 fn step<M: vm_memory::GuestMemory>(
     driver: &mut Driver,
     device: &mut Device,
     mem: &M,
-    now: u64,
+    clock: &mut StepClock,
     rng: &mut Rng,
     limit: u64,
-) {
+) -> u64 {
+    let now = clock.tick();
     let queues = u64::from(driver.shape.queues);
-    for _ in 0..u64::from(driver.shape.size) * queues {
+    let first = rng.below(queues);
+    for k in 0..u64::from(driver.shape.size) * queues {
         if driver.ledger.submitted.len() as u64 >= limit {
             break;
         }
-        driver.submit(mem, rng.below(queues) as u16);
+        driver.submit(mem, ((first + k) % queues) as u16);
     }
     device.pop(mem, now);
-    device.complete(mem, now, rng);
+    let done = device.complete(mem, now, rng);
     driver.reap(mem);
+    done
 }
 
 /// Pages written since the last call, and the log cleared.
@@ -242,7 +273,7 @@ fn destination(listener: TcpListener) -> Result<Restored, String> {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Handover {
     driver: Driver,
-    latency_ms: u64,
+    latency_steps: u64,
     requests: u64,
     retries: Option<u64>,
 }
@@ -265,36 +296,24 @@ fn serve(disk_file: &str) -> Result<bool, String> {
     std::io::Read::read_to_end(&mut input, &mut state).map_err(|e| e.to_string())?;
     let Handover {
         mut driver,
-        latency_ms,
+        latency_steps,
         requests,
         retries,
     } = serde_json::from_slice(&state).map_err(|e| format!("guest CPU state: {e}"))?;
     // The disk is shared storage: the source stopped writing it before it said go.
     device.disk = std::fs::read(disk_file).map_err(|e| format!("{disk_file}: {e}"))?;
-    device.latency = latency_ms;
+    // Restored before the latency was known, at step 0 of the destination's clock.
+    device.latency = latency_steps;
     for p in device.pending.iter_mut().flatten() {
-        p.done_at = latency_ms;
+        p.done_at = latency_steps;
     }
-    let o = Options {
-        queues: driver.shape.queues,
-        queue_size: driver.shape.size,
-        requests,
-        seed: driver.shape.seed,
-        cut_at: None,
-        save_stream: None,
-        restore_from: None,
-        latency_ms,
-        serve: None,
-    };
-    let clock = Clock(Instant::now());
     let mut rng = Rng(driver.shape.seed ^ 0xd057);
     finish(
         &mut driver,
         &mut device,
         &memory,
-        &clock,
         &mut rng,
-        &o,
+        requests,
         retries,
     )
 }
@@ -310,16 +329,17 @@ fn migrate(o: &Options) -> Result<bool, String> {
     };
     let mem = Memory::from_ranges(&[(GuestAddress(0), shape.memory_size() as usize)])
         .map_err(|e| e.to_string())?;
-    let clock = Clock(Instant::now());
+    let mut clock = StepClock(0);
     let mut rng = Rng(o.seed);
     let mut driver = Driver::new(shape, &mem);
-    let mut device = Device::new(shape, &mem, shape.disk_sectors(o.requests), o.latency_ms);
+    let mut device = Device::new(shape, &mem, shape.disk_sectors(o.requests), o.latency_steps);
+    device.holds_newest = true;
     while (driver.ledger.submitted.len() as u64) < o.requests / 2 {
         step(
             &mut driver,
             &mut device,
             &mem,
-            clock.now(),
+            &mut clock,
             &mut rng,
             o.requests,
         );
@@ -350,7 +370,7 @@ fn migrate(o: &Options) -> Result<bool, String> {
             &mut driver,
             &mut device,
             &mem,
-            &clock,
+            &mut clock,
             &mut rng,
             o,
             Cut {
@@ -390,13 +410,13 @@ fn migrate(o: &Options) -> Result<bool, String> {
             if let Some(file) = &o.save_stream {
                 std::fs::write(file, sent).map_err(|e| e.to_string())?;
                 std::fs::write(format!("{file}.disk"), &device.disk).map_err(|e| e.to_string())?;
-                let state = serde_json::to_vec(&(&driver, o.latency_ms, o.requests))
+                let state = serde_json::to_vec(&(&driver, o.latency_steps, o.requests))
                     .map_err(|e| e.to_string())?;
                 std::fs::write(format!("{file}.driver"), state).map_err(|e| e.to_string())?;
             }
             let handover = Handover {
                 driver: driver.clone(),
-                latency_ms: o.latency_ms,
+                latency_steps: o.latency_steps,
                 requests: o.requests,
                 retries: Some(retries).filter(|_| o.cut_at.is_some()),
             };
@@ -430,7 +450,7 @@ fn migrate(o: &Options) -> Result<bool, String> {
                 &mut driver,
                 &mut device,
                 &mem,
-                clock.now(),
+                &mut clock,
                 &mut rng,
                 o.requests,
             );
@@ -444,7 +464,7 @@ fn send(
     driver: &mut Driver,
     device: &mut Device,
     mem: &Memory,
-    clock: &Clock,
+    clock: &mut StepClock,
     rng: &mut Rng,
     o: &Options,
     out: Cut<TcpStream>,
@@ -458,7 +478,7 @@ fn send(
     stream.ram_pass(mem, None).map_err(|e| e.to_string())?;
     for _ in 0..2 {
         for _ in 0..3 {
-            step(driver, device, mem, clock.now(), rng, o.requests);
+            step(driver, device, mem, clock, rng, o.requests);
         }
         stream
             .ram_pass(mem, Some(&dirty_pages(mem)))
@@ -500,25 +520,35 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
-/// Runs the driver on the destination until every request has completed, then reports.
+/// Runs the driver on the destination until every request has completed, then reports,
+/// with the requests in flight at the switch: those the restored device holds.
 fn finish<M: vm_memory::GuestMemory>(
     driver: &mut Driver,
     device: &mut Device,
     mem: &M,
-    clock: &Clock,
     rng: &mut Rng,
-    o: &Options,
+    requests: u64,
     retries: Option<u64>,
 ) -> Result<bool, String> {
-    let deadline = Instant::now() + Duration::from_secs(60 + o.latency_ms / 10);
-    while (driver.ledger.submitted.len() as u64) < o.requests || driver.outstanding() > 0 {
-        if Instant::now() > deadline {
-            eprintln!("destination: requests still outstanding after the deadline");
-            break;
+    let at_switch = device.in_flight_per_queue();
+    let in_flight_ok = in_flight_on_every_queue(&at_switch, requests);
+    let mut clock = StepClock(0);
+    // A request the device holds completes within its latency: longer without one, the
+    // outstanding ones are lost.
+    let patience = device.latency.saturating_add(2);
+    let mut idle = 0;
+    while (driver.ledger.submitted.len() as u64) < requests || driver.outstanding() > 0 {
+        if step(driver, device, mem, &mut clock, rng, requests) > 0 {
+            idle = 0;
+        } else {
+            idle += 1;
         }
-        step(driver, device, mem, clock.now(), rng, o.requests);
-        if device.in_flight() > 0 && o.latency_ms > 0 {
-            std::thread::sleep(Duration::from_micros(200));
+        if idle > patience {
+            eprintln!(
+                "destination: {} request(s) outstanding, none completed in {idle} steps",
+                driver.outstanding()
+            );
+            break;
         }
     }
     let ledger = &driver.ledger;
@@ -526,9 +556,10 @@ fn finish<M: vm_memory::GuestMemory>(
     let ok = ledger.completed_once() == ledger.submitted.len() as u64
         && ledger.lost() == 0
         && ledger.duplicated() == 0
-        && verified;
+        && verified
+        && in_flight_ok;
     let mut line = format!(
-        "migrated: submitted {}, completed once {}, lost {}, duplicated {}, {}",
+        "migrated: submitted {}, completed once {}, lost {}, duplicated {}, {}, in flight at the switch {}",
         ledger.submitted.len(),
         ledger.completed_once(),
         ledger.lost(),
@@ -537,7 +568,8 @@ fn finish<M: vm_memory::GuestMemory>(
             "disk verified"
         } else {
             "disk NOT verified"
-        }
+        },
+        at_switch.iter().sum::<usize>()
     );
     if let Some(retries) = retries {
         line.push_str(&format!(", retries {retries}"));
@@ -546,27 +578,38 @@ fn finish<M: vm_memory::GuestMemory>(
     Ok(ok)
 }
 
+/// Whether the switch had what the run promises: with at least two requests a queue, each
+/// queue has had one before the stop and the source's backend held its newest, so a queue
+/// with none in flight means the migration did not carry what it was run for.
+fn in_flight_on_every_queue(at_switch: &[usize], requests: u64) -> bool {
+    if requests < 2 * at_switch.len() as u64 {
+        return true;
+    }
+    let empty: Vec<usize> = at_switch
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n == 0)
+        .map(|(q, _)| q)
+        .collect();
+    if !empty.is_empty() {
+        eprintln!(
+            "live-migrate: no request in flight at the switch on queue(s) {empty:?}, \
+             where a run of {requests} requests on {} queue(s) leaves one on each",
+            at_switch.len()
+        );
+    }
+    empty.is_empty()
+}
+
 fn restore_from(file: &str) -> Result<bool, String> {
     let read = |path: String| std::fs::read(&path).map_err(|e| format!("{path}: {e}"));
     let bytes = read(file.to_owned())?;
     let disk = read(format!("{file}.disk"))?;
-    let (mut driver, latency, requests): (Driver, u64, u64) =
+    let (mut driver, latency_steps, requests): (Driver, u64, u64) =
         serde_json::from_slice(&read(format!("{file}.driver"))?)
             .map_err(|e| format!("{file}.driver: {e}"))?;
-    let (mut device, mem) =
-        restore_stream(&bytes, disk, latency, 0).map_err(|e| format!("{file}: refused: {e}"))?;
-    let o = Options {
-        queues: driver.shape.queues,
-        queue_size: driver.shape.size,
-        requests,
-        seed: driver.shape.seed,
-        cut_at: None,
-        save_stream: None,
-        restore_from: None,
-        latency_ms: latency,
-        serve: None,
-    };
-    let clock = Clock(Instant::now());
+    let (mut device, mem) = restore_stream(&bytes, disk, latency_steps, 0)
+        .map_err(|e| format!("{file}: refused: {e}"))?;
     let mut rng = Rng(driver.shape.seed ^ 0xdead);
-    finish(&mut driver, &mut device, &mem, &clock, &mut rng, &o, None)
+    finish(&mut driver, &mut device, &mem, &mut rng, requests, None)
 }

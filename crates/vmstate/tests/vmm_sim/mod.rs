@@ -290,6 +290,10 @@ pub struct Device {
     pub features: u64,
     /// Ticks a request's I/O takes.
     pub latency: u64,
+    /// Whether the newest request of each queue stays in flight whatever its tick: the
+    /// source's backend until the switch, so that every queue that has had a request has one
+    /// in flight when the device stops.
+    pub holds_newest: bool,
 }
 
 fn element_of<M: GuestMemory>(chain: virtio_queue::DescriptorChain<&M>) -> Element {
@@ -335,6 +339,7 @@ impl Device {
             disk: vec![0; (disk_sectors * SECTOR) as usize],
             features: shape.features(),
             latency,
+            holds_newest: false,
         }
     }
 
@@ -352,14 +357,16 @@ impl Device {
         }
     }
 
-    /// Completes every request whose I/O is done by `now`: data to the disk, status 0, the
-    /// head to the used ring. `pick` chooses, for out-of-order completion, which of the done
-    /// requests goes first.
+    /// Completes every request whose I/O is done by `now` (the newest of each queue kept
+    /// while `holds_newest`): data to the disk, status 0, the head to the used ring. `rng`
+    /// chooses, for out-of-order completion, which of the done requests goes first.
     pub fn complete<M: GuestMemory>(&mut self, mem: &M, now: u64, rng: &mut Rng) -> u64 {
         let mut done = 0;
+        let held = usize::from(self.holds_newest);
         for (queue, pending) in self.queues.iter_mut().zip(self.pending.iter_mut()) {
             loop {
-                let ready: Vec<usize> = (0..pending.len())
+                // Popped in order, so the newest is the last.
+                let ready: Vec<usize> = (0..pending.len().saturating_sub(held))
                     .filter(|&k| pending[k].done_at <= now)
                     .collect();
                 if ready.is_empty() {
@@ -435,11 +442,17 @@ impl Device {
             disk,
             features,
             latency,
+            holds_newest: false,
         }
     }
 
     pub fn in_flight(&self) -> usize {
         self.pending.iter().map(VecDeque::len).sum()
+    }
+
+    /// Requests in flight on each queue.
+    pub fn in_flight_per_queue(&self) -> Vec<usize> {
+        self.pending.iter().map(VecDeque::len).collect()
     }
 }
 
