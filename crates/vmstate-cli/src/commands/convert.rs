@@ -138,6 +138,11 @@ pub struct ConvertArgs {
     /// writes.
     #[arg(long)]
     packed_ndescs_before: bool,
+    /// Give subsections that a QEMU release misnamed the name QEMU's loaders read: the
+    /// virtio-balloon `vitio-balloon-device/page-poison` of QEMU 5.1 to 6.0, which no QEMU
+    /// loads (QEMU 6.1 and later load the mended stream). Every renaming is said on stderr.
+    #[arg(long)]
+    mend_names: bool,
     /// Write every virtio device from its decoded, typed state rather than from the bytes
     /// read (implied by the options above that change device state).
     #[arg(long)]
@@ -183,6 +188,7 @@ impl ConvertArgs {
             || self.to_layout.is_some()
             || self.packed_ndescs_after
             || self.packed_ndescs_before
+            || self.mend_names
             || self.devices.any()
     }
 }
@@ -333,9 +339,14 @@ fn store_devices(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcom
     if !args.touches_devices() {
         return Ok(());
     }
-    let found = args.devices.decode(stream, shown)?;
+    let mut found = args.devices.decode(stream, shown)?;
     let scsi = args.devices.decode_scsi(stream, &found, shown)?;
-    for section in &found {
+    for section in &mut found {
+        if args.mend_names {
+            for (from, to) in section.device.mend_names() {
+                eprintln!("vmstate: {}: subsection {from} renamed {to}", section.idstr);
+            }
+        }
         let framing = section.device.framing().map(|f| args.reframe(f));
         devices::store_virtio(stream, section, framing)
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;

@@ -44,6 +44,7 @@ pub(super) fn check_fields(
     check_device(section, scsi, &mut findings, &mut checked);
     note_framing(section, scsi, &mut notes);
     note_features(d, &mut notes);
+    note_subsection_names(d, &mut notes);
 
     DeviceReport {
         section: section.idstr.clone(),
@@ -505,6 +506,22 @@ fn note_framing(section: &VirtioSection, scsi: &[ScsiDiskSection], notes: &mut V
                 "packed-ring elements carry ndescs before the element, as QEMU writes them; \
                  QEMU's own loader reads it after and fails (\"unexpected memory split\"): \
                  `vmstate convert --packed-ndescs-after` writes the order it reads",
+            ));
+        }
+    }
+}
+
+/// Subsection names that QEMU wrote and no QEMU reads.
+fn note_subsection_names(d: &VirtioDevice, notes: &mut Vec<Note>) {
+    if let DeviceState::Balloon(balloon) = &d.device {
+        if balloon.has_misspelled_names() {
+            notes.push(Note::about(
+                "balloon.subsections",
+                "the page-poison subsection is named `vitio-balloon-device/page-poison`, as \
+                 QEMU 5.1 to 6.0 write it: every QEMU loader stops reading the device's \
+                 subsections at that name and misreads the virtio state after it, so no QEMU \
+                 loads this stream; `vmstate convert --mend-names` writes the name QEMU 6.1 \
+                 and later read (5.1 to 6.0 read neither)",
             ));
         }
     }

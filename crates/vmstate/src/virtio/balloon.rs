@@ -14,6 +14,13 @@ use crate::wire::{Endian, Reader, Writer};
 const VMSD: &str = "virtio-balloon-device";
 const FREE_PAGE_REPORT: &str = "virtio-balloon-device/free-page-report";
 const PAGE_POISON: &str = "virtio-balloon-device/page-poison";
+/// The name QEMU 5.1 to 6.0 gave `page-poison` (a typo, corrected in 2021). It does not
+/// start with the device's name, so every QEMU loader, theirs included, stops reading the
+/// device's subsections there and takes the rest of the device state for what follows it;
+/// the loaders of those releases do not know the corrected name either.
+const PAGE_POISON_MISSPELLED: &str = "vitio-balloon-device/page-poison";
+/// The prefix the misspelled name passes QEMU's peek test under.
+const MISSPELLED_PARENT: &str = "vitio-balloon-device";
 
 /// virtio-balloon's device state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,7 +52,55 @@ pub enum BalloonSubsection {
         version: u32,
         /// The value the guest fills freed pages with.
         poison_val: u32,
+        /// Written as `vitio-balloon-device/page-poison`, as QEMU 5.1 to 6.0 name it: no
+        /// QEMU can load the stream until the name is mended ([`BalloonState::mend_names`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        misspelled: bool,
     },
+}
+
+impl BalloonState {
+    /// Whether a subsection carries a name no QEMU loader reads (QEMU 5.1 to 6.0's
+    /// `vitio-balloon-device/page-poison`).
+    pub fn has_misspelled_names(&self) -> bool {
+        self.subsections.iter().any(|s| {
+            matches!(
+                s,
+                BalloonSubsection::PagePoison {
+                    misspelled: true,
+                    ..
+                }
+            )
+        })
+    }
+
+    /// Gives every subsection the name QEMU's loaders read; returns each renaming as (the
+    /// name written, the name it now has).
+    pub fn mend_names(&mut self) -> Vec<(&'static str, &'static str)> {
+        let mut renamed = Vec::new();
+        for sub in &mut self.subsections {
+            if let BalloonSubsection::PagePoison { misspelled, .. } = sub {
+                if *misspelled {
+                    *misspelled = false;
+                    renamed.push((PAGE_POISON_MISSPELLED, PAGE_POISON));
+                }
+            }
+        }
+        renamed
+    }
+}
+
+/// The next subsection of the device state: one of its own, or the misspelled page-poison.
+fn next_subsection<'a>(
+    r: &mut Reader<'a>,
+) -> Result<Option<(subsection::SubsectionHeader<'a>, bool)>> {
+    if let Some(header) = subsection::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])? {
+        return Ok(Some((header, false)));
+    }
+    Ok(
+        subsection::next_subsection(r, MISSPELLED_PARENT, &[PAGE_POISON_MISSPELLED])?
+            .map(|header| (header, true)),
+    )
 }
 
 /// Reads the device VMState and its subsections.
@@ -54,9 +109,17 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
     let actual = r.u32(Endian::Big, "balloon.actual")?;
     let mut subsections = Vec::new();
     let mut seen = Vec::new();
-    while let Some(header) = subsection::next_subsection(r, VMSD, &[FREE_PAGE_REPORT, PAGE_POISON])?
-    {
-        subsection::first_time(&mut seen, &header)?;
+    while let Some((header, misspelled)) = next_subsection(r)? {
+        // Under either name it is the one page-poison subsection.
+        let canonical = if misspelled {
+            subsection::SubsectionHeader {
+                name: PAGE_POISON,
+                ..header.clone()
+            }
+        } else {
+            header.clone()
+        };
+        subsection::first_time(&mut seen, &canonical)?;
         subsection::check_version(&header, 1)?;
         let sub = match header.name {
             FREE_PAGE_REPORT => BalloonSubsection::FreePageReport {
@@ -67,6 +130,7 @@ pub fn decode(r: &mut Reader<'_>) -> Result<BalloonState> {
             _ => BalloonSubsection::PagePoison {
                 version: header.version,
                 poison_val: r.u32(Endian::Big, "poison_val")?,
+                misspelled,
             },
         };
         subsection::end_of_struct(r, header.name)?;
@@ -97,8 +161,14 @@ pub fn encode(state: &BalloonState, w: &mut Writer) -> Result<()> {
             BalloonSubsection::PagePoison {
                 version,
                 poison_val,
+                misspelled,
             } => {
-                subsection::write_subsection_header(w, PAGE_POISON, *version)?;
+                let name = if *misspelled {
+                    PAGE_POISON_MISSPELLED
+                } else {
+                    PAGE_POISON
+                };
+                subsection::write_subsection_header(w, name, *version)?;
                 w.u32(Endian::Big, *poison_val);
             }
         }

@@ -552,6 +552,16 @@ impl VirtioDevice {
         Ok(())
     }
 
+    /// Gives every subsection that a QEMU release misnamed (so that no QEMU loads it) the
+    /// name QEMU's loaders read; returns each renaming as (the name written, the new name).
+    /// Encoding the device afterwards writes the mended names.
+    pub fn mend_names(&mut self) -> Vec<(&'static str, &'static str)> {
+        match &mut self.device {
+            DeviceState::Balloon(balloon) => balloon.mend_names(),
+            _ => Vec::new(),
+        }
+    }
+
     /// True when the core subsections include `virtio/packed_virtqueues`, which QEMU sends
     /// exactly when the device offers packed rings.
     pub fn offers_packed_rings(&self) -> bool {
