@@ -79,8 +79,59 @@ pub fn release_of(side: &Side, stated: Option<Release>) -> ReleaseGuess {
     }
 }
 
+/// A destination as given: its schema file and release (as stated, or inferred), or a
+/// release alone.
+pub enum DstSide {
+    /// A `-dump-vmstate` file or a stream of the destination.
+    File(Side, ReleaseGuess),
+    /// A release known here, stated without a file.
+    Release(Release),
+}
+
+impl DstSide {
+    /// Reads the destination's file `path` when given; without one, `stated` must be a
+    /// release known here.
+    pub fn load(path: Option<&Path>, stated: Option<Release>) -> Result<DstSide, Failure> {
+        match (path, stated) {
+            (Some(path), stated) => {
+                let side = load_side(path, &SourceArgs::default(), &DeviceArgs::default())?;
+                let release = release_of(&side, stated);
+                Ok(DstSide::File(side, release))
+            }
+            (None, Some(stated)) => known_release(stated).map(DstSide::Release),
+            (None, None) => Err(Failure::unreadable(
+                "give the destination's file or its release (--dst-version)",
+            )),
+        }
+    }
+
+    /// What the checks know of it.
+    pub fn destination(&self) -> Destination<'_> {
+        match self {
+            DstSide::File(side, release) => Destination::Schema(side.schema(), release.release),
+            DstSide::Release(release) => Destination::Release(*release),
+        }
+    }
+
+    /// Its release, and how it was found.
+    pub fn release(&self) -> ReleaseGuess {
+        match self {
+            DstSide::File(_, release) => release.clone(),
+            DstSide::Release(release) => ReleaseGuess::stated(*release),
+        }
+    }
+
+    /// The file, when there is one.
+    pub fn side(&self) -> Option<&Side> {
+        match self {
+            DstSide::File(side, _) => Some(side),
+            DstSide::Release(_) => None,
+        }
+    }
+}
+
 /// A destination known by its release alone: one whose facts this crate holds.
-pub fn known_release(release: Release) -> Result<Release, Failure> {
+fn known_release(release: Release) -> Result<Release, Failure> {
     let known = compat::release::known_releases();
     if known.contains(&release) {
         return Ok(release);
@@ -96,26 +147,11 @@ pub fn known_release(release: Release) -> Result<Release, Failure> {
 /// Runs `vmstate compat`: exit 0 compatible, 1 with problems, 2 when an input is unreadable.
 pub fn run(args: CompatArgs) -> Outcome {
     let src = load_side(&args.src, &args.source, &args.devices)?;
-    let dst = match &args.dst {
-        Some(path) => Some(load_side(
-            path,
-            &SourceArgs::default(),
-            &DeviceArgs::default(),
-        )?),
-        None => None,
-    };
+    let dst_side = DstSide::load(args.dst.as_deref(), args.dst_version)?;
+    let dst = dst_side.side();
     let src_release = release_of(&src, args.src_version);
-    let (destination, dst_release) = match (&dst, args.dst_version) {
-        (Some(side), stated) => {
-            let release = release_of(side, stated);
-            (Destination::Schema(side.schema(), release.release), release)
-        }
-        (None, Some(stated)) => {
-            let release = known_release(stated)?;
-            (Destination::Release(release), ReleaseGuess::stated(release))
-        }
-        (None, None) => return Err(Failure::unreadable("give DST or --dst-version")),
-    };
+    let destination = dst_side.destination();
+    let dst_release = dst_side.release();
     let found: Findings = match (&src, destination) {
         (Side::Stream { loaded, schema, .. }, dst) => {
             compat::check_stream(&loaded.stream, schema, dst)
@@ -143,8 +179,8 @@ pub fn run(args: CompatArgs) -> Outcome {
         },
         destination: SideJson {
             path: args.dst.as_ref().map(|p| p.display().to_string()),
-            kind: dst.as_ref().map_or("release", Side::kind),
-            machine: dst.as_ref().and_then(|d| d.schema().machine.as_deref()),
+            kind: dst.map_or("release", Side::kind),
+            machine: dst.and_then(|d| d.schema().machine.as_deref()),
             release: dst_release,
         },
         compatible: found.problems.is_empty(),

@@ -6,17 +6,16 @@ use std::collections::HashSet;
 
 use clap::Args;
 use vmstate::check;
-use vmstate::compat::{self, Destination, Problem, ProblemKind, Release, ReleaseGuess};
+use vmstate::compat::{self, Problem, ProblemKind, Release, ReleaseGuess};
 use vmstate::devices;
 use vmstate::element::Layout;
 use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
-use super::compat::{known_release, release_of};
+use super::compat::DstSide;
 use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
-use super::schema::load_side;
 use crate::io::{convert_flowing, print_json, write_stream, Input, Opened};
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
@@ -265,17 +264,10 @@ pub fn run(args: ConvertArgs) -> Outcome {
 /// --dst-version names alone, listing every change on stderr (and as JSON on stdout with
 /// --json); refusals end the command with exit 1.
 fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
-    let loaded = match &args.target {
-        Some(target) => Some(load_side(
-            target,
-            &SourceArgs::default(),
-            &DeviceArgs::default(),
-        )?),
-        None => None,
-    };
-    let (dst, release, unchecked) = match (&loaded, args.dst_version) {
-        (Some(side), stated) => {
-            let release = release_of(side, stated);
+    let dst_side = DstSide::load(args.target.as_deref(), args.dst_version)?;
+    let release = dst_side.release();
+    let unchecked = match &dst_side {
+        DstSide::File(side, _) => {
             let path = args.target.as_deref().unwrap_or(Path::new("-"));
             eprintln!(
                 "target: {} ({}); {}",
@@ -283,23 +275,14 @@ fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
                 side.kind(),
                 release.how
             );
-            (
-                Destination::Schema(side.schema(), release.release),
-                release,
-                Vec::new(),
-            )
+            Vec::new()
         }
-        (None, Some(stated)) => {
-            let release = known_release(stated)?;
-            eprintln!("target: QEMU {release}, without a schema");
-            (
-                Destination::Release(release),
-                ReleaseGuess::stated(release),
-                compat::WITHOUT_SCHEMA.to_vec(),
-            )
+        DstSide::Release(alone) => {
+            eprintln!("target: QEMU {alone}, without a schema");
+            compat::WITHOUT_SCHEMA.to_vec()
         }
-        (None, None) => return Ok(()),
     };
+    let dst = dst_side.destination();
     for what in &unchecked {
         eprintln!("not checked: {what}");
     }
