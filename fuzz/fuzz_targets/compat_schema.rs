@@ -1,5 +1,5 @@
 //! `-dump-vmstate` files: any bytes read as a schema, and a schema that reads compared with a
-//! real one both ways, rendered as a tree and written back as JSON.
+//! real one both ways and with a release alone, rendered as a tree and written back as JSON.
 //!
 //! Invariant: nothing panics, hangs or allocates without bound; a schema that reads writes
 //! JSON that reads again.
@@ -28,5 +28,6 @@ fuzz_target!(|data: &[u8]| {
         let release = compat::guess_release(&schema).release;
         let _ = compat::compare_schemas(&schema, &real, (release, None));
         let _ = compat::compare_schemas(&real, &schema, (None, release));
+        let _ = compat::compare_with_release(&schema, (release, compat::Release::new(7, 2)));
     }
 });

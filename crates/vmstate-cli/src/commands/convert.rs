@@ -6,17 +6,16 @@ use std::collections::HashSet;
 
 use clap::Args;
 use vmstate::check;
-use vmstate::compat::{self, Problem, ProblemKind, Release};
+use vmstate::compat::{self, Problem, ProblemKind, Release, ReleaseGuess};
 use vmstate::devices;
 use vmstate::element::Layout;
 use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
-use super::compat::release_of;
+use super::compat::DstSide;
 use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
-use super::schema::load_side;
 use crate::io::{convert_flowing, print_json, write_stream, Input, Opened};
 use crate::outcome::{Failure, Outcome, INVALID_STATE};
 
@@ -97,6 +96,7 @@ fn keep_ring_pages(loaded: &mut LoadedStream, args: &ConvertArgs, shown: &str) -
 
 /// Arguments of `vmstate convert`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("retargets").multiple(true)))]
 pub struct ConvertArgs {
     /// The stream to read: bare, compressed (gzip, bzip2, xz, lzop, zstd) or in a libvirt save
     /// image (`-` for standard input).
@@ -152,14 +152,19 @@ pub struct ConvertArgs {
     /// the machine type renamed to its own, section versions lowered when every field sent
     /// is one that version reads. Anything else it would refuse is refused here (exit 1),
     /// naming the field; every change is listed on stderr.
-    #[arg(long, value_name = "DST")]
+    #[arg(long, value_name = "DST", group = "retargets")]
     target: Option<PathBuf>,
-    /// With --target: the destination's QEMU release (X.Y), instead of the one inferred
-    /// from its schema.
-    #[arg(long, value_name = "X.Y", requires = "target")]
+    /// The destination's QEMU release (X.Y). With --target, instead of the one inferred
+    /// from its schema. Alone (one of the releases known here: 7.2, 10.0), rewrite the stream
+    /// for that release as far as the release decides: commands it does not know that carry
+    /// no state dropped, the machine type renamed to the release's of its family; what
+    /// needs the destination's schema (sections, versions, fields) is not checked, and
+    /// listed on stderr.
+    #[arg(long, value_name = "X.Y", group = "retargets")]
     dst_version: Option<Release>,
-    /// With --target: print the changes as JSON on standard output (OUT must be a file).
-    #[arg(long, requires = "target")]
+    /// With --target or --dst-version: print the changes as JSON on standard output (OUT
+    /// must be a file).
+    #[arg(long, requires = "retargets")]
     json: bool,
     #[command(flatten)]
     source: SourceArgs,
@@ -211,8 +216,8 @@ pub fn run(args: ConvertArgs) -> Outcome {
         ));
     }
     // The configuration section, first in the stream, may change: read it all first.
-    let flows =
-        !drops_pages && args.ram_layout != Some(RamLayoutArg::MappedRam) && args.target.is_none();
+    let retargets = args.target.is_some() || args.dst_version.is_some();
+    let flows = !drops_pages && args.ram_layout != Some(RamLayoutArg::MappedRam) && !retargets;
     let snapshot = args.source.snapshot.as_deref();
     let bytes = if flows {
         match Input::open_flowing(&args.input, snapshot)? {
@@ -250,8 +255,8 @@ pub fn run(args: ConvertArgs) -> Outcome {
         _ => {}
     }
     store_devices(&mut loaded.stream, &args, &shown)?;
-    if let Some(target) = &args.target {
-        retarget(&mut loaded.stream, target, &args, &shown)?;
+    if retargets {
+        retarget(&mut loaded.stream, &args, &shown)?;
     }
     let image = match args.to {
         Some(To::Stream) => None,
@@ -261,19 +266,35 @@ pub fn run(args: ConvertArgs) -> Outcome {
     write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)
 }
 
-/// Rewrites the stream for the destination `target` describes, listing every change on
-/// stderr (and as JSON on stdout with --json); refusals end the command with exit 1.
-fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str) -> Outcome {
-    let dst = load_side(target, &SourceArgs::default(), &DeviceArgs::default())?;
-    let release = release_of(&dst, args.dst_version);
-    eprintln!(
-        "target: {} ({}); {}",
-        target.display(),
-        dst.kind(),
-        release.how
-    );
+/// Rewrites the stream for the destination --target describes, or for the release
+/// --dst-version names alone, listing every change on stderr (and as JSON on stdout with
+/// --json); refusals end the command with exit 1.
+fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
+    let dst_side = DstSide::load(args.target.as_deref(), args.dst_version)?;
+    let release = dst_side.release();
+    let unchecked = match &dst_side {
+        DstSide::File(side, _) => {
+            let path = args.target.as_deref().unwrap_or(Path::new("-"));
+            eprintln!(
+                "target: {} ({}); {}",
+                path.display(),
+                side.kind(),
+                release.how
+            );
+            Vec::new()
+        }
+        DstSide::Release(alone) => {
+            eprintln!("target: QEMU {alone}, without a schema");
+            compat::WITHOUT_SCHEMA.to_vec()
+        }
+    };
+    let dst = dst_side.destination();
+    for what in &unchecked {
+        eprintln!("not checked: {what}");
+    }
     let devices = args.devices.decode(stream, shown)?;
-    match compat::retarget(stream, &devices, dst.schema(), release.release) {
+    let target = args.target.as_ref().map(|p| p.display().to_string());
+    match compat::retarget(stream, &devices, dst) {
         Ok(changes) => {
             for change in &changes {
                 eprintln!("changed: {}: {}", change.section, change.message);
@@ -282,7 +303,7 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
                 eprintln!("changed: nothing: the destination loads the stream as it is");
             }
             if args.json {
-                print_report(target, &release, "changes", &changes)?;
+                print_report(target.as_deref(), &release, &unchecked, "changes", &changes)?;
             }
             Ok(())
         }
@@ -291,7 +312,7 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
                 eprintln!("refused: {problem}{}", flag_hint(problem));
             }
             if args.json {
-                print_report(target, &release, "refused", &refused)?;
+                print_report(target.as_deref(), &release, &unchecked, "refused", &refused)?;
             }
             Err(Failure {
                 code: INVALID_STATE,
@@ -299,23 +320,29 @@ fn retarget(stream: &mut Stream, target: &Path, args: &ConvertArgs, shown: &str)
                     "{shown}: {} problem(s) cannot be rewritten for {} without losing state; \
                      nothing written",
                     refused.len(),
-                    target.display()
+                    target.unwrap_or_else(|| format!(
+                        "QEMU {}",
+                        dst.release().map(|r| r.to_string()).unwrap_or_default()
+                    ))
                 ),
             })
         }
     }
 }
 
-/// The --json report of `convert --target`: the target, its release, and the `key` list.
+/// The --json report of `convert --target`/`--dst-version`: the target (none for a release
+/// alone), its release, the checks not made, and the `key` list.
 fn print_report(
-    target: &Path,
-    release: &vmstate::compat::ReleaseGuess,
+    target: Option<&str>,
+    release: &ReleaseGuess,
+    unchecked: &[&str],
     key: &str,
     list: &impl serde::Serialize,
 ) -> Outcome {
     let mut report = serde_json::Map::new();
-    report.insert("target".to_owned(), target.display().to_string().into());
+    report.insert("target".to_owned(), to_value(&target)?);
     report.insert("release".to_owned(), to_value(release)?);
+    report.insert("unchecked".to_owned(), to_value(&unchecked)?);
     report.insert(key.to_owned(), to_value(list)?);
     print_json(&report)
 }

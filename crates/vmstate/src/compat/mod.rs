@@ -10,6 +10,11 @@
 //! depend on the destination's QEMU release, see [`release`]) and the virtio internals.
 //! [`retarget`] rewrites a stream so that such a destination loads it, where that loses no
 //! state.
+//!
+//! A destination is known by its schema or, without one, by its QEMU release alone
+//! ([`Destination`]): then what that release knows is checked, and [`WITHOUT_SCHEMA`] lists
+//! what is not. What the schemas leave open (a field sent only when a test holds, the size of
+//! a field whose dump gives no element count) is [`Findings::undecided`], not a problem.
 
 pub mod release;
 mod retarget;
@@ -18,10 +23,74 @@ mod stream;
 
 pub use release::{guess_release, Certainty, Release, ReleaseGuess};
 pub use retarget::{retarget, Change};
-pub use schemas::compare_schemas;
-pub use stream::{check_stream, StreamCheck, NOT_IN_DUMPS};
+pub use schemas::{compare_schemas, compare_with_release};
+pub use stream::{check_stream, NOT_IN_DUMPS};
 
 use serde::Serialize;
+
+use crate::schema::{Field, Schema};
+
+/// What a destination is known by.
+#[derive(Debug, Clone, Copy)]
+pub enum Destination<'a> {
+    /// Its schema (a `-dump-vmstate` file, or a stream it wrote) and its QEMU release, when
+    /// known.
+    Schema(&'a Schema, Option<Release>),
+    /// Its QEMU release only: its commands, capabilities, machine types and virtio
+    /// subsections are known, its sections are not.
+    Release(Release),
+}
+
+impl Destination<'_> {
+    /// Its QEMU release, when known.
+    pub fn release(&self) -> Option<Release> {
+        match self {
+            Destination::Schema(_, release) => *release,
+            Destination::Release(release) => Some(*release),
+        }
+    }
+}
+
+/// The checks that need the destination's schema, not made when only its release is known.
+pub const WITHOUT_SCHEMA: &[&str] = &[
+    "the sections the destination has, and the versions of each it loads (that takes its \
+     -dump-vmstate file)",
+    "the fields and subsections of every section (that takes its -dump-vmstate file)",
+    "the machine type the destination runs (only whether its release has the source's was \
+     checked)",
+];
+
+/// What a comparison found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Findings {
+    /// Everything the destination refuses or misreads (for a stream, in stream order).
+    pub problems: Vec<Problem>,
+    /// What the schemas leave open, not a problem by itself: a field sent only when a test
+    /// holds that the other side does not have, the size of a field whose dump gives no
+    /// element count.
+    pub undecided: Vec<Problem>,
+    /// What could not be checked, and why.
+    pub unchecked: Vec<String>,
+}
+
+impl Findings {
+    /// Adds the checks [`WITHOUT_SCHEMA`] lists to what was not checked.
+    fn without_schema(&mut self) {
+        self.unchecked
+            .extend(WITHOUT_SCHEMA.iter().map(|what| (*what).to_owned()));
+    }
+}
+
+/// A field's size as a noun: its bytes, or its element's when its dump gives no count.
+fn bytes_text(field: &Field) -> String {
+    match field.bytes() {
+        Some(bytes) => format!("{bytes} byte(s)"),
+        None => format!(
+            "elements of {} byte(s), a count its dump does not give",
+            field.size
+        ),
+    }
+}
 
 /// What kind of problem a [`Problem`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -57,6 +126,12 @@ pub enum ProblemKind {
     Capability,
     /// Virtio state the destination's QEMU does not read as written.
     VirtioInternals,
+    /// A field sent (or read) only when its test holds, which the other side does not have:
+    /// the migration fails only when the test holds (undecided).
+    Conditional,
+    /// Sizes that differ in a way that cannot be measured: a dump gives no element count
+    /// (undecided).
+    SizeUnknown,
 }
 
 /// One reason a destination would not load the source, or would load it wrongly.

@@ -5,12 +5,16 @@
 //! then run that machine type); a section's version is lowered to the destination's when the
 //! stream, read at the lower version, holds no field the destination would not read. Anything
 //! else the destination would refuse is refused here, with the field and its value named.
+//!
+//! A destination known by its release alone gets what that release decides: commands
+//! dropped, the machine type renamed to the release's of its family (`pc-q35-10.0` becomes
+//! `pc-q35-7.2`); versions, which need its schema, are left as they are.
 
 use serde::Serialize;
 
-use super::release::Release;
+use super::release::machine_for_release;
 use super::stream::check_stream;
-use super::{Problem, ProblemKind};
+use super::{Destination, Problem, ProblemKind};
 use crate::devices::VirtioSection;
 use crate::schema::Schema;
 use crate::stream::{self, Record, Stream, StructValue, Value};
@@ -43,18 +47,17 @@ enum Plan {
     },
 }
 
-/// Rewrites `stream` so that the destination `dst` (of QEMU `release`, when known) loads it,
-/// and lists what was changed. `devices` are the stream's decoded virtio devices. When
-/// anything cannot be rewritten without losing state, nothing is changed and every refusal is
-/// returned, each naming the field and the value it holds.
+/// Rewrites `stream` so that the destination `dst` loads it, and lists what was changed.
+/// `devices` are the stream's decoded virtio devices. When anything cannot be rewritten
+/// without losing state, nothing is changed and every refusal is returned, each naming the
+/// field and the value it holds.
 pub fn retarget(
     stream: &mut Stream,
     devices: &[VirtioSection],
-    dst: &Schema,
-    release: Option<Release>,
+    dst: Destination<'_>,
 ) -> std::result::Result<Vec<Change>, Vec<Problem>> {
     let carried = Schema::from_stream(stream, devices);
-    let found = check_stream(stream, &carried, dst, release);
+    let found = check_stream(stream, &carried, dst);
     let mut plans = Vec::new();
     let mut refused = Vec::new();
     for problem in found.problems {
@@ -76,7 +79,7 @@ pub fn retarget(
         })?);
     }
     // A lowered version may leave fields the destination does not read at that version.
-    let again = check_stream(stream, &Schema::from_stream(stream, devices), dst, release);
+    let again = check_stream(stream, &Schema::from_stream(stream, devices), dst);
     if !again.problems.is_empty() {
         return Err(again
             .problems
@@ -87,9 +90,20 @@ pub fn retarget(
     Ok(changes)
 }
 
-fn plan(stream: &Stream, carried: &Schema, dst: &Schema, problem: &Problem) -> Option<Plan> {
+fn plan(
+    stream: &Stream,
+    carried: &Schema,
+    dst: Destination<'_>,
+    problem: &Problem,
+) -> Option<Plan> {
     match problem.kind {
-        ProblemKind::MachineType => dst.machine.clone().map(Plan::Machine),
+        ProblemKind::MachineType => match dst {
+            Destination::Schema(schema, _) => schema.machine.clone(),
+            Destination::Release(release) => stream
+                .configuration()
+                .and_then(|c| machine_for_release(&c.machine, release)),
+        }
+        .map(Plan::Machine),
         ProblemKind::UnknownCommand => {
             let offset = problem.offset?;
             stream
@@ -104,6 +118,9 @@ fn plan(stream: &Stream, carried: &Schema, dst: &Schema, problem: &Problem) -> O
                 .map(|c| Plan::DropCommand(c.span.offset))
         }
         ProblemKind::VersionTooNew if problem.field.is_none() => {
+            let Destination::Schema(dst, _) = dst else {
+                return None;
+            };
             let section = carried.section(&problem.section)?;
             let vmsd = section.vmsd_name()?;
             let to = dst.sections_of(vmsd).map(|s| s.version_id).max()?;

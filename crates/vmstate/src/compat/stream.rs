@@ -2,11 +2,12 @@
 //! with the message QEMU prints for each.
 
 use super::release::{
-    knows_capability, knows_command, knows_virtio_subsection, machine_release, Release,
+    knows_capability, knows_command, knows_virtio_subsection, machine_for_release, machine_release,
+    Release,
 };
-use super::{Problem, ProblemKind};
+use super::{bytes_text, Destination, Findings, Problem, ProblemKind};
 use crate::schema::{virtio::VIRTIO_TYPE, Description, Field, Origin, Schema, SectionSchema};
-use crate::stream::Stream;
+use crate::stream::{Configuration, Stream};
 
 /// Sections that QEMU registers without a device class VMState, which no `-dump-vmstate`
 /// file lists: their versions and fields cannot be checked against one.
@@ -32,26 +33,37 @@ pub const NOT_IN_DUMPS: &[&str] = &[
     "ide",
 ];
 
-/// What [`check_stream`] found.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct StreamCheck {
-    /// Everything the destination refuses or misreads, in stream order.
-    pub problems: Vec<Problem>,
-    /// What could not be checked, and why.
-    pub unchecked: Vec<String>,
+/// Compares what `stream` carries (`carried`, its [`Schema::from_stream`]) with the
+/// destination `dst`: its schema (a `-dump-vmstate` file or another stream) and release, or
+/// its release alone. The problems come in stream order.
+pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> Findings {
+    let mut check = Findings::default();
+    let release = dst.release();
+    if let Some(config) = stream.configuration() {
+        match dst {
+            Destination::Schema(schema, _) => {
+                machine(&mut check, config, schema.machine.as_deref(), release);
+            }
+            Destination::Release(release) => release_machine(&mut check, config, release),
+        }
+        capabilities(&mut check, config, release);
+    }
+    commands(&mut check, stream, release);
+    match dst {
+        Destination::Schema(schema, _) => sections(&mut check, carried, schema, release),
+        Destination::Release(release) => {
+            for section in &carried.sections {
+                virtio_of_section(&mut check.problems, section, release);
+            }
+            check.without_schema();
+        }
+    }
+    check.problems.sort_by_key(|p| p.offset.unwrap_or(u64::MAX));
+    check
 }
 
-/// Compares what `stream` carries (`carried`, its [`Schema::from_stream`]) with the
-/// destination `dst`, a `-dump-vmstate` file or another stream, of QEMU `release` when known.
-pub fn check_stream(
-    stream: &Stream,
-    carried: &Schema,
-    dst: &Schema,
-    release: Option<Release>,
-) -> StreamCheck {
-    let mut check = StreamCheck::default();
-    configuration(&mut check, stream, dst, release);
-    commands(&mut check, stream, release);
+/// Each section the stream carries against the destination's schema.
+fn sections(check: &mut Findings, carried: &Schema, dst: &Schema, release: Option<Release>) {
     let mut not_described = Vec::new();
     for section in carried
         .sections
@@ -105,17 +117,25 @@ pub fn check_stream(
             not_described.join(", ")
         ));
     }
-    check.problems.sort_by_key(|p| p.offset.unwrap_or(u64::MAX));
-    check
+    if dst.origin == Origin::Dump && !dst.counts_known() {
+        check.unchecked.push(
+            "the destination's -dump-vmstate file gives no element counts (QEMU 7.2's writes \
+             none): fields were checked by element size, each as any number of elements"
+                .to_owned(),
+        );
+    }
 }
 
-fn configuration(check: &mut StreamCheck, stream: &Stream, dst: &Schema, release: Option<Release>) {
-    let Some(config) = stream.configuration() else {
-        return;
-    };
+/// The stream's machine type against the one the destination runs (`dst`, when known).
+fn machine(
+    check: &mut Findings,
+    config: &Configuration,
+    dst: Option<&str>,
+    release: Option<Release>,
+) {
     let offset = Some(config.span.offset);
     let machine = &config.machine;
-    match &dst.machine {
+    match dst {
         Some(local) if local != machine => {
             let mut message =
                 format!("the stream is of machine {machine}, the destination runs {local}");
@@ -138,6 +158,42 @@ fn configuration(check: &mut StreamCheck, stream: &Stream, dst: &Schema, release
             .unchecked
             .push("the destination names no machine type: the stream's was not checked".to_owned()),
     }
+}
+
+/// The stream's machine type against a destination known by its release alone: QEMU
+/// `release` has the machine types of its own and older releases.
+fn release_machine(check: &mut Findings, config: &Configuration, release: Release) {
+    let machine = &config.machine;
+    match machine_release(machine) {
+        Some(since) if since > release => {
+            let local = machine_for_release(machine, release).unwrap_or_default();
+            check.problems.push(
+                Problem::new(
+                    ProblemKind::MachineType,
+                    "configuration",
+                    format!(
+                        "the stream is of machine {machine}, which QEMU {release} does not have \
+                         (it is of QEMU {since}; {release}'s of the family is {local})"
+                    ),
+                )
+                .on("name")
+                .qemu(format!(
+                    "Machine type received is '{machine}' and local is '{local}'"
+                ))
+                .at(Some(config.span.offset)),
+            );
+        }
+        Some(_) => {}
+        None => check.unchecked.push(format!(
+            "machine type {machine} names no release: whether QEMU {release} has it was not \
+             checked"
+        )),
+    }
+}
+
+/// The capabilities the stream was written with, against what QEMU `release` knows.
+fn capabilities(check: &mut Findings, config: &Configuration, release: Option<Release>) {
+    let offset = Some(config.span.offset);
     for capability in config.capabilities() {
         let known = release.and_then(|r| knows_capability(r, capability));
         let problem = match known {
@@ -166,7 +222,7 @@ fn configuration(check: &mut StreamCheck, stream: &Stream, dst: &Schema, release
     }
 }
 
-fn commands(check: &mut StreamCheck, stream: &Stream, release: Option<Release>) {
+fn commands(check: &mut Findings, stream: &Stream, release: Option<Release>) {
     let Some(release) = release else {
         if !stream.commands().is_empty() {
             check.unchecked.push(
@@ -284,6 +340,24 @@ fn compare_section(
         qemu: load_error(section),
     };
     context.description(out, desc, dst_desc, version);
+}
+
+/// The virtio internals of `section` against QEMU `release`, without the destination's
+/// schema.
+fn virtio_of_section(out: &mut Vec<Problem>, section: &SectionSchema, release: Release) {
+    let Some(field) = section.description.as_ref().and_then(|d| {
+        d.fields
+            .iter()
+            .find(|f| f.type_name.as_deref() == Some(VIRTIO_TYPE))
+    }) else {
+        return;
+    };
+    let context = Context {
+        section,
+        release: Some(release),
+        qemu: load_error(section),
+    };
+    context.virtio(out, field);
 }
 
 struct Context<'a> {
@@ -425,10 +499,10 @@ impl Context<'_> {
                             &sent.name,
                             &d.name,
                             format!(
-                                "the destination reads {} ({} byte(s)) here, which the stream \
+                                "the destination reads {} ({}) here, which the stream \
                                  does not carry: it takes {}'s bytes for it",
                                 d.name,
-                                d.size.saturating_mul(d.count()),
+                                bytes_text(d),
                                 s.name
                             ),
                         )
@@ -446,7 +520,7 @@ impl Context<'_> {
                                 "{} is {} byte(s) in the stream, the destination reads {}",
                                 s.name,
                                 sent_bytes(s),
-                                d.size.saturating_mul(d.count())
+                                bytes_text(d)
                             ),
                         )
                         .at(s.offset),
@@ -462,11 +536,11 @@ impl Context<'_> {
                             &s.name,
                             format!(
                                 "the stream carries {} ({} byte(s)) where the destination reads \
-                                 {} ({} byte(s))",
+                                 {} ({})",
                                 s.name,
                                 sent_bytes(s),
                                 d.name,
-                                d.size.saturating_mul(d.count())
+                                bytes_text(d)
                             ),
                         )
                         .at(s.offset),
@@ -489,9 +563,9 @@ impl Context<'_> {
                     &sent.name,
                     &d.name,
                     format!(
-                        "the destination reads {} ({} byte(s)) after the fields the stream carries",
+                        "the destination reads {} ({}) after the fields the stream carries",
                         d.name,
-                        d.size.saturating_mul(d.count())
+                        bytes_text(d)
                     ),
                 )
                 .at(sent.offset),
@@ -526,7 +600,7 @@ impl Context<'_> {
             }
         }
         let ndescs_first = layout.fields.iter().any(|f| {
-            f.count() > 0
+            f.elements().is_some_and(|n| n > 0)
                 && f.description.as_ref().is_some_and(|rq| {
                     let names: Vec<&str> = rq.fields.iter().map(|f| f.name.as_str()).collect();
                     let ndescs = names.iter().position(|n| *n == "ndescs");
@@ -553,15 +627,17 @@ impl Context<'_> {
 
 /// Bytes a field took in the stream.
 fn sent_bytes(field: &Field) -> u64 {
-    field.size.saturating_mul(field.count())
+    // A stream's counts are all known: what it carries was counted.
+    field.bytes().unwrap_or(field.size)
 }
 
 /// Whether the destination reads a sent field as one field: the same bytes (any name), or a
 /// field whose size varies (`virtio`, buffers sized by another field), or a struct of the
 /// same name.
 ///
-/// A `-dump-vmstate` file gives an array's element size and not its count: there, any whole
-/// number of elements fits.
+/// A field of a `-dump-vmstate` file without `num` may be an array whose length another field
+/// holds, and in a dump that gives no counts (QEMU 7.2's) any array: there, any whole number
+/// of elements fits.
 fn fits(sent: &Field, dst: &Field) -> bool {
     if sent.name == dst.name && (dst.description.is_some() || dst.size == 0) {
         return true;
@@ -570,7 +646,7 @@ fn fits(sent: &Field, dst: &Field) -> bool {
         return false;
     }
     let sent = sent_bytes(sent);
-    match dst.num {
+    match dst.count.num() {
         Some(n) => {
             let bytes = dst.size.saturating_mul(n);
             bytes == 0 || bytes == sent

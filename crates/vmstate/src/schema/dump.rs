@@ -5,10 +5,15 @@
 //! type. A `Description` has `name`, `version_id`, `minimum_version_id`, `Fields` and
 //! optionally `Subsections`; a field has `field`, `version_id`, `field_exists`, `size`,
 //! optionally `num` and a nested `Description`.
+//!
+//! `num` is the length of a fixed array. QEMU 7.2 writes it for no field: in a file without
+//! any `num`, every field's count is [`Count::Unknown`]; in one with some, a field without
+//! it is one element.
 
 use serde_json::{json, Map, Value as Json};
 
-use super::{Description, Field, Origin, Schema, SectionSchema};
+use super::virtio::VIRTIO_TYPE;
+use super::{Count, Description, Field, Origin, Schema, SectionSchema};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The key QEMU writes the machine type under.
@@ -24,6 +29,11 @@ impl Schema {
         let object = root
             .as_object()
             .ok_or_else(|| bad("not a JSON object of device classes".to_owned()))?;
+        let without_num = if gives_counts(&root) {
+            Count::One
+        } else {
+            Count::Unknown
+        };
         let mut machine = None;
         let mut sections = Vec::with_capacity(object.len());
         for (class, value) in object {
@@ -37,7 +47,10 @@ impl Schema {
                 );
                 continue;
             }
-            sections.push(class_schema(class, value).map_err(|e| bad(format!("{class}: {e}")))?);
+            sections.push(
+                class_schema(class, value, without_num)
+                    .map_err(|e| bad(format!("{class}: {e}")))?,
+            );
         }
         if sections.is_empty() {
             return Err(bad("no device class is described".to_owned()));
@@ -76,7 +89,24 @@ impl Schema {
     }
 }
 
-fn class_schema(class: &str, value: &Json) -> Parsed<SectionSchema> {
+/// Whether any field QEMU describes has a `num`: then the file gives element counts. The
+/// layout inside a `virtio` field is this crate's (written back by [`Schema::to_dump_json`]),
+/// not QEMU's.
+fn gives_counts(value: &Json) -> bool {
+    match value {
+        Json::Object(map) => {
+            let virtio = map.get("field").and_then(Json::as_str) == Some(VIRTIO_TYPE);
+            map.contains_key("num")
+                || map
+                    .iter()
+                    .any(|(key, v)| !(virtio && key == "Description") && gives_counts(v))
+        }
+        Json::Array(items) => items.iter().any(gives_counts),
+        _ => false,
+    }
+}
+
+fn class_schema(class: &str, value: &Json, without_num: Count) -> Parsed<SectionSchema> {
     Ok(SectionSchema {
         name: class.to_owned(),
         instance_id: None,
@@ -86,7 +116,7 @@ fn class_schema(class: &str, value: &Json) -> Parsed<SectionSchema> {
         description: value
             .get("Description")
             .map(|d| {
-                description(d).map(|mut d| {
+                description(d, without_num).map(|mut d| {
                     super::virtio::expand_generic(&mut d);
                     d
                 })
@@ -103,7 +133,8 @@ fn number(value: &Json, key: &str) -> Parsed<u32> {
         .ok_or_else(|| format!("no 32-bit \"{key}\""))
 }
 
-fn description(value: &Json) -> Parsed<Description> {
+/// A `Description`; `without_num` is the count of a field that has no `num`.
+fn description(value: &Json, without_num: Count) -> Parsed<Description> {
     let name = value
         .get("name")
         .and_then(Json::as_str)
@@ -114,13 +145,13 @@ fn description(value: &Json) -> Parsed<Description> {
     let fields = list("Fields")
         .unwrap_or_default()
         .iter()
-        .map(field)
+        .map(|f| field(f, without_num))
         .collect::<Parsed<Vec<_>>>()
         .map_err(within)?;
     let subsections = list("Subsections")
         .unwrap_or_default()
         .iter()
-        .map(description)
+        .map(|d| description(d, without_num))
         .collect::<Parsed<Vec<_>>>()
         .map_err(within)?;
     // Versions are absent where this crate wrote a layout QEMU does not describe.
@@ -138,7 +169,7 @@ fn description(value: &Json) -> Parsed<Description> {
     })
 }
 
-fn field(value: &Json) -> Parsed<Field> {
+fn field(value: &Json, without_num: Count) -> Parsed<Field> {
     let name = value
         .get("field")
         .and_then(Json::as_str)
@@ -149,16 +180,16 @@ fn field(value: &Json) -> Parsed<Field> {
         .get("size")
         .and_then(Json::as_u64)
         .ok_or_else(|| within("no \"size\"".to_owned()))?;
-    let num = match value.get("num") {
-        None => None,
-        Some(n) => Some(
+    let count = match value.get("num") {
+        None => without_num,
+        Some(n) => Count::Array(
             n.as_u64()
                 .ok_or_else(|| within("\"num\" is not a count".to_owned()))?,
         ),
     };
     let nested = value
         .get("Description")
-        .map(description)
+        .map(|d| description(d, without_num))
         .transpose()
         .map_err(within)?;
     Ok(Field {
@@ -168,7 +199,7 @@ fn field(value: &Json) -> Parsed<Field> {
             .and_then(Json::as_bool)
             .unwrap_or(false),
         size,
-        num,
+        count,
         type_name: None,
         description: nested.map(Box::new),
         offset: None,
@@ -204,7 +235,7 @@ fn field_json(field: &Field) -> Json {
     out.insert("version_id".to_owned(), json!(field.version_id));
     out.insert("field_exists".to_owned(), json!(field.field_exists));
     out.insert("size".to_owned(), json!(field.size));
-    if let Some(num) = field.num {
+    if let Some(num) = field.count.num() {
         out.insert("num".to_owned(), json!(num));
     }
     if let Some(nested) = &field.description {
@@ -216,6 +247,7 @@ fn field_json(field: &Field) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::render_tree;
 
     const DUMP: &str = r#"{
       "virtio-blk-device": {"Name": "virtio-blk-device", "version_id": 2, "minimum_version_id": 2,
@@ -239,7 +271,8 @@ mod tests {
         let e1000 = schema.section("e1000").unwrap();
         assert_eq!((e1000.version_id, e1000.minimum_version_id), (2, Some(1)));
         let desc = e1000.description.as_ref().unwrap();
-        assert_eq!(desc.fields[0].num, Some(8));
+        assert_eq!(desc.fields[0].count, Count::Array(8));
+        assert_eq!(desc.fields[1].count, Count::One);
         assert!(desc.subsections[0].fields[0].field_exists);
         // The opaque virtio field holds the layout the decoders read; all else is as read.
         let blk = schema.section("virtio-blk-device").unwrap();
@@ -261,6 +294,24 @@ mod tests {
         assert!(e.to_string().contains("x: no 32-bit \"version_id\""), "{e}");
         assert!(Schema::from_dump(b"[1]").is_err());
         assert!(Schema::from_dump(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_dump_without_any_num_gives_no_counts_and_keeps_giving_none_when_written_back() {
+        // QEMU 7.2 writes no `num`: the 8 registers of mac_reg read as an unknown count.
+        let old = DUMP.replace(", \"num\": 8", "");
+        let schema = Schema::from_dump(old.as_bytes()).unwrap();
+        let e1000 = schema.section("e1000").and_then(|s| s.description.as_ref());
+        let mac_reg = &e1000.unwrap().fields[0];
+        assert_eq!((mac_reg.count, mac_reg.bytes()), (Count::Unknown, None));
+        assert!(!schema.counts_known());
+        assert!(render_tree(&schema).contains("mac_reg[?]"));
+        // The virtio layout written back has counts of its own; they are not QEMU's.
+        let text = schema.to_dump_json().to_string();
+        assert!(text.contains("\"num\""));
+        let again = Schema::from_dump(text.as_bytes()).unwrap();
+        assert!(!again.counts_known());
+        assert!(Schema::from_dump(DUMP.as_bytes()).unwrap().counts_known());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the fields and subsections it holds, read from the decoded payloads (which follow the
 //! stream's own description).
 
-use super::{virtio, Description, Field, Origin, Schema, SectionSchema};
+use super::{virtio, Count, Description, Field, Origin, Schema, SectionSchema};
 use crate::devices::VirtioSection;
 use crate::stream::{self, SectionBody, Stream, StructValue, Value};
 
@@ -75,13 +75,15 @@ pub(crate) fn struct_description(
             .last_mut()
             .filter(|f| element && f.name == field.name && in_array)
         {
-            last.num = Some(last.count().saturating_add(out.count()));
+            // A stream's counts are all known: what it carries was counted.
+            let elements = |f: &Field| f.elements().unwrap_or(1);
+            last.count = Count::Array(elements(last).saturating_add(elements(&out)));
             continue;
         }
         in_array = field.index.is_some();
         let mut out = out;
-        if in_array && out.num.is_none() {
-            out.num = Some(1);
+        if in_array && out.count == Count::One {
+            out.count = Count::Array(1);
         }
         fields.push(out);
     }
@@ -117,7 +119,7 @@ fn field_schema(field: &stream::Field) -> Field {
             out.description = Some(Box::new(struct_description(state, &field.name, None)));
         }
         Value::Array(elements) => {
-            out.num = Some(elements.len() as u64);
+            out.count = Count::Array(elements.len() as u64);
             if let Some(first) = elements.first() {
                 out.size = first.size;
                 if let Value::Struct(state) = &first.value {
@@ -127,7 +129,7 @@ fn field_schema(field: &stream::Field) -> Field {
         }
         Value::Uints(values) => {
             let count = values.len() as u64;
-            out.num = Some(count);
+            out.count = Count::Array(count);
             out.size = field.size.checked_div(count).unwrap_or(0);
         }
         Value::Bool(_) | Value::Unsigned(_) | Value::Signed(_) | Value::Text(_) | Value::Raw(_) => {

@@ -87,14 +87,52 @@ pub struct Field {
     /// Bytes of one element; 0 where the size varies (a dump's `virtio` and buffers sized
     /// by another field).
     pub size: u64,
-    /// Elements of an array.
-    pub num: Option<u64>,
+    /// How many elements it has.
+    pub count: Count,
     /// The VMStateInfo name (`uint32`, `struct`, `virtio`, ...), where known.
     pub type_name: Option<String>,
     /// A nested struct, or the layout a `virtio` field holds.
     pub description: Option<Box<Description>>,
     /// Offset of its first byte in a stream.
     pub offset: Option<u64>,
+}
+
+/// How many elements a [`Field`] has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Count {
+    /// One: not an array. In a dump, also an array whose length another field holds, which
+    /// `-dump-vmstate` shows as one element (as QEMU's static checker takes it).
+    #[default]
+    One,
+    /// An array of this many elements (a dump's `num`).
+    Array(u64),
+    /// Not known: the dump gives no element counts at all (QEMU 7.2's `-dump-vmstate` writes
+    /// no `num`), so the field may be an array of any length.
+    Unknown,
+}
+
+impl Count {
+    /// The count of a field that is an array of `num` elements, or not an array.
+    pub fn of(num: Option<u64>) -> Count {
+        num.map_or(Count::One, Count::Array)
+    }
+
+    /// The number of elements, when known.
+    pub fn elements(self) -> Option<u64> {
+        match self {
+            Count::One => Some(1),
+            Count::Array(n) => Some(n),
+            Count::Unknown => None,
+        }
+    }
+
+    /// The array length `-dump-vmstate` writes as `num`.
+    pub fn num(self) -> Option<u64> {
+        match self {
+            Count::Array(n) => Some(n),
+            Count::One | Count::Unknown => None,
+        }
+    }
 }
 
 impl Schema {
@@ -112,6 +150,14 @@ impl Schema {
     pub fn section(&self, name: &str) -> Option<&SectionSchema> {
         self.sections.iter().find(|s| s.name == name)
     }
+
+    /// Whether every field's element count is known (not so in a dump of QEMU 7.2).
+    pub fn counts_known(&self) -> bool {
+        self.sections
+            .iter()
+            .filter_map(|s| s.description.as_ref())
+            .all(Description::counts_known)
+    }
 }
 
 impl SectionSchema {
@@ -125,6 +171,12 @@ impl Description {
     /// The subsection called `name`.
     pub fn subsection(&self, name: &str) -> Option<&Description> {
         self.subsections.iter().find(|s| s.name == name)
+    }
+
+    fn counts_known(&self) -> bool {
+        self.fields.iter().all(|f| {
+            f.count != Count::Unknown && f.description.as_deref().map_or(true, Self::counts_known)
+        }) && self.subsections.iter().all(Self::counts_known)
     }
 }
 
@@ -144,14 +196,19 @@ impl Field {
         Field {
             name: name.to_owned(),
             type_name: Some("struct".to_owned()),
-            num,
+            count: Count::of(num),
             description: Some(Box::new(description)),
             ..Field::default()
         }
     }
 
-    /// Elements of the field: `num`, or 1.
-    pub fn count(&self) -> u64 {
-        self.num.unwrap_or(1)
+    /// Elements of the field, when known.
+    pub fn elements(&self) -> Option<u64> {
+        self.count.elements()
+    }
+
+    /// Bytes of the whole field (every element), when its count is known.
+    pub fn bytes(&self) -> Option<u64> {
+        self.elements().map(|n| self.size.saturating_mul(n))
     }
 }

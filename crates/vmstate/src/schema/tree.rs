@@ -2,10 +2,11 @@
 
 use std::fmt::Write;
 
-use super::{Description, Field, Origin, Schema};
+use super::{Count, Description, Field, Origin, Schema};
 
 /// One line per section, struct, field and subsection, indented by nesting. Arrays show
-/// their count (`[1024]`), sizes are bytes of one element (`?` where the size varies).
+/// their count (`[1024]`, `[?]` where a dump gives no counts), sizes are bytes of one
+/// element (`?` where the size varies).
 pub fn render_tree(schema: &Schema) -> String {
     let mut out = String::new();
     let origin = match schema.origin {
@@ -67,8 +68,12 @@ fn description(out: &mut String, desc: &Description, depth: usize) {
 fn line(out: &mut String, field: &Field, depth: usize) {
     indent(out, depth);
     let _ = write!(out, "{}", field.name);
-    if let Some(num) = field.num {
-        let _ = write!(out, "[{num}]");
+    match field.count {
+        Count::One => {}
+        Count::Array(num) => {
+            let _ = write!(out, "[{num}]");
+        }
+        Count::Unknown => out.push_str("[?]"),
     }
     if let Some(t) = &field.type_name {
         let _ = write!(out, " {t}");

@@ -8,7 +8,7 @@
 //! decoded device (counts and sizes as the stream has them); [`generic_layout`] states the
 //! layout any device may have, sizes that vary left at 0 as `-dump-vmstate` does.
 
-use super::{Description, Field};
+use super::{Count, Description, Field};
 use crate::devices::VirtioSection;
 use crate::element::VIRTQUEUE_MAX_SIZE;
 use crate::virtio::{DeviceState, NdescsOrder, Transport, VirtioDevice};
@@ -61,7 +61,7 @@ fn strukt(name: &str, fields: Vec<Field>) -> Description {
 
 fn array(name: &str, num: u64, size: u64) -> Field {
     Field {
-        num: Some(num),
+        count: Count::Array(num),
         ..scalar(name, size)
     }
 }
