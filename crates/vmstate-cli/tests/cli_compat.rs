@@ -376,3 +376,59 @@ fn unreadable_schemas_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("version_id"));
 }
+
+/// A QEMU 5.2 stream whose balloon subsection QEMU 5.1 to 6.0 misnamed: `compat` says a
+/// 7.2 destination refuses it, `convert --target` refuses naming `--mend-names`, and after
+/// `convert --mend-names` nothing is left to refuse.
+#[test]
+fn the_misnamed_balloon_subsection_is_a_problem_until_mended() {
+    let src = fixture("releases/qemu5.2-booted-q35-idle.rings.mig.gz");
+    let out = run(&["compat", "--json", "--dst-version", "7.2", &src], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["field"], "vitio-balloon-device/page-poison");
+    assert_eq!(problems[0]["description"], "virtio-balloon-device");
+    assert_eq!(
+        problems[0]["qemu_message"],
+        "error while loading state for instance 0x0 of device '0000:00:05.0/virtio-balloon'"
+    );
+
+    let refused = cli::tmp("misnamed", "refused.mig");
+    let out = run(
+        &[
+            "convert",
+            "--dst-version",
+            "7.2",
+            &src,
+            &refused.display().to_string(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("vitio-balloon-device/page-poison") && stderr.contains("(--mend-names)"),
+        "{stderr}"
+    );
+    assert!(!refused.exists(), "nothing is written when convert refuses");
+
+    let mended = cli::tmp("misnamed", "mended.mig");
+    let mended = mended.display().to_string();
+    let out = run(&["convert", "--mend-names", &src, &mended], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "subsection vitio-balloon-device/page-poison renamed virtio-balloon-device/page-poison"
+    ));
+    let out = run(&["compat", "--dst-version", "7.2", &mended], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(&["check", &mended], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("vitio"));
+}

@@ -353,10 +353,13 @@ fn to_value(value: &impl serde::Serialize) -> Result<serde_json::Value, Failure>
 
 /// The option that rewrites what a refusal names, where one does.
 fn flag_hint(problem: &Problem) -> &'static str {
-    if problem.kind == ProblemKind::VirtioInternals && problem.field.as_deref() == Some("ndescs") {
-        " (--packed-ndescs-after)"
-    } else {
-        ""
+    if problem.kind != ProblemKind::VirtioInternals {
+        return "";
+    }
+    match (problem.description.as_deref(), problem.field.as_deref()) {
+        (_, Some("ndescs")) => " (--packed-ndescs-after)",
+        (Some(parent), Some(subsection)) if !subsection.starts_with(parent) => " (--mend-names)",
+        _ => "",
     }
 }
 

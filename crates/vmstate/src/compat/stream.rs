@@ -599,6 +599,32 @@ impl Context<'_> {
                 }
             }
         }
+        for own in layout
+            .fields
+            .iter()
+            .filter_map(|f| f.description.as_deref())
+        {
+            for sub in own
+                .subsections
+                .iter()
+                .filter(|s| !s.name.starts_with(&own.name))
+            {
+                out.push(
+                    self.problem(
+                        ProblemKind::VirtioInternals,
+                        &own.name,
+                        &sub.name,
+                        format!(
+                            "the device state's subsection {} does not start with {}, the name \
+                             of the struct it belongs to: QEMU's loader stops reading {}'s \
+                             subsections there and misreads the virtio state after it",
+                            sub.name, own.name, own.name,
+                        ),
+                    )
+                    .qemu(self.qemu.clone()),
+                );
+            }
+        }
         let ndescs_first = layout.fields.iter().any(|f| {
             f.elements().is_some_and(|n| n > 0)
                 && f.description.as_ref().is_some_and(|rq| {

@@ -11,7 +11,9 @@
 use super::{Count, Description, Field};
 use crate::devices::VirtioSection;
 use crate::element::VIRTQUEUE_MAX_SIZE;
-use crate::virtio::{DeviceState, NdescsOrder, Transport, VirtioDevice};
+use crate::virtio::{
+    BalloonState, BalloonSubsection, DeviceState, NdescsOrder, Transport, VirtioDevice,
+};
 
 /// The VMState type name QEMU gives the whole blob.
 pub const VIRTIO_TYPE: &str = "virtio";
@@ -170,11 +172,35 @@ fn own_state(device: &DeviceState) -> Vec<Field> {
             size: bytes.0.len() as u64,
             ..Field::default()
         }],
+        DeviceState::Balloon(balloon) => vec![Field::nested(
+            "balloon",
+            None,
+            Description {
+                name: BalloonState::VMSD.to_owned(),
+                fields: vec![scalar("num_pages", 4), scalar("actual", 4)],
+                subsections: balloon
+                    .subsections
+                    .iter()
+                    .map(|s| Description {
+                        name: s.name().to_owned(),
+                        version_id: Some(s.version()),
+                        fields: match s {
+                            BalloonSubsection::FreePageReport { .. } => vec![
+                                scalar("free_page_hint_cmd_id", 4),
+                                scalar("free_page_hint_status", 4),
+                            ],
+                            BalloonSubsection::PagePoison { .. } => vec![scalar("poison_val", 4)],
+                        },
+                        ..Description::default()
+                    })
+                    .collect(),
+                ..Description::default()
+            },
+        )],
         other => {
             let kind = match other {
                 DeviceState::Net(_) => "virtio-net",
                 DeviceState::Serial(_) => "virtio-serial",
-                DeviceState::Balloon(_) => "virtio-balloon",
                 _ => "virtio-mem",
             };
             vec![Field {

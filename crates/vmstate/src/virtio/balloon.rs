@@ -59,7 +59,31 @@ pub enum BalloonSubsection {
     },
 }
 
+impl BalloonSubsection {
+    /// The subsection's name as written in the stream.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BalloonSubsection::FreePageReport { .. } => FREE_PAGE_REPORT,
+            BalloonSubsection::PagePoison {
+                misspelled: true, ..
+            } => PAGE_POISON_MISSPELLED,
+            BalloonSubsection::PagePoison { .. } => PAGE_POISON,
+        }
+    }
+
+    /// The version written after its name.
+    pub fn version(&self) -> u32 {
+        match self {
+            BalloonSubsection::FreePageReport { version, .. }
+            | BalloonSubsection::PagePoison { version, .. } => *version,
+        }
+    }
+}
+
 impl BalloonState {
+    /// Name of the device's own VMState, which its subsections' names must start with.
+    pub const VMSD: &'static str = VMSD;
+
     /// Whether a subsection carries a name no QEMU loader reads (QEMU 5.1 to 6.0's
     /// `vitio-balloon-device/page-poison`).
     pub fn has_misspelled_names(&self) -> bool {
@@ -148,27 +172,13 @@ pub fn encode(state: &BalloonState, w: &mut Writer) -> Result<()> {
     w.u32(Endian::Big, state.num_pages);
     w.u32(Endian::Big, state.actual);
     for sub in &state.subsections {
+        subsection::write_subsection_header(w, sub.name(), sub.version())?;
         match sub {
-            BalloonSubsection::FreePageReport {
-                version,
-                cmd_id,
-                status,
-            } => {
-                subsection::write_subsection_header(w, FREE_PAGE_REPORT, *version)?;
+            BalloonSubsection::FreePageReport { cmd_id, status, .. } => {
                 w.u32(Endian::Big, *cmd_id);
                 w.u32(Endian::Big, *status);
             }
-            BalloonSubsection::PagePoison {
-                version,
-                poison_val,
-                misspelled,
-            } => {
-                let name = if *misspelled {
-                    PAGE_POISON_MISSPELLED
-                } else {
-                    PAGE_POISON
-                };
-                subsection::write_subsection_header(w, name, *version)?;
+            BalloonSubsection::PagePoison { poison_val, .. } => {
                 w.u32(Endian::Big, *poison_val);
             }
         }
