@@ -601,7 +601,8 @@ fn balloon_state_and_its_page_poison_subsection() {
         balloon.subsections,
         [BalloonSubsection::PagePoison {
             version: 1,
-            poison_val: 0
+            poison_val: 0,
+            misspelled: false
         }]
     );
     let (_, device) = decode("qemu7.2-booted-pc-legacy-idle--0000_00_06.0-virtio-balloon");
