@@ -257,7 +257,7 @@ fn a_release_not_known_here_without_a_destination_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("QEMU 8.1 is not a release known here (7.2, 10.0)"),
+        said.contains("QEMU 8.1 is not a release known here (5.2, 7.2, 10.0, 11.1)"),
         "{said}"
     );
     // Neither a destination nor a release: a usage error.
@@ -431,4 +431,51 @@ fn the_misnamed_balloon_subsection_is_a_problem_until_mended() {
     let out = run(&["check", &mended], None);
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("vitio"));
+}
+
+/// Every release with a bundled dump is recognised from its dump, exactly; a stream of 11.1
+/// against 5.2 alone is refused for the machine type and the command 5.2 lacks, and a 5.2
+/// stream loads on 11.1 as far as the release alone tells.
+#[test]
+fn every_bundled_release_is_recognised_and_known_alone() {
+    let src = fixture(STREAM_10);
+    for (release, classes) in [("5.2", 208), ("7.2", 213), ("10.0", 230), ("11.1", 236)] {
+        let dump = fixture(&format!("schemas/qemu{release}-pc-q35-{release}.json.gz"));
+        let (_, report) = compat_json(&src, &dump);
+        let guess = &report["destination"]["release"];
+        assert_eq!(guess["release"], release, "{guess}");
+        assert_eq!(guess["certainty"], "exact", "{guess}");
+        assert!(
+            guess["how"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("all {classes} device classes")),
+            "{guess}"
+        );
+    }
+    let new = fixture("releases/qemu11.1-split-inflight.rings.mig.gz");
+    let out = run(&["compat", "--json", "--dst-version", "5.2", &new], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let messages: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["qemu_message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Machine type received is 'pc-q35-11.1' and local is 'pc-q35-5.2'",
+            "MIG_CMD 0xb unknown (len 0x0)"
+        ]
+    );
+    let old = fixture("releases/qemu5.2-split-inflight.rings.mig.gz");
+    let out = run(&["compat", "--dst-version", "11.1", &old], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -28,7 +28,7 @@ pub struct CompatArgs {
     json: bool,
     /// The destination's QEMU release (X.Y), instead of the one inferred from its schema: it
     /// decides which commands, capabilities, machine types and virtio subsections the
-    /// destination knows. Without DST, one of the releases known here (7.2, 10.0).
+    /// destination knows. Without DST, one of the releases known here (5.2, 7.2, 10.0, 11.1).
     #[arg(long, value_name = "X.Y")]
     dst_version: Option<Release>,
     /// The source's QEMU release (X.Y), instead of the one inferred from its schema.

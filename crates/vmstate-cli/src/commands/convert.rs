@@ -155,7 +155,7 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "DST", group = "retargets")]
     target: Option<PathBuf>,
     /// The destination's QEMU release (X.Y). With --target, instead of the one inferred
-    /// from its schema. Alone (one of the releases known here: 7.2, 10.0), rewrite the stream
+    /// from its schema. Alone (one of the releases known here: 5.2, 7.2, 10.0, 11.1), rewrite the stream
     /// for that release as far as the release decides: commands it does not know that carry
     /// no state dropped, the machine type renamed to the release's of its family; what
     /// needs the destination's schema (sections, versions, fields) is not checked, and

@@ -70,6 +70,8 @@ const SIGNATURES: &str = include_str!("releases.tsv");
 const COMMANDS: &[(u16, &str, Release)] = &[(0x0b, "SWITCHOVER_START", Release::new(10, 0))];
 /// The last command number every release known here knows.
 const OLDEST_COMMANDS: u16 = 0x0a;
+/// The newest release whose list of commands is known here (11.x adds none to 10.0's).
+const COMMANDS_KNOWN_UP_TO: Release = Release::new(11, 1);
 
 /// Capabilities a destination compares with the configuration section's list, and the
 /// first release that knows each (absent: older than every release known here).
@@ -79,8 +81,8 @@ const CAPABILITIES: &[(&str, Option<Release>)] = &[
 ];
 
 /// Core virtio subsections newer than some release known here, with the first release that
-/// reads them (`None`: none of the releases known here does).
-const VIRTIO_SUBSECTIONS: &[(&str, Option<Release>)] = &[("virtio/128bit_features", None)];
+/// reads them (`virtio/128bit_features`: QEMU 10.2, for feature bits 64 to 127).
+const VIRTIO_SUBSECTIONS: &[(&str, Release)] = &[("virtio/128bit_features", Release::new(10, 2))];
 
 /// The releases whose signatures are known, oldest first.
 pub fn known_releases() -> Vec<Release> {
@@ -217,7 +219,7 @@ pub fn knows_command(release: Release, number: u16) -> Option<bool> {
     }
     match COMMANDS.iter().find(|(n, _, _)| *n == number) {
         Some((_, _, since)) => Some(release >= *since),
-        None if release <= Release::new(10, 0) => Some(false),
+        None if release <= COMMANDS_KNOWN_UP_TO => Some(false),
         None => None,
     }
 }
@@ -233,9 +235,7 @@ pub fn knows_capability(release: Release, name: &str) -> Option<bool> {
 /// Whether `release` reads core virtio subsection `name`: `None` when that is not known.
 pub fn knows_virtio_subsection(release: Release, name: &str) -> Option<bool> {
     match VIRTIO_SUBSECTIONS.iter().find(|(n, _)| *n == name) {
-        Some((_, Some(since))) => Some(release >= *since),
-        Some((_, None)) if release <= Release::new(10, 0) => Some(false),
-        Some((_, None)) => None,
+        Some((_, since)) => Some(release >= *since),
         None if crate::virtio::CORE_SUBSECTIONS.contains(&name) => Some(true),
         None => Some(false),
     }
@@ -292,9 +292,24 @@ mod tests {
     }
 
     #[test]
-    fn both_signatures_are_read() {
+    fn every_signature_is_read() {
         let known = known_releases();
-        assert_eq!(known, vec![Release::new(7, 2), Release::new(10, 0)]);
+        assert_eq!(
+            known,
+            vec![
+                Release::new(5, 2),
+                Release::new(7, 2),
+                Release::new(10, 0),
+                Release::new(11, 1)
+            ]
+        );
+        assert_eq!(
+            knows_virtio_subsection(Release::new(11, 1), "virtio/128bit_features"),
+            Some(true)
+        );
+        assert_eq!(knows_command(Release::new(11, 1), 0x0b), Some(true));
+        assert_eq!(knows_command(Release::new(11, 1), 0x0c), Some(false));
+        assert_eq!(knows_command(Release::new(12, 0), 0x0c), None);
         let sigs = signatures();
         assert!(sigs[&Release::new(10, 0)].contains_key("vmclock"));
         assert!(!sigs[&Release::new(7, 2)].contains_key("vmclock"));
