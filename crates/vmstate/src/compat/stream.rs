@@ -31,6 +31,10 @@ pub const NOT_IN_DUMPS: &[&str] = &[
     "acpi_build",
     // PIIX IDE: QEMU 7.2 registered it without its class (10.0 dumps list `piix3-ide`).
     "ide",
+    // The PS/2 keyboard and mouse: QEMU 5.2 registered them without a class (7.2's dumps
+    // list `ps2kbd` and `ps2mouse`).
+    "ps2kbd",
+    "ps2mouse",
 ];
 
 /// Compares what `stream` carries (`carried`, its [`Schema::from_stream`]) with the
@@ -659,7 +663,8 @@ fn sent_bytes(field: &Field) -> u64 {
 
 /// Whether the destination reads a sent field as one field: the same bytes (any name), or a
 /// field whose size varies (`virtio`, buffers sized by another field), or a struct of the
-/// same name.
+/// same name or of the same VMState (a dump gives a struct's size in host memory, not on
+/// the wire: QEMU 7.2 renamed PS/2's `common` to `parent_obj` and loads 5.2's).
 ///
 /// A field of a `-dump-vmstate` file without `num` may be an array whose length another field
 /// holds, and in a dump that gives no counts (QEMU 7.2's) any array: there, any whole number
@@ -668,8 +673,11 @@ fn fits(sent: &Field, dst: &Field) -> bool {
     if sent.name == dst.name && (dst.description.is_some() || dst.size == 0) {
         return true;
     }
-    if dst.description.is_some() {
-        return false;
+    if let Some(described) = &dst.description {
+        return sent
+            .description
+            .as_ref()
+            .is_some_and(|d| d.name == described.name);
     }
     let sent = sent_bytes(sent);
     match dst.count.num() {

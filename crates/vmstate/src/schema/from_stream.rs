@@ -66,15 +66,21 @@ pub(crate) fn struct_description(
 ) -> Description {
     let mut fields: Vec<Field> = Vec::with_capacity(state.fields.len());
     // A non-compressed array arrives as one entry per element (QEMU compresses runs of
-    // equal elements into one entry): one field with a count.
+    // equal elements into one entry): one field with a count. Up to 10.0 each entry carries
+    // its index; QEMU 11 writes the elements of an array of structs whose length another
+    // field holds (AHCI's ports, IDE's drives) without one, as a run of entries of one name.
     let mut in_array = false;
     for field in &state.fields {
         let out = field_schema(field);
-        let element = in_array || field.index.is_some();
-        if let Some(last) = fields
-            .last_mut()
-            .filter(|f| element && f.name == field.name && in_array)
-        {
+        let indexed = field.index.is_some();
+        if let Some(last) = fields.last_mut().filter(|last| {
+            last.name == field.name
+                && if indexed {
+                    in_array
+                } else {
+                    repeats_element(last, &out)
+                }
+        }) {
             // A stream's counts are all known: what it carries was counted.
             let elements = |f: &Field| f.elements().unwrap_or(1);
             last.count = Count::Array(elements(last).saturating_add(elements(&out)));
@@ -104,6 +110,15 @@ pub(crate) fn struct_description(
             .collect(),
         offset: offset.or_else(|| state.fields.first().map(|f| f.offset)),
     }
+}
+
+/// Whether `next`, an entry without an index, is one more element of `last`: the same name,
+/// type and element size. QEMU gives two fields of one struct the same name only for
+/// `unused` buffers, which stay apart.
+fn repeats_element(last: &Field, next: &Field) -> bool {
+    last.type_name == next.type_name
+        && last.size == next.size
+        && next.type_name.as_deref() != Some("unused_buffer")
 }
 
 fn field_schema(field: &stream::Field) -> Field {
