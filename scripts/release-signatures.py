@@ -3,7 +3,7 @@
 `-dump-vmstate` output and their version_id, by which `vmstate compat` tells a dump's
 release.
 
-usage: release-signatures.py [DUMP ...]   (default: tests/fixtures/schemas/qemu*-pc-q35-X.Y.json.gz,
+usage: release-signatures.py [DUMP ...]   (default: crates/vmstate/schemas/qemu*-pc-q35-X.Y.json.gz,
                                            each release's dump at its own q35 machine type)
 
 A dump's release is read from its file name (qemuX.Y-...). Prints nothing; exits 2 when a
@@ -23,7 +23,7 @@ OUT = os.path.join(ROOT, "crates/vmstate/src/compat/releases.tsv")
 def own_machine_dumps():
     """Each release's dump at its own q35 machine type."""
     out = []
-    for path in glob.glob(os.path.join(ROOT, "tests/fixtures/schemas/qemu*-pc-q35-*.json.gz")):
+    for path in glob.glob(os.path.join(ROOT, "crates/vmstate/schemas/qemu*-pc-q35-*.json.gz")):
         m = re.match(r"qemu(\d+\.\d+)-pc-q35-(\d+\.\d+)\.json\.gz$", os.path.basename(path))
         if m and m.group(1) == m.group(2):
             out.append(path)
@@ -60,7 +60,7 @@ def main():
         f.write("# Device classes and their version_id in the -dump-vmstate output of each QEMU release this\n")
         f.write("# knows, for telling a dump's release from its contents: `release class version_id`.\n")
         f.write("# Written by scripts/release-signatures.py from each release's dump at its own q35 machine\n")
-        f.write("# type (tests/fixtures/schemas/): QEMU %s.\n" % ", ".join(versions))
+        f.write("# type (crates/vmstate/schemas/): QEMU %s.\n" % ", ".join(versions))
         f.write("\n".join(rows) + "\n")
 
 

@@ -1,5 +1,5 @@
 //! `vmstate schema`, `vmstate compat` and `vmstate convert --target` on bundled streams and
-//! QEMU's -dump-vmstate files of 7.2 and 10.0 (tests/fixtures/schemas).
+//! QEMU's -dump-vmstate files the library bundles (crates/vmstate/schemas).
 
 mod cli;
 #[path = "../../vmstate/tests/support/mod.rs"]
@@ -12,9 +12,18 @@ fn fixture(p: &str) -> String {
     support::fixture(p).display().to_string()
 }
 
+/// A -dump-vmstate file of the ones the library bundles (crates/vmstate/schemas).
+fn release_schema(name: &str) -> String {
+    support::repo_root()
+        .join("crates/vmstate/schemas")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 const STREAM_10: &str = "streams/qemu10.0-noos-q35-alldev.mig.gz";
-const SCHEMA_72: &str = "schemas/qemu7.2-pc-q35-7.2.json.gz";
-const SCHEMA_10: &str = "schemas/qemu10.0-pc-q35-10.0.json.gz";
+const SCHEMA_72: &str = "qemu7.2-pc-q35-7.2.json.gz";
+const SCHEMA_10: &str = "qemu10.0-pc-q35-10.0.json.gz";
 
 fn compat_json(src: &str, dst: &str) -> (i32, Value) {
     let out = run(&["compat", "--json", src, dst], None);
@@ -41,13 +50,13 @@ fn assert_refused_as_7_2_refuses_the_10_0_stream(report: &Value) {
 
 #[test]
 fn a_stream_of_10_0_against_7_2_has_exactly_the_two_refusals_qemu_7_2_prints() {
-    let (code, report) = compat_json(&fixture(STREAM_10), &fixture(SCHEMA_72));
+    let (code, report) = compat_json(&fixture(STREAM_10), &release_schema(SCHEMA_72));
     assert_eq!(code, 1);
     assert_eq!(report["destination"]["release"]["release"], "7.2");
     assert_eq!(report["destination"]["release"]["certainty"], "exact");
     assert_refused_as_7_2_refuses_the_10_0_stream(&report);
     // Against its own release it is compatible.
-    let (code, report) = compat_json(&fixture(STREAM_10), &fixture(SCHEMA_10));
+    let (code, report) = compat_json(&fixture(STREAM_10), &release_schema(SCHEMA_10));
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["compatible"], true);
 }
@@ -61,7 +70,7 @@ fn the_dst_version_overrides_the_inferred_release() {
             "--dst-version",
             "10.0",
             &fixture(STREAM_10),
-            &fixture(SCHEMA_72),
+            &release_schema(SCHEMA_72),
         ],
         None,
     );
@@ -75,7 +84,7 @@ fn the_dst_version_overrides_the_inferred_release() {
 /// `compat` reports too.
 #[test]
 fn compat_reports_every_problem_the_static_checker_reports_on_10_0_to_7_2() {
-    let src = "schemas/qemu10.0-pc-q35-7.2.json.gz";
+    let src = "qemu10.0-pc-q35-7.2.json.gz";
     let checker = "schemas/checker-qemu10.0-pc-q35-7.2-to-qemu7.2-pc-q35-7.2.txt";
     let (matched, problems) = checker_lines_reported(src, SCHEMA_72, checker);
     assert_eq!(matched, 39);
@@ -94,7 +103,7 @@ fn compat_reports_every_problem_the_static_checker_reports_on_7_2_to_10_0() {
 /// Checks that `compat SRC DST` reports every line of the checker's output `checker` on the
 /// pair: how many lines, and how many problems `compat` reports.
 fn checker_lines_reported(src: &str, dst: &str, checker: &str) -> (usize, usize) {
-    let (code, report) = compat_json(&fixture(src), &fixture(dst));
+    let (code, report) = compat_json(&release_schema(src), &release_schema(dst));
     assert_eq!(code, 1);
     let problems = report["problems"].as_array().unwrap();
     let checker = std::fs::read_to_string(support::fixture(checker)).unwrap();
@@ -166,8 +175,8 @@ fn of_section<'a>(report: &'a Value, key: &str, section: &str) -> Vec<&'a Value>
 #[test]
 fn sizes_a_7_2_dump_does_not_give_are_not_compared_and_e1000e_stays_aligned() {
     let (_, report) = compat_json(
-        &fixture("schemas/qemu10.0-pc-q35-7.2.json.gz"),
-        &fixture(SCHEMA_72),
+        &release_schema("qemu10.0-pc-q35-7.2.json.gz"),
+        &release_schema(SCHEMA_72),
     );
     let problems = report["problems"].as_array().unwrap();
     assert!(
@@ -289,13 +298,13 @@ fn convert_for_a_release_alone_renames_the_machine_and_drops_the_command() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("not checked: the sections"), "{said}");
     // What 7.2's own schema says of the result: it loads.
-    let (code, report) = compat_json(out_path.to_str().unwrap(), &fixture(SCHEMA_72));
+    let (code, report) = compat_json(out_path.to_str().unwrap(), &release_schema(SCHEMA_72));
     assert_eq!(code, 0, "{report}");
 }
 
 #[test]
 fn schema_prints_a_tree_and_dump_vmstate_json_with_the_virtio_layout() {
-    let out = cli::ok(&["schema", &fixture(SCHEMA_72)]);
+    let out = cli::ok(&["schema", &release_schema(SCHEMA_72)]);
     let tree = String::from_utf8(out.stdout).unwrap();
     assert!(
         tree.starts_with("schema of a -dump-vmstate file: machine pc-q35-7.2"),
@@ -324,7 +333,7 @@ fn convert_target_rewrites_what_loses_nothing_and_refuses_the_rest() {
     let out = cli::ok(&[
         "convert",
         "--target",
-        &fixture(SCHEMA_72),
+        &release_schema(SCHEMA_72),
         &fixture(STREAM_10),
         out_path.to_str().unwrap(),
     ]);
@@ -334,7 +343,7 @@ fn convert_target_rewrites_what_loses_nothing_and_refuses_the_rest() {
         "{said}"
     );
     assert!(said.contains("command SWITCHOVER_START dropped"), "{said}");
-    let (code, report) = compat_json(out_path.to_str().unwrap(), &fixture(SCHEMA_72));
+    let (code, report) = compat_json(out_path.to_str().unwrap(), &release_schema(SCHEMA_72));
     assert_eq!(code, 0, "{report}");
     // A capability 7.2 does not know cannot be rewritten away: refused, nothing written.
     let mapped = cli::tmp("convert_target", "mapped.mig");
@@ -350,7 +359,7 @@ fn convert_target_rewrites_what_loses_nothing_and_refuses_the_rest() {
         &[
             "convert",
             "--target",
-            &fixture(SCHEMA_72),
+            &release_schema(SCHEMA_72),
             mapped.to_str().unwrap(),
             refused_path.to_str().unwrap(),
         ],
@@ -377,7 +386,7 @@ fn unreadable_schemas_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("version_id"));
 }
 
-/// A QEMU 5.2 stream whose balloon subsection QEMU 5.1 to 6.0 misnamed: `compat` says a
+/// A QEMU 5.2 stream whose balloon subsection QEMU 5.1 to 6.1 misnamed: `compat` says a
 /// 7.2 destination refuses it, `convert --target` refuses naming `--mend-names`, and after
 /// `convert --mend-names` nothing is left to refuse.
 #[test]
@@ -431,6 +440,14 @@ fn the_misnamed_balloon_subsection_is_a_problem_until_mended() {
     let out = run(&["check", &mended], None);
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("vitio"));
+    // QEMU 5.1 to 6.1 know the subsection only by the misspelled name: measured, QEMU 5.2
+    // refuses the mended stream too.
+    let (code, report) = compat_json(&mended, &release_schema("qemu5.2-pc-q35-5.2.json.gz"));
+    assert_eq!(code, 1);
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["kind"], "subsection-missing");
+    assert_eq!(problems[0]["field"], "virtio-balloon-device/page-poison");
 }
 
 /// Every release with a bundled dump is recognised from its dump, exactly; a stream of 11.1
@@ -440,7 +457,7 @@ fn the_misnamed_balloon_subsection_is_a_problem_until_mended() {
 fn every_bundled_release_is_recognised_and_known_alone() {
     let src = fixture(STREAM_10);
     for (release, classes) in [("5.2", 208), ("7.2", 213), ("10.0", 230), ("11.1", 236)] {
-        let dump = fixture(&format!("schemas/qemu{release}-pc-q35-{release}.json.gz"));
+        let dump = release_schema(&format!("qemu{release}-pc-q35-{release}.json.gz"));
         let (_, report) = compat_json(&src, &dump);
         let guess = &report["destination"]["release"];
         assert_eq!(guess["release"], release, "{guess}");
@@ -512,7 +529,7 @@ fn release_streams_against_their_own_and_newer_releases() {
             } else {
                 "pc-q35"
             };
-            let dst = fixture(&format!("schemas/qemu{release}-{family}-{release}.json.gz"));
+            let dst = release_schema(&format!("qemu{release}-{family}-{release}.json.gz"));
             let expected: Vec<&str> = match (release, scenario) {
                 (_, "packed-inflight") => vec!["ndescs"],
                 ("5.2", s) if s.starts_with("booted") => vec!["vitio-balloon-device/page-poison"],
@@ -523,7 +540,82 @@ fn release_streams_against_their_own_and_newer_releases() {
     }
     let src = fixture("releases/qemu5.2-split-inflight.rings.mig.gz");
     for newer in ["7.2", "10.0", "11.1"] {
-        let dst = fixture(&format!("schemas/qemu{newer}-pc-q35-{newer}.json.gz"));
+        let dst = release_schema(&format!("qemu{newer}-pc-q35-{newer}.json.gz"));
         assert_eq!(problem_fields(&src, &dst), ["name"], "5.2 -> {newer}");
     }
+}
+
+/// `compat --to X.Y` needs no file: the destination is the dump vmstate bundles of X.Y
+/// running the stream's machine type when X.Y has it, else X.Y's newest of its family.
+#[test]
+fn compat_to_a_release_uses_the_bundled_dump_of_the_machine_it_runs() {
+    let old = fixture("releases/qemu5.2-split-inflight.rings.mig.gz");
+    let new = fixture("releases/qemu11.1-split-inflight.rings.mig.gz");
+    let to = |src: &str, args: &[&str]| -> (i32, Value) {
+        let mut all = vec!["compat", "--json", src];
+        all.extend_from_slice(args);
+        let out = run(&all, None);
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), report)
+    };
+    let (code, report) = to(&old, &["--to", "11.1"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["destination"]["machine"], "pc-q35-5.2");
+    assert_eq!(
+        report["destination"]["kind"],
+        "-dump-vmstate bundled with vmstate"
+    );
+
+    let (code, report) = to(&new, &["--to", "7.2"]);
+    assert_eq!(code, 1);
+    assert_eq!(report["destination"]["machine"], "pc-q35-7.2");
+    let messages: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["qemu_message"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "Machine type received is 'pc-q35-11.1' and local is 'pc-q35-7.2'",
+            "MIG_CMD 0xb unknown (len 0x0)"
+        ]
+    );
+
+    // A machine type the release lacks: QEMU does not start, and that is all there is.
+    let (code, report) = to(&new, &["--to", "7.2", "--machine", "pc-q35-11.1"]);
+    assert_eq!(code, 1);
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["qemu_message"], "unsupported machine type");
+    // `pc` is the release's newest i440fx machine.
+    let (_, report) = to(&old, &["--to", "11.1", "--machine", "pc"]);
+    assert_eq!(report["destination"]["machine"], "pc-i440fx-11.1");
+    // No dump of that machine type bundled: the release alone, said so.
+    let (code, report) = to(&new, &["--to", "11.1", "--machine", "pc-q35-6.2"]);
+    assert_eq!(code, 0);
+    assert!(
+        report["unchecked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_str().unwrap().contains("pc-q35-6.2 is bundled")),
+        "{report:#}"
+    );
+    let out = run(&["compat", &new, "--to", "8.1"], None);
+    assert_eq!(out.status.code(), Some(2));
+
+    // convert --target X.Y rewrites for the bundled destination; compat then agrees.
+    let converted = cli::tmp("compat-to", "for-7.2.mig");
+    let converted = converted.display().to_string();
+    let out = run(&["convert", "--target", "7.2", &new, &converted], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, report) = to(&converted, &["--to", "7.2"]);
+    assert_eq!(code, 0, "{report:#}");
 }

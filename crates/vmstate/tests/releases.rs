@@ -1,6 +1,6 @@
 //! Streams of QEMU 5.2 and 11.1 (`tests/fixtures/releases/`): every virtio device decodes,
 //! re-encodes to the bytes QEMU wrote, checks clean against the rings the stream keeps, and
-//! the requests in flight are the ones the source QEMU reported. QEMU 5.1 to 6.0's misspelled
+//! the requests in flight are the ones the source QEMU reported. QEMU 5.1 to 6.1's misspelled
 //! virtio-balloon subsection is read, noted and mended.
 
 mod memory_checks;

@@ -21,8 +21,18 @@ pub struct CompatArgs {
     /// The destination: a -dump-vmstate file of the destination QEMU (run with the machine
     /// type it will load into), or a stream it wrote. Without it, --dst-version alone: what
     /// is known of that release is checked, and the report lists the checks not made.
-    #[arg(required_unless_present = "dst_version")]
+    #[arg(required_unless_present_any = ["dst_version", "to"])]
     dst: Option<PathBuf>,
+    /// Instead of DST: QEMU release X.Y as a destination, from what vmstate bundles of it
+    /// (its -dump-vmstate for the machine type it runs, its commands, capabilities and
+    /// machine types).
+    #[arg(long, value_name = "X.Y", conflicts_with_all = ["dst", "dst_version"])]
+    to: Option<Release>,
+    /// With --to: the machine type the destination runs (`q35` and `pc` as that release
+    /// resolves them). Default: the stream's own when the release has it, else the
+    /// release's newest of the same family.
+    #[arg(long, value_name = "MACHINE", requires = "to")]
+    machine: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -84,6 +94,8 @@ pub fn release_of(side: &Side, stated: Option<Release>) -> ReleaseGuess {
 pub enum DstSide {
     /// A `-dump-vmstate` file or a stream of the destination.
     File(Side, ReleaseGuess),
+    /// The dump vmstate bundles of a release running a machine type.
+    Bundled(Side, Release, &'static str),
     /// A release known here, stated without a file.
     Release(Release),
 }
@@ -109,6 +121,9 @@ impl DstSide {
     pub fn destination(&self) -> Destination<'_> {
         match self {
             DstSide::File(side, release) => Destination::Schema(side.schema(), release.release),
+            DstSide::Bundled(side, release, _) => {
+                Destination::Schema(side.schema(), Some(*release))
+            }
             DstSide::Release(release) => Destination::Release(*release),
         }
     }
@@ -117,6 +132,11 @@ impl DstSide {
     pub fn release(&self) -> ReleaseGuess {
         match self {
             DstSide::File(_, release) => release.clone(),
+            DstSide::Bundled(_, release, machine) => ReleaseGuess {
+                release: Some(*release),
+                certainty: compat::Certainty::Stated,
+                how: format!("QEMU {release} running {machine}, as stated"),
+            },
             DstSide::Release(release) => ReleaseGuess::stated(*release),
         }
     }
@@ -124,8 +144,58 @@ impl DstSide {
     /// The file, when there is one.
     pub fn side(&self) -> Option<&Side> {
         match self {
-            DstSide::File(side, _) => Some(side),
+            DstSide::File(side, _) | DstSide::Bundled(side, _, _) => Some(side),
             DstSide::Release(_) => None,
+        }
+    }
+}
+
+/// A destination given as a release (`--to X.Y`), with what vmstate bundles of it.
+pub struct ForRelease {
+    /// The destination.
+    pub side: DstSide,
+    /// What stops the destination before it loads anything (a machine type it lacks).
+    pub first: Option<Problem>,
+    /// Why the release's schema could not be used, when it could not.
+    pub unchecked: Option<String>,
+}
+
+impl DstSide {
+    /// QEMU `release` running `machine` (see `bundled::destination_machine`) as the
+    /// destination of a source of machine type `source`: its bundled dump, or its release
+    /// alone when no dump of that machine type is bundled.
+    pub fn for_release(
+        release: Release,
+        machine: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<ForRelease, Failure> {
+        let release = known_release(release)?;
+        let alone = |first, unchecked| ForRelease {
+            side: DstSide::Release(release),
+            first,
+            unchecked,
+        };
+        let machine = match compat::bundled::destination_machine(release, machine, source) {
+            Ok(machine) => machine,
+            Err(problem) => return Ok(alone(Some(*problem), None)),
+        };
+        match compat::bundled::schema(release, machine) {
+            Some(schema) => {
+                let schema = schema.map_err(|e| Failure::unreadable(e.to_string()))?;
+                Ok(ForRelease {
+                    side: DstSide::Bundled(Side::Dump(schema), release, machine),
+                    first: None,
+                    unchecked: None,
+                })
+            }
+            None => Ok(alone(
+                None,
+                Some(format!(
+                    "no -dump-vmstate of QEMU {release} running {machine} is bundled (there \
+                     are: {}): checked by the release alone",
+                    compat::bundled::bundled_machines(release).join(", ")
+                )),
+            )),
         }
     }
 }
@@ -147,12 +217,26 @@ fn known_release(release: Release) -> Result<Release, Failure> {
 /// Runs `vmstate compat`: exit 0 compatible, 1 with problems, 2 when an input is unreadable.
 pub fn run(args: CompatArgs) -> Outcome {
     let src = load_side(&args.src, &args.source, &args.devices)?;
-    let dst_side = DstSide::load(args.dst.as_deref(), args.dst_version)?;
+    let for_release = match args.to {
+        Some(release) => DstSide::for_release(
+            release,
+            args.machine.as_deref(),
+            src.schema().machine.as_deref(),
+        )?,
+        None => ForRelease {
+            side: DstSide::load(args.dst.as_deref(), args.dst_version)?,
+            first: None,
+            unchecked: None,
+        },
+    };
+    let dst_side = &for_release.side;
     let dst = dst_side.side();
     let src_release = release_of(&src, args.src_version);
     let destination = dst_side.destination();
     let dst_release = dst_side.release();
-    let found: Findings = match (&src, destination) {
+    let mut found: Findings = match (&src, destination) {
+        // QEMU does not start: nothing is loaded, nothing else matters.
+        _ if for_release.first.is_some() => Findings::default(),
         (Side::Stream { loaded, schema, .. }, dst) => {
             compat::check_stream(&loaded.stream, schema, dst)
         }
@@ -163,8 +247,15 @@ pub fn run(args: CompatArgs) -> Outcome {
             compat::compare_with_release(schema, (src_release.release, release))
         }
     };
+    found.problems.splice(0..0, for_release.first.clone());
+    found.unchecked.extend(for_release.unchecked.clone());
     let dst_shown = match (&args.dst, destination.release()) {
         (Some(path), _) => path.display().to_string(),
+        (None, Some(release)) if matches!(dst_side, DstSide::Bundled(..)) => format!(
+            "QEMU {release} ({})",
+            dst.and_then(|d| d.schema().machine.as_deref())
+                .unwrap_or_default()
+        ),
         (None, release) => format!(
             "QEMU {}",
             release.map(|r| r.to_string()).unwrap_or_default()
@@ -179,7 +270,10 @@ pub fn run(args: CompatArgs) -> Outcome {
         },
         destination: SideJson {
             path: args.dst.as_ref().map(|p| p.display().to_string()),
-            kind: dst.map_or("release", Side::kind),
+            kind: match dst_side {
+                DstSide::Bundled(..) => "-dump-vmstate bundled with vmstate",
+                _ => dst.map_or("release", Side::kind),
+            },
             machine: dst.and_then(|d| d.schema().machine.as_deref()),
             release: dst_release,
         },
@@ -209,6 +303,9 @@ pub fn run(args: CompatArgs) -> Outcome {
 
 fn side_line(out: &mut String, role: &str, side: &SideJson<'_>) {
     let _ = match &side.path {
+        None if side.machine.is_some() => {
+            writeln!(out, "{role}: {} ({})", side.release.how, side.kind)
+        }
         Some(path) => writeln!(
             out,
             "{role}: {path} ({}), machine {}; {}",

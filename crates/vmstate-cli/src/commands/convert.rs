@@ -12,7 +12,7 @@ use vmstate::element::Layout;
 use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
-use super::compat::DstSide;
+use super::compat::{DstSide, ForRelease};
 use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
@@ -139,8 +139,8 @@ pub struct ConvertArgs {
     #[arg(long)]
     packed_ndescs_before: bool,
     /// Give subsections that a QEMU release misnamed the name QEMU's loaders read: the
-    /// virtio-balloon `vitio-balloon-device/page-poison` of QEMU 5.1 to 6.0, which no QEMU
-    /// loads (QEMU 6.1 and later load the mended stream). Every renaming is said on stderr.
+    /// virtio-balloon `vitio-balloon-device/page-poison` of QEMU 5.1 to 6.1, which no QEMU
+    /// loads (QEMU 6.2 and later load the mended stream). Every renaming is said on stderr.
     #[arg(long)]
     mend_names: bool,
     /// Write every virtio device from its decoded, typed state rather than from the bytes
@@ -148,6 +148,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     reencode: bool,
     /// Rewrite the stream for the destination this -dump-vmstate file (or stream) describes,
+    /// or QEMU release X.Y as vmstate holds it (as `compat --to X.Y`),
     /// where no state is lost: commands it does not know that carry no state are dropped,
     /// the machine type renamed to its own, section versions lowered when every field sent
     /// is one that version reads. Anything else it would refuse is refused here (exit 1),
@@ -266,13 +267,51 @@ pub fn run(args: ConvertArgs) -> Outcome {
     write_stream(&loaded.stream, &loaded.bytes, &args.output, image, layout)
 }
 
+/// The release `--target X.Y` names, when it names one rather than a file.
+fn target_release(args: &ConvertArgs) -> Option<Release> {
+    let target = args.target.as_deref()?;
+    if target.exists() {
+        return None;
+    }
+    target.to_str()?.parse().ok()
+}
+
 /// Rewrites the stream for the destination --target describes, or for the release
 /// --dst-version names alone, listing every change on stderr (and as JSON on stdout with
 /// --json); refusals end the command with exit 1.
 fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
-    let dst_side = DstSide::load(args.target.as_deref(), args.dst_version)?;
+    let for_release = match target_release(args) {
+        Some(release) => DstSide::for_release(
+            release,
+            None,
+            stream.configuration().map(|c| c.machine.as_str()),
+        )?,
+        None => ForRelease {
+            side: DstSide::load(args.target.as_deref(), args.dst_version)?,
+            first: None,
+            unchecked: None,
+        },
+    };
+    if let Some(problem) = &for_release.first {
+        eprintln!("refused: {problem}");
+        return Err(Failure {
+            code: INVALID_STATE,
+            message: format!("{shown}: {}", problem.message),
+        });
+    }
+    let dst_side = for_release.side;
     let release = dst_side.release();
     let unchecked = match &dst_side {
+        DstSide::Bundled(_, _, _) => {
+            eprintln!(
+                "target: {} (-dump-vmstate bundled with vmstate)",
+                release.how
+            );
+            Vec::new()
+        }
+        DstSide::Release(_) if for_release.unchecked.is_some() => {
+            for_release.unchecked.iter().map(String::as_str).collect()
+        }
         DstSide::File(side, _) => {
             let path = args.target.as_deref().unwrap_or(Path::new("-"));
             eprintln!(

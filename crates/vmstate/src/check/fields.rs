@@ -518,10 +518,10 @@ fn note_subsection_names(d: &VirtioDevice, notes: &mut Vec<Note>) {
             notes.push(Note::about(
                 "balloon.subsections",
                 "the page-poison subsection is named `vitio-balloon-device/page-poison`, as \
-                 QEMU 5.1 to 6.0 write it: every QEMU loader stops reading the device's \
+                 QEMU 5.1 to 6.1 write it: every QEMU loader stops reading the device's \
                  subsections at that name and misreads the virtio state after it, so no QEMU \
-                 loads this stream; `vmstate convert --mend-names` writes the name QEMU 6.1 \
-                 and later read (5.1 to 6.0 read neither)",
+                 loads this stream; `vmstate convert --mend-names` writes the name QEMU 6.2 \
+                 and later read (5.1 to 6.1 read neither)",
             ));
         }
     }

@@ -16,6 +16,7 @@
 //! what is not. What the schemas leave open (a field sent only when a test holds, the size of
 //! a field whose dump gives no element count) is [`Findings::undecided`], not a problem.
 
+pub mod bundled;
 pub mod release;
 mod retarget;
 mod schemas;

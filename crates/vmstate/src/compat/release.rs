@@ -84,6 +84,21 @@ const CAPABILITIES: &[(&str, Option<Release>)] = &[
 /// reads them (`virtio/128bit_features`: QEMU 10.2, for feature bits 64 to 127).
 const VIRTIO_SUBSECTIONS: &[(&str, Release)] = &[("virtio/128bit_features", Release::new(10, 2))];
 
+/// Subsections of a device's own state (inside the `virtio` field, which no dump shows)
+/// that some release does not read, with the first release that does: QEMU 5.1 to 6.1
+/// know virtio-balloon's page-poison only by their misspelled name.
+const DEVICE_SUBSECTIONS: &[(&str, Release)] =
+    &[("virtio-balloon-device/page-poison", Release::new(6, 2))];
+
+/// Whether `release` reads device subsection `name` of a virtio device's own state: `None`
+/// when nothing is known here of it (the destination's schema decides).
+pub fn knows_device_subsection(release: Release, name: &str) -> Option<bool> {
+    DEVICE_SUBSECTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, since)| release >= *since)
+}
+
 /// The releases whose signatures are known, oldest first.
 pub fn known_releases() -> Vec<Release> {
     let mut out: Vec<Release> = signatures().keys().copied().collect();

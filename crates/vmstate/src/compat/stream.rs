@@ -2,8 +2,8 @@
 //! with the message QEMU prints for each.
 
 use super::release::{
-    knows_capability, knows_command, knows_virtio_subsection, machine_for_release, machine_release,
-    Release,
+    knows_capability, knows_command, knows_device_subsection, knows_virtio_subsection,
+    machine_for_release, machine_release, Release,
 };
 use super::{bytes_text, Destination, Findings, Problem, ProblemKind};
 use crate::schema::{virtio::VIRTIO_TYPE, Description, Field, Origin, Schema, SectionSchema};
@@ -608,6 +608,26 @@ impl Context<'_> {
             .iter()
             .filter_map(|f| f.description.as_deref())
         {
+            if let Some(release) = self.release {
+                for sub in own.subsections.iter().filter(|s| {
+                    s.name.starts_with(&own.name)
+                        && knows_device_subsection(release, &s.name) == Some(false)
+                }) {
+                    out.push(
+                        self.problem(
+                            ProblemKind::SubsectionMissing,
+                            &own.name,
+                            &sub.name,
+                            format!(
+                                "the device state carries subsection {}, which QEMU {release} \
+                                 does not know",
+                                sub.name
+                            ),
+                        )
+                        .qemu(self.qemu.clone()),
+                    );
+                }
+            }
             for sub in own
                 .subsections
                 .iter()

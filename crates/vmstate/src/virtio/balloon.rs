@@ -14,7 +14,7 @@ use crate::wire::{Endian, Reader, Writer};
 const VMSD: &str = "virtio-balloon-device";
 const FREE_PAGE_REPORT: &str = "virtio-balloon-device/free-page-report";
 const PAGE_POISON: &str = "virtio-balloon-device/page-poison";
-/// The name QEMU 5.1 to 6.0 gave `page-poison` (a typo, corrected in 2021). It does not
+/// The name QEMU 5.1 to 6.1 gave `page-poison` (a typo, corrected in 6.2). It does not
 /// start with the device's name, so every QEMU loader, theirs included, stops reading the
 /// device's subsections there and takes the rest of the device state for what follows it;
 /// the loaders of those releases do not know the corrected name either.
@@ -52,7 +52,7 @@ pub enum BalloonSubsection {
         version: u32,
         /// The value the guest fills freed pages with.
         poison_val: u32,
-        /// Written as `vitio-balloon-device/page-poison`, as QEMU 5.1 to 6.0 name it: no
+        /// Written as `vitio-balloon-device/page-poison`, as QEMU 5.1 to 6.1 name it: no
         /// QEMU can load the stream until the name is mended ([`BalloonState::mend_names`]).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         misspelled: bool,
@@ -84,7 +84,7 @@ impl BalloonState {
     /// Name of the device's own VMState, which its subsections' names must start with.
     pub const VMSD: &'static str = VMSD;
 
-    /// Whether a subsection carries a name no QEMU loader reads (QEMU 5.1 to 6.0's
+    /// Whether a subsection carries a name no QEMU loader reads (QEMU 5.1 to 6.1's
     /// `vitio-balloon-device/page-poison`).
     pub fn has_misspelled_names(&self) -> bool {
         self.subsections.iter().any(|s| {
