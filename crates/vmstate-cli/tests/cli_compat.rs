@@ -619,3 +619,48 @@ fn compat_to_a_release_uses_the_bundled_dump_of_the_machine_it_runs() {
     let (code, report) = to(&converted, &["--to", "7.2"]);
     assert_eq!(code, 0, "{report:#}");
 }
+
+/// A virtio-blk queue saved with more entries than the device allocates by default: QEMU
+/// 11.1 refuses it ("vring.num ... exceeds allocated max"), 10.0 does not check.
+#[test]
+fn a_queue_larger_than_the_destination_allocates_is_refused_from_11_1() {
+    let src = fixture("releases/qemu11.1-split-inflight.rings.mig.gz");
+    let edited = cli::tmp("queue-size", "num-1024.mig");
+    let edited = edited.display().to_string();
+    cli::ok(&[
+        "edit",
+        &src,
+        &edited,
+        "--set",
+        "virtio_devices[0].virtio.queues[0].num=1024",
+    ]);
+    let out = run(&["compat", "--json", &edited, "--to", "11.1"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report:#}");
+    assert_eq!(problems[0]["field"], "queues[0].num");
+    assert_eq!(
+        problems[0]["qemu_message"],
+        "VQ 0 vring.num 1024 exceeds allocated max 256"
+    );
+    let out = run(&["compat", &src, "--to", "11.1"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let old = fixture("releases/qemu5.2-split-inflight.rings.mig.gz");
+    let edited_old = cli::tmp("queue-size", "old-1024.mig");
+    let edited_old = edited_old.display().to_string();
+    cli::ok(&[
+        "edit",
+        &old,
+        &edited_old,
+        "--set",
+        "virtio_devices[0].virtio.queues[0].num=1024",
+    ]);
+    let out = run(&["compat", &edited_old, "--to", "10.0"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -99,6 +99,29 @@ pub fn knows_device_subsection(release: Release, name: &str) -> Option<bool> {
         .map(|(_, since)| release >= *since)
 }
 
+/// The first release known here whose loader refuses a virtqueue saved with more entries
+/// than the destination's device allocates ("vring.num ... exceeds allocated max"):
+/// measured, 11.1 refuses a stream of 10.0.13 whose virtio-blk queue has 1024 entries,
+/// which 10.0 itself loads (11.0 was not measured).
+const CHECKS_QUEUE_SIZE_SINCE: Release = Release::new(11, 1);
+
+/// The entries a device of VMState `kind` allocates per queue by default on every release
+/// known here (its queue-size property), when that is known.
+const DEFAULT_QUEUE_SIZES: &[(&str, u32)] = &[("virtio-blk", 256)];
+
+/// The most entries a queue of device `kind` may have been saved with for `release` to
+/// load it with the device's default queue size: `None` when the release does not check
+/// or the size is not known here.
+pub fn queue_size_limit(release: Release, kind: &str) -> Option<u32> {
+    if release < CHECKS_QUEUE_SIZE_SINCE {
+        return None;
+    }
+    DEFAULT_QUEUE_SIZES
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, size)| *size)
+}
+
 /// The releases whose signatures are known, oldest first.
 pub fn known_releases() -> Vec<Release> {
     let mut out: Vec<Release> = signatures().keys().copied().collect();

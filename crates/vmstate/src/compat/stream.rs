@@ -3,9 +3,10 @@
 
 use super::release::{
     knows_capability, knows_command, knows_device_subsection, knows_virtio_subsection,
-    machine_for_release, machine_release, Release,
+    machine_for_release, machine_release, queue_size_limit, Release,
 };
 use super::{bytes_text, Destination, Findings, Problem, ProblemKind};
+use crate::devices;
 use crate::schema::{virtio::VIRTIO_TYPE, Description, Field, Origin, Schema, SectionSchema};
 use crate::stream::{Configuration, Stream};
 
@@ -53,6 +54,9 @@ pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> 
         capabilities(&mut check, config, release);
     }
     commands(&mut check, stream, release);
+    if let Some(release) = release {
+        queue_sizes(&mut check, stream, release);
+    }
     match dst {
         Destination::Schema(schema, _) => sections(&mut check, carried, schema, release),
         Destination::Release(release) => {
@@ -64,6 +68,42 @@ pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> 
     }
     check.problems.sort_by_key(|p| p.offset.unwrap_or(u64::MAX));
     check
+}
+
+/// Queues saved with more entries than the destination's device allocates by default.
+fn queue_sizes(check: &mut Findings, stream: &Stream, release: Release) {
+    // A device that does not decode without assumptions is left to the other checks.
+    let Ok(found) = devices::decode_virtio(stream, &devices::DecodeOptions::default()) else {
+        return;
+    };
+    for section in &found {
+        let kind = section.device.kind.vmsd_name();
+        let Some(limit) = queue_size_limit(release, kind) else {
+            continue;
+        };
+        for (index, q) in section.device.queues.iter().enumerate() {
+            if q.num > limit {
+                check.problems.push(
+                    Problem::new(
+                        ProblemKind::VirtioInternals,
+                        &section.idstr,
+                        format!(
+                            "queue {index} was saved with {} entries; a {kind} of QEMU \
+                             {release} allocates {limit} (its queue-size property) and refuses \
+                             more, unless it is started with queue-size={}",
+                            q.num, q.num
+                        ),
+                    )
+                    .on(&format!("queues[{index}].num"))
+                    .qemu(format!(
+                        "VQ {index} vring.num {} exceeds allocated max {limit}",
+                        q.num
+                    ))
+                    .at(Some(section.field_offset)),
+                );
+            }
+        }
+    }
 }
 
 /// Each section the stream carries against the destination's schema.
