@@ -31,14 +31,19 @@ fn compat_json(src: &str, dst: &str) -> (i32, Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
-/// The messages QEMU 7.2 prints for the bundled stream of 10.0, and nothing else.
-fn assert_refused_as_7_2_refuses_the_10_0_stream(report: &Value) {
-    let messages: Vec<&str> = report["problems"]
+/// The message QEMU prints for each problem of a `compat --json` report ("" where none).
+fn qemu_messages(report: &Value) -> Vec<&str> {
+    report["problems"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p["qemu_message"].as_str().unwrap_or(""))
-        .collect();
+        .collect()
+}
+
+/// The messages QEMU 7.2 prints for the bundled stream of 10.0, and nothing else.
+fn assert_refused_as_7_2_refuses_the_10_0_stream(report: &Value) {
+    let messages = qemu_messages(report);
     assert_eq!(
         messages,
         [
@@ -474,12 +479,7 @@ fn every_bundled_release_is_recognised_and_known_alone() {
     let out = run(&["compat", "--json", "--dst-version", "5.2", &new], None);
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let messages: Vec<&str> = report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["qemu_message"].as_str().unwrap_or(""))
-        .collect();
+    let messages = qemu_messages(report);
     assert_eq!(
         messages,
         [
@@ -569,12 +569,7 @@ fn compat_to_a_release_uses_the_bundled_dump_of_the_machine_it_runs() {
     let (code, report) = to(&new, &["--to", "7.2"]);
     assert_eq!(code, 1);
     assert_eq!(report["destination"]["machine"], "pc-q35-7.2");
-    let messages: Vec<&str> = report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["qemu_message"].as_str().unwrap_or(""))
-        .collect();
+    let messages = qemu_messages(report);
     assert_eq!(
         messages,
         [
