@@ -33,7 +33,9 @@ const FLUSH_AT: usize = 1 << 20;
 ///
 /// Everything comes from the model except RAM page contents, which the model only locates:
 /// they are copied from `source`, the input the stream was read from. Writing an unchanged
-/// model gives back that input byte for byte.
+/// model gives back that input byte for byte. A run of PAGE or of ZERO records is checked
+/// against `source` by its first record and the length of its span only (the reader makes
+/// every later record continue at the next page): `source` must be that input, not another.
 pub fn write(stream: &Stream, source: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(source.len());
     write_to(stream, source, &mut out, &mut |_| {})?;
