@@ -28,7 +28,7 @@ use memmap2::{Advice, Mmap, UncheckedAdvice};
 use vmstate::envelope::{
     Envelope, LibvirtImage, Qcow2Image, SaveFormat, LIBVIRT_HEADER_LEN, QCOW2_MAGIC,
 };
-use vmstate::stream;
+use vmstate::stream::{self, Span, SpanWrite};
 
 use crate::outcome::Failure;
 use crate::progress::Progress;
@@ -98,6 +98,8 @@ pub fn write_output(path: &Path, data: &[u8]) -> Result<(), Failure> {
 
 /// A migration stream's bytes, unwrapped and decompressed, mapped read-only from a file.
 pub struct Input {
+    /// The file mapped: what the writer copies spans of the stream from, in the kernel.
+    file: File,
     map: Mmap,
     /// Where the stream starts in the mapping (after a raw libvirt image's header and XML).
     start: usize,
@@ -226,7 +228,9 @@ impl Input {
             .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
         let size = map.len() as u64;
         match compression {
-            None => Ok(Opened::Mapped(Input::new(size, envelope, map, offset))),
+            None => Ok(Opened::Mapped(Input::new(
+                size, envelope, file, map, offset,
+            ))),
             Some(_) => {
                 drop(map);
                 file.seek(SeekFrom::Start(offset)).map_err(cannot)?;
@@ -235,11 +239,12 @@ impl Input {
         }
     }
 
-    fn new(file_size: u64, envelope: Envelope, map: Mmap, start: u64) -> Input {
+    fn new(file_size: u64, envelope: Envelope, file: File, map: Mmap, start: u64) -> Input {
         // Only a hint: the parser reads front to back, so the kernel may read ahead further.
         let _ = map.advise(Advice::Sequential);
         let start = usize::try_from(start).unwrap_or(usize::MAX).min(map.len());
         Input {
+            file,
             map,
             start,
             file_size,
@@ -291,7 +296,7 @@ impl Input {
             image,
             chosen: Some(index),
         };
-        Ok(Input::new(data.len() as u64, envelope, map, 0))
+        Ok(Input::new(data.len() as u64, envelope, spool, map, 0))
     }
 
     /// Reads what wraps the stream from the start of `source` (a pipe), leaving the stream
@@ -442,7 +447,13 @@ impl Input {
             .map_err(|e| Failure::unreadable(format!("cannot write a temporary file: {e}")))?;
         drop(out);
         let map = map(&spool).map_err(cannot)?;
-        Ok(Input::new(flowing.file_size(), flowing.envelope, map, 0))
+        Ok(Input::new(
+            flowing.file_size(),
+            flowing.envelope,
+            spool,
+            map,
+            0,
+        ))
     }
 
     /// Tells the kernel that the mapping before `offset` is no longer needed, once the
@@ -595,12 +606,12 @@ pub fn write_stream(
                 );
             }
         }
-        _ => wrapping.write(&mut target.writer(), path, |out, file_offset| {
+        _ => wrapping.write(target.writer(), path, Some(input), |out, file_offset| {
             let options = stream::WriteOptions {
                 ram_layout: layout,
                 file_offset,
             };
-            stream::write_with(stream, input, out, &options, &mut progress).map_err(failed)?;
+            stream::write_spans(stream, input, out, &options, &mut progress).map_err(failed)?;
             Ok(())
         })?,
     }
@@ -625,7 +636,7 @@ pub fn convert_flowing(
     let wrapping = Wrapping::new(image, false, path)?;
     let target = Target::open(path)?;
     let file_offset = flowing.envelope.stream_file_offset();
-    wrapping.write(&mut target.writer(), path, |out, _| {
+    wrapping.write(target.writer(), path, None, |out, _| {
         let mut read =
             stream::read_one_pass(&mut flowing, file_offset, &mut |bytes| out.write_all(bytes))
                 .map_err(|e| match e.kind() {
@@ -635,7 +646,7 @@ pub fn convert_flowing(
                     _ => Failure::unreadable(format!("{shown_in}: {e}")),
                 })?;
         edit(&mut read.stream)?;
-        stream::write_held(&read.stream, &read.held, out)
+        stream::write_held(&read.stream, &read.held, &mut &mut *out)
             .map_err(|e| Failure::unreadable(format!("cannot write the stream: {e}")))?;
         // Written before the input ends: the destination gets the device state as soon as
         // the description has arrived, not when the source closes the channel.
@@ -679,29 +690,185 @@ impl Wrapping {
         })
     }
 
-    /// Writes the header, then what `body` writes, compressed as the image says; `body`
-    /// is told where the stream starts in the file.
+    /// Writes the header to `file`, then what `body` writes, compressed as the image says;
+    /// `body` is told where the stream starts in the file. Uncompressed, the spans of the
+    /// stream in `copy_from` that `body` hands on unchanged are copied from its file in the
+    /// kernel, when both are regular files ([`KernelCopy`]).
     fn write(
         &self,
-        out: &mut dyn Write,
+        file: &File,
         path: &Path,
-        body: impl FnOnce(&mut dyn Write, u64) -> Result<(), Failure>,
+        copy_from: Option<&Input>,
+        body: impl FnOnce(&mut dyn SpanWrite, u64) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
         let shown = path.display();
         let cannot = |e: std::io::Error| Failure::unreadable(format!("cannot write {shown}: {e}"));
+        let mut out = file;
         out.write_all(&self.header).map_err(cannot)?;
         match self.format {
             Some(SaveFormat::Compressed(compression)) => {
                 let mut packed = compression
-                    .compressor(Box::new(&mut *out))
+                    .compressor(Box::new(&mut out))
                     .map_err(|e| Failure::unreadable(format!("{shown}: {e}")))?;
-                body(&mut packed, 0)?;
+                body(&mut Spans::plain(&mut packed), 0)?;
                 packed.finish().map_err(cannot)?;
             }
-            _ => body(out, self.header.len() as u64)?,
+            _ => {
+                let kernel = copy_from.and_then(|input| KernelCopy::new(input, file));
+                let mut spans = Spans {
+                    out: &mut out,
+                    kernel,
+                };
+                body(&mut spans, self.header.len() as u64)?;
+            }
         }
         out.flush().map_err(cannot)
     }
+}
+
+/// A written stream's output, which copies the spans of the input it is handed unchanged in
+/// the kernel when it can, and writes everything else.
+struct Spans<'a> {
+    out: &'a mut dyn Write,
+    kernel: Option<KernelCopy<'a>>,
+}
+
+impl<'a> Spans<'a> {
+    /// An output that writes spans of the input as bytes.
+    fn plain(out: &'a mut dyn Write) -> Spans<'a> {
+        Spans { out, kernel: None }
+    }
+}
+
+impl Write for Spans<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+impl SpanWrite for Spans<'_> {
+    fn write_source_span(&mut self, span: Span, bytes: &[u8]) -> std::io::Result<()> {
+        let copied = match self.kernel.as_mut() {
+            Some(kernel) => kernel.copy(span)?,
+            None => 0,
+        };
+        self.out.write_all(bytes.get(copied..).unwrap_or_default())
+    }
+}
+
+/// Copies spans of an input file to an output file in the kernel, so that the pages of
+/// the input are neither mapped nor read by this process: `copy_file_range`, or, between
+/// two filesystems (to tmpfs), `sendfile`. Each comes after the output's file position, as
+/// a write does.
+struct KernelCopy<'a> {
+    from: &'a File,
+    /// Where the stream starts in `from`.
+    start: u64,
+    to: &'a File,
+    how: CopyHow,
+}
+
+/// The system call spans are copied with: the next is tried when one fails in a way that
+/// says it cannot copy between these files, and the bytes are written once none can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopyHow {
+    CopyFileRange,
+    SendFile,
+    Write,
+}
+
+impl<'a> KernelCopy<'a> {
+    /// Copying from `input`'s file to `to`, when `to` is a regular file (a pipe or a device
+    /// is written).
+    fn new(input: &'a Input, to: &'a File) -> Option<KernelCopy<'a>> {
+        to.metadata()
+            .is_ok_and(|m| m.is_file())
+            .then_some(KernelCopy {
+                from: &input.file,
+                start: input.start as u64,
+                to,
+                how: CopyHow::CopyFileRange,
+            })
+    }
+
+    /// Copies `span` of the stream, or as much of it from its start as the kernel will;
+    /// returns how much.
+    fn copy(&mut self, span: Span) -> std::io::Result<usize> {
+        let mut done = 0u64;
+        while done < span.len {
+            let from = self.start.saturating_add(span.offset).saturating_add(done);
+            let len = usize::try_from(span.len.saturating_sub(done)).unwrap_or(usize::MAX);
+            let copied = match self.how {
+                CopyHow::CopyFileRange => copy_file_range(self.from, from, self.to, len),
+                CopyHow::SendFile => send_file(self.from, from, self.to, len),
+                CopyHow::Write => break,
+            };
+            match copied {
+                // The input ends early: the rest is written, from the mapping.
+                Ok(0) => break,
+                Ok(n) => done = done.saturating_add(n as u64),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if cannot_copy(&e) => {
+                    self.how = match self.how {
+                        CopyHow::CopyFileRange => CopyHow::SendFile,
+                        CopyHow::SendFile | CopyHow::Write => CopyHow::Write,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(usize::try_from(done).unwrap_or(0))
+    }
+}
+
+/// Whether a copy failed because it cannot copy between these two files (another
+/// filesystem, a kind of file or an open mode it does not take, a kernel without it), not
+/// because the output failed: then the bytes are written instead.
+fn cannot_copy(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EBADF)
+    )
+}
+
+/// `copy_file_range` of up to `len` bytes at `offset` of `from` to `to` at its position.
+fn copy_file_range(from: &File, offset: u64, to: &File, len: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut offset = libc::loff_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both descriptors are open for the length of the call; the call writes only
+    // `offset`, a loff_t it is given the address of, and a null output offset makes it
+    // write at the output's file position.
+    let copied = unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut offset,
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            0,
+        )
+    };
+    usize::try_from(copied).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// `sendfile` of up to `len` bytes at `offset` of `from` to `to` at its position.
+fn send_file(from: &File, offset: u64, to: &File, len: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut offset = libc::off_t::try_from(offset)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: both descriptors are open for the length of the call, which writes only
+    // `offset`, an off_t it is given the address of.
+    let copied = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut offset, len) };
+    usize::try_from(copied).map_err(|_| std::io::Error::last_os_error())
 }
 
 /// Where an output stream goes.

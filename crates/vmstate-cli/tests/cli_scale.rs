@@ -226,3 +226,58 @@ fn convert_onto_its_own_input_and_to_a_device() {
     assert_eq!(output.status.code(), Some(2));
     assert!(!missing.exists());
 }
+
+/// Where `convert FILE OUT` can put its output to try each way it copies: beside the input
+/// (one filesystem: `copy_file_range`), and on tmpfs when there is one on another device
+/// (`sendfile`).
+fn outputs_beside_and_elsewhere(input: &Path, name: &str) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut outputs = vec![tmp(&format!("{name}.out.mig"))];
+    let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && device(shm) != device(input) {
+        outputs.push(shm.join(format!(
+            "vmstate-cli-scale-{}-{name}.mig",
+            std::process::id()
+        )));
+    }
+    outputs
+}
+
+#[test]
+fn convert_copies_the_same_bytes_to_a_file_as_it_writes_to_a_pipe() {
+    // Runs of several MiB, which go to a file as spans copied in the kernel, and to a pipe
+    // as bytes; bare, and behind a libvirt header (the stream starts further into the file).
+    let bare = support::large_ram_stream();
+    let image = gunzip(support::fixture("libvirt/save-raw.img.gz"));
+    let header = image.windows(4).position(|w| w == b"QEVM").unwrap();
+    let mut wrapped = image[..header].to_vec();
+    wrapped.extend_from_slice(&bare);
+    for (name, raw) in [("bare", &bare), ("libvirt", &wrapped)] {
+        let input = tmp(&format!("{name}.mig"));
+        std::fs::write(&input, raw).unwrap();
+        let shown = input.to_str().unwrap();
+        let piped = vmstate(&["convert", shown, "-"], None);
+        ok(&piped, name);
+        assert!(piped.stdout.ends_with(&bare), "{name}: not the stream back");
+        for output in outputs_beside_and_elsewhere(&input, name) {
+            let result = vmstate(&["convert", shown, output.to_str().unwrap()], None);
+            ok(&result, &output.display().to_string());
+            let written = std::fs::read(&output).unwrap();
+            std::fs::remove_file(&output).unwrap();
+            assert!(written == piped.stdout, "{name} to {}", output.display());
+        }
+        // Standard output redirected to a regular file is copied to as well.
+        let redirected = tmp(&format!("{name}.stdout.mig"));
+        let status = Command::new(env!("CARGO_BIN_EXE_vmstate"))
+            .args(["convert", shown, "-"])
+            .stdout(std::fs::File::create(&redirected).unwrap())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: convert to a redirected stdout");
+        assert!(
+            std::fs::read(&redirected).unwrap() == piped.stdout,
+            "{name}: stdout"
+        );
+    }
+}

@@ -9,7 +9,11 @@ mod support;
 use std::io::Write;
 
 use stream_checks::{ram_runs as runs, read_stream_file};
-use vmstate::stream::{self, RunKind, Stream};
+use support::{large_ram_stream, LARGE_STREAM_PAGES};
+use vmstate::stream::{
+    self, RamItem, RamRun, Record, RunKind, SectionBody, Span, SpanWrite, Stream, WriteOptions,
+};
+use vmstate::wire::Reader;
 
 const FIXTURES: [&str; 3] = [
     "qemu7.2-noos-pc-alldev",
@@ -61,6 +65,158 @@ fn write_to_gives_the_input_back_in_pieces() {
         assert_eq!(n, data.len() as u64, "{name}");
         assert!(out.0 == data, "{name}");
         assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{name}");
+    }
+}
+
+/// An output that puts together what it is handed as spans of the source from the source
+/// itself, as one that copies spans from the input file does, and keeps the spans.
+struct FromSpans<'a> {
+    source: &'a [u8],
+    out: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+impl Write for FromSpans<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SpanWrite for FromSpans<'_> {
+    fn write_source_span(&mut self, span: Span, bytes: &[u8]) -> std::io::Result<()> {
+        let range = span.offset as usize..span.end() as usize;
+        assert!(
+            bytes == &self.source[range.clone()],
+            "{span:?}: other bytes"
+        );
+        self.out.extend_from_slice(&self.source[range]);
+        self.spans.push(span);
+        Ok(())
+    }
+}
+
+fn write_from_spans<'a>(parsed: &Stream, data: &'a [u8]) -> FromSpans<'a> {
+    let mut out = FromSpans {
+        source: data,
+        out: Vec::new(),
+        spans: Vec::new(),
+    };
+    let options = WriteOptions::default();
+    let n = stream::write_spans(parsed, data, &mut out, &options, &mut |_| {}).unwrap();
+    assert_eq!(n, out.out.len() as u64);
+    out
+}
+
+#[test]
+fn an_unchanged_stream_is_handed_on_as_spans_of_the_source_where_runs_are_large() {
+    let data = large_ram_stream();
+    let parsed = stream::read(&data).unwrap();
+    let kinds: Vec<RunKind> = runs(&parsed).iter().map(|r| r.kind).collect();
+    assert!(
+        matches!(
+            kinds[..],
+            [RunKind::Page, RunKind::Zero { .. }, RunKind::Mixed { .. }]
+        ),
+        "{kinds:?}"
+    );
+    let out = write_from_spans(&parsed, &data);
+    assert!(out.out == data);
+    // The PAGE run and the mixed one, each of more than a buffer, in order; the ZERO run
+    // (9-byte records) is too small to be handed on.
+    assert!(
+        out.spans.iter().all(|s| s.len >= 1 << 20),
+        "{:?}",
+        out.spans
+    );
+    assert!(out.spans.windows(2).all(|w| w[0].end() <= w[1].offset));
+    let handed: u64 = out.spans.iter().map(|s| s.len).sum();
+    assert!(handed > (LARGE_STREAM_PAGES + 500) * 4096, "{handed}");
+    for name in FIXTURES {
+        let data = fixture(name);
+        let parsed = stream::read(&data).unwrap();
+        assert!(write_from_spans(&parsed, &data).out == data, "{name}");
+    }
+}
+
+/// The PAGE run of [`large_ram_stream`]'s model.
+fn page_run(stream: &mut Stream) -> &mut RamRun {
+    stream
+        .records
+        .iter_mut()
+        .find_map(|record| match record {
+            Record::Section(section) => match &mut section.body {
+                SectionBody::Ram(ram) => ram.items.iter_mut().find_map(|item| match item {
+                    RamItem::Pages(run) if run.kind == RunKind::Page => Some(run),
+                    _ => None,
+                }),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_page_run_moved_in_the_model_is_written_from_the_model() {
+    let data = large_ram_stream();
+    let mut parsed = stream::read(&data).unwrap();
+    let moved = 1000 * 4096;
+    page_run(&mut parsed).first_page = moved;
+    let out = stream::write(&parsed, &data).unwrap();
+    assert_eq!(out.len(), data.len());
+    // Every record word of the run says its new page, the pages are the source's.
+    let differing = (0..data.len() / 8)
+        .filter(|&i| out[i * 8..i * 8 + 8] != data[i * 8..i * 8 + 8])
+        .count();
+    assert!(differing >= LARGE_STREAM_PAGES as usize, "{differing}");
+    let mut reread = stream::read(&out).unwrap();
+    let run = page_run(&mut reread);
+    assert_eq!((run.first_page, run.count), (moved, LARGE_STREAM_PAGES));
+    let span = run.span.offset as usize..run.span.end() as usize;
+    let mut reader = Reader::at(&out[span], run.span.offset);
+    for _ in 0..run.count {
+        let record = stream::read_page_record(&mut reader, 4096).unwrap();
+        let stream::RamRecordKind::Page { data: page } = record.kind else {
+            panic!("{record:?}");
+        };
+        let at = page.offset as usize..page.end() as usize;
+        assert!(out[at.clone()] == data[at], "{record:?}");
+    }
+}
+
+#[test]
+fn page_records_visited_are_the_records_read() {
+    let mut streams = vec![("large".to_owned(), large_ram_stream())];
+    streams.extend(FIXTURES.iter().map(|n| (n.to_string(), fixture(n))));
+    for (name, data) in streams {
+        let parsed = stream::read(&data).unwrap();
+        let mut visited = Vec::new();
+        stream::visit_page_records(
+            &parsed,
+            &data,
+            &mut |block, record| {
+                visited.push((block.to_owned(), record.clone()));
+                Ok(())
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut read = Vec::new();
+        for run in runs(&parsed) {
+            let span = run.span.offset as usize..run.span.end() as usize;
+            let mut reader = Reader::at(&data[span], run.span.offset);
+            for _ in 0..run.count {
+                let record = stream::read_page_record(&mut reader, 4096).unwrap();
+                read.push((run.block.clone(), record));
+            }
+            assert!(reader.is_empty(), "{name}");
+        }
+        assert!(visited.len() > 1000, "{name}");
+        assert!(visited == read, "{name}");
     }
 }
 

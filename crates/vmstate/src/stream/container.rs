@@ -159,6 +159,9 @@ pub(super) struct Context<'p> {
     ram_blocks: HashMap<String, u64>,
     /// The block of the last page record, for CONTINUE.
     last_block: Option<String>,
+    /// Its used length, once looked up: CONTINUE records, nearly all of them, need no
+    /// lookup by name.
+    last_block_used: Option<u64>,
     /// Whether a MULTIFD_FLUSH note was given.
     multifd_noted: bool,
     /// Whether a page record has been read (with `page_size`).
@@ -183,6 +186,7 @@ impl<'p> Context<'p> {
             postcopy_page_sizes: None,
             ram_blocks: HashMap::new(),
             last_block: None,
+            last_block_used: None,
             multifd_noted: false,
             pages_read: false,
             file_offset,
@@ -955,6 +959,7 @@ pub(super) fn add_ram_record(
             for block in &list.blocks {
                 ctx.ram_blocks.insert(block.name.clone(), block.used_length);
             }
+            ctx.last_block_used = None;
             items.push(RamItem::BlockList(list));
             return Ok(false);
         }
@@ -975,15 +980,20 @@ pub(super) fn add_ram_record(
     // per page.
     if let Some(name) = record.block {
         ctx.last_block = Some(name);
+        ctx.last_block_used = None;
     }
     let block = ctx
         .last_block
         .as_deref()
         .ok_or_else(|| bad("CONTINUE with no block before it".to_owned()))?;
-    let used_length = *ctx
-        .ram_blocks
-        .get(block)
-        .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?;
+    let used_length = match ctx.last_block_used {
+        Some(used_length) => used_length,
+        None => *ctx
+            .ram_blocks
+            .get(block)
+            .ok_or_else(|| bad(format!("unknown RAM block {block:?}")))?,
+    };
+    ctx.last_block_used = Some(used_length);
     if record.page >= used_length {
         return Err(bad(format!(
             "page offset {:#x} outside block {block:?} of {used_length:#x} bytes",

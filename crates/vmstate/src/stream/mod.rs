@@ -46,7 +46,9 @@ pub use ram::{
 };
 pub(crate) use ram::{FLAG_CONTINUE, FLAG_EOS, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_ZERO};
 pub(crate) use writer::{section_header, write_seekable, PlacedBlock};
-pub use writer::{write, write_held, write_to, write_with, RamLayout, WriteOptions};
+pub use writer::{
+    write, write_held, write_spans, write_to, write_with, RamLayout, SpanWrite, WriteOptions,
+};
 
 pub use crate::hex::hex;
 use crate::hex::serialize_hex;

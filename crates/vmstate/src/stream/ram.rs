@@ -619,6 +619,19 @@ fn block_page_size_follows(r: &Reader, target_page_size: u64, advised: u64) -> R
 /// Checks an XBZRLE payload the way QEMU's decoder does: pairs of (unchanged run, literal
 /// run) lengths in one- or two-byte ULEB128, a zero unchanged run only first, literal runs
 /// non-empty, and nothing past the page.
+/// Bytes of each record after the first of a run of `kind`, when they are all alike: every
+/// record after a run's first continues its block at the next page (the reader and the
+/// filter make runs so), with no block name, so a ZERO record is its word and fill byte and a
+/// PAGE record its word and page. `None` for mixed runs, and for XBZRLE and compressed
+/// records, each as long as its payload says.
+pub(crate) fn continuing_record_len(kind: RunKind, page_size: u64) -> Option<u64> {
+    match kind {
+        RunKind::Zero { .. } => Some(9),
+        RunKind::Page => page_size.checked_add(8),
+        RunKind::Mixed { .. } | RunKind::Xbzrle { .. } | RunKind::Compressed { .. } => None,
+    }
+}
+
 impl RamRecordKind {
     /// The kind of page run a page record starts (`None` for records that are not pages).
     pub(crate) fn run_kind(&self) -> Option<RunKind> {
@@ -857,14 +870,67 @@ pub fn visit_page_records(
                 )
             })?;
             let mut reader = Reader::at(bytes, run.span.offset);
-            for _ in 0..run.count {
-                let record = read_page_record(&mut reader, page_size)?;
-                visit(&run.block, &record)?;
+            if run.count > 0 {
+                let first = read_page_record(&mut reader, page_size)?;
+                visit(&run.block, &first)?;
+                match uniform_records(run, &first, page_size) {
+                    Some(mut later) => later.try_for_each(|record| visit(&run.block, &record))?,
+                    None => {
+                        for _ in 1..run.count {
+                            let record = read_page_record(&mut reader, page_size)?;
+                            visit(&run.block, &record)?;
+                        }
+                    }
+                }
             }
             progress(run.span.end());
         }
     }
     Ok(())
+}
+
+/// The records after `first` of a run of PAGE or of ZERO records, made from the model rather
+/// than read, so that their pages are not touched ([`continuing_record_len`] says why they
+/// are alike); `None` for the other kinds, and when the span does not hold exactly those
+/// records, for which the records are read.
+fn uniform_records(
+    run: &RamRun,
+    first: &RamRecord,
+    page_size: u64,
+) -> Option<impl Iterator<Item = RamRecord>> {
+    let len = continuing_record_len(run.kind, page_size)?;
+    if first.kind.run_kind() != Some(run.kind) {
+        return None;
+    }
+    let later = run.count.checked_sub(1)?;
+    let start = first.offset.checked_add(first.len)?;
+    let end = later.checked_mul(len).and_then(|l| l.checked_add(start))?;
+    let last_page = later.checked_mul(page_size)?.checked_add(first.page)?;
+    if end != run.span.end() || last_page.checked_add(page_size).is_none() {
+        return None;
+    }
+    let (base_page, kind) = (first.page, first.kind.clone());
+    // Nothing saturates: the last record's offset and page were computed above.
+    Some((0..later).map(move |n| {
+        let offset = start.saturating_add(n.saturating_mul(len));
+        let kind = match &kind {
+            RamRecordKind::Page { .. } => RamRecordKind::Page {
+                data: Span {
+                    offset: offset.saturating_add(8),
+                    len: page_size,
+                },
+            },
+            other => other.clone(),
+        };
+        RamRecord {
+            offset,
+            len,
+            page: base_page.saturating_add(n.saturating_add(1).saturating_mul(page_size)),
+            continues: true,
+            block: None,
+            kind,
+        }
+    }))
 }
 
 /// Reads one page record (ZERO, PAGE or XBZRLE, as the runs of the model hold) with the

@@ -2,7 +2,9 @@
 //!
 //! The output is produced in order and handed to an [`std::io::Write`] in pieces of about
 //! [`FLUSH_AT`] bytes, so writing a stream of any size takes a bounded amount of memory; page
-//! contents go from the source to the output run by run.
+//! contents go from the source to the output run by run. What is copied from the source
+//! unchanged is handed on as a span of the source ([`SpanWrite`]), for an output that can copy
+//! it without the bytes being read (a file from the input file, in the kernel).
 
 use std::io::{Seek, Write};
 
@@ -31,7 +33,9 @@ const FLUSH_AT: usize = 1 << 20;
 ///
 /// Everything comes from the model except RAM page contents, which the model only locates:
 /// they are copied from `source`, the input the stream was read from. Writing an unchanged
-/// model gives back that input byte for byte.
+/// model gives back that input byte for byte. A run of PAGE or of ZERO records is checked
+/// against `source` by its first record and the length of its span only (the reader makes
+/// every later record continue at the next page): `source` must be that input, not another.
 pub fn write(stream: &Stream, source: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(source.len());
     write_to(stream, source, &mut out, &mut |_| {})?;
@@ -122,6 +126,37 @@ const MAPPED_RAM_ALIGNMENT: u64 = 1 << 20;
 /// A mapped-ram block header: version (be32), page size, bitmap and pages offsets (be64).
 const MAPPED_RAM_HEADER_LEN: u64 = 28;
 
+/// An output that is told which of its bytes are bytes of the source unchanged, so that it
+/// may copy them from where the source lies rather than from memory: from the input file to
+/// the output file in the kernel, without the pages of the source being touched.
+pub trait SpanWrite: Write {
+    /// Writes `bytes`, which are bytes `span` of the source (stream offsets), unchanged. The
+    /// default writes `bytes`; an output that copies `span` itself need never read them.
+    fn write_source_span(&mut self, span: Span, bytes: &[u8]) -> std::io::Result<()> {
+        let _ = span;
+        self.write_all(bytes)
+    }
+}
+
+/// A plain [`Write`] as a [`SpanWrite`]: spans of the source are written as bytes.
+struct Plain<'o>(&'o mut dyn Write);
+
+impl Write for Plain<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl SpanWrite for Plain<'_> {}
+
 /// [`write_to`] with `options`: another RAM layout than the model's, or a stream placed
 /// further into its file. Returns the number of bytes written.
 ///
@@ -131,6 +166,19 @@ pub fn write_with(
     stream: &Stream,
     source: &[u8],
     out: &mut dyn Write,
+    options: &WriteOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    write_spans(stream, source, &mut Plain(out), options, progress)
+}
+
+/// [`write_with`] to an output that is handed what it copies from the source unchanged as
+/// spans of the source, at least [`FLUSH_AT`] bytes each ([`SpanWrite::write_source_span`]):
+/// an unchanged stream is, apart from its small records, spans of the source.
+pub fn write_spans(
+    stream: &Stream,
+    source: &[u8],
+    out: &mut dyn SpanWrite,
     options: &WriteOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64> {
@@ -155,7 +203,14 @@ pub fn write_with(
 pub fn write_held(stream: &Stream, held: &super::Held, out: &mut dyn Write) -> Result<u64> {
     let source = Held(held);
     let options = WriteOptions::default();
-    write_any(stream, source, Out::Stream(out), &options, &mut |_| {}).map(|w| w.len)
+    write_any(
+        stream,
+        source,
+        Out::Stream(&mut Plain(out)),
+        &options,
+        &mut |_| {},
+    )
+    .map(|w| w.len)
 }
 
 /// Where page contents come from: the whole input, or its held end.
@@ -265,7 +320,7 @@ fn write_any(
 
 /// Where a sink's full buffers go.
 enum Out<'o> {
-    Stream(&'o mut dyn Write),
+    Stream(&'o mut dyn SpanWrite),
     File(&'o mut dyn SeekWrite),
 }
 
@@ -273,6 +328,13 @@ impl Out<'_> {
     fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Out::Stream(out) => out.write_all(bytes),
+            Out::File(out) => out.write_all(bytes),
+        }
+    }
+
+    fn write_source_span(&mut self, span: Span, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Out::Stream(out) => out.write_source_span(span, bytes),
             Out::File(out) => out.write_all(bytes),
         }
     }
@@ -327,16 +389,17 @@ impl<'o> Sink<'o> {
         Ok(())
     }
 
-    /// Adds `bytes` to the output: a piece as large as a whole buffer is written as it is,
-    /// after what the buffer holds, rather than copied into it.
-    fn copy(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Adds `bytes`, bytes `span` of the source, to the output: a piece as large as a whole
+    /// buffer is handed to the output as it is, as a span of the source, after what the
+    /// buffer holds, rather than copied into it.
+    fn copy(&mut self, span: Span, bytes: &[u8]) -> Result<()> {
         if bytes.len() < FLUSH_AT || self.out.is_none() {
             self.buf.bytes(bytes);
             return Ok(());
         }
         self.drain()?;
         if let Some(out) = self.out.as_mut() {
-            out.write_all(bytes)
+            out.write_source_span(span, bytes)
                 .map_err(|e| output_error(e, self.written))?;
         }
         self.written = self.written.saturating_add(bytes.len() as u64);
@@ -386,6 +449,35 @@ impl<'o> Sink<'o> {
     fn finish(mut self) -> Result<u64> {
         self.drain()?;
         Ok(self.written)
+    }
+}
+
+/// Where a page record's data lies in its payload (after the record's word and block name).
+struct RecordShape {
+    /// Bytes of the payload's own header before the data: the fill byte of a ZERO record,
+    /// the length of an XBZRLE or compressed one.
+    data_skip: u64,
+    /// Bytes of data: the page, the encoded or compressed page, none for a ZERO record.
+    data_len: u64,
+    /// Bytes of the whole payload.
+    payload_len: u64,
+}
+
+impl RecordShape {
+    fn new(data_skip: u64, data_len: u64, payload_len: u64) -> RecordShape {
+        RecordShape {
+            data_skip,
+            data_len,
+            payload_len,
+        }
+    }
+
+    /// Where the data is of the record at `offset` whose word and block name take
+    /// `header_len` bytes.
+    fn data_offset(&self, offset: u64, header_len: u64) -> u64 {
+        offset
+            .saturating_add(header_len)
+            .saturating_add(self.data_skip)
     }
 }
 
@@ -513,84 +605,143 @@ impl<'a> Output<'a> {
     /// run of an unchanged stream) is copied from the source as one span: its headers are
     /// compared, not its pages, and the pages go to the output in large pieces.
     fn run(&mut self, w: &mut Sink, run: &RamRun) -> Result<()> {
-        if self.run_records(None, run)? {
+        let as_source = match self.uniform_run_as_source(run)? {
+            Some(as_source) => as_source,
+            None => self.run_records(None, run)?,
+        };
+        if as_source {
             return self.copy_span(w, run.span);
         }
         self.run_records(Some(w), run).map(|_| ())
+    }
+
+    /// Whether a run of PAGE or of ZERO records comes out as the source has it, told without
+    /// reading past its first record: every record after a run's first continues its block
+    /// at the next page (the reader and the filter make runs so), so when the first record's
+    /// header is the source's and the span holds exactly the records that follow it, so is
+    /// every other header. `None` for the other kinds, and for a span that does not hold its
+    /// records, which the walk reports.
+    fn uniform_run_as_source(&self, run: &RamRun) -> Result<Option<bool>> {
+        let Some(later_len) = super::ram::continuing_record_len(run.kind, self.page_size) else {
+            return Ok(None);
+        };
+        let mut header = Writer::with_capacity(300);
+        let shape = self.record_header(&mut header, run, 0, run.kind)?;
+        let first_len = self
+            .source_header_len(run.span.offset)?
+            .saturating_add(shape.payload_len);
+        let span_len = run
+            .count
+            .checked_sub(1)
+            .and_then(|later| later.checked_mul(later_len))
+            .and_then(|later| later.checked_add(first_len));
+        if span_len != Some(run.span.len) {
+            return Ok(None);
+        }
+        Ok(Some(self.header_as_source(
+            &header,
+            &shape,
+            run.span.offset,
+        )?))
+    }
+
+    /// Writes the header of record `index` of `run`, of kind `kind`, to `header` as the model
+    /// has it: its word, its block name unless it continues, and its payload's own header.
+    fn record_header(
+        &self,
+        header: &mut Writer,
+        run: &RamRun,
+        index: u64,
+        kind: RunKind,
+    ) -> Result<RecordShape> {
+        let continues = index > 0 || run.first_continues;
+        let page = index
+            .checked_mul(self.page_size)
+            .and_then(|at| at.checked_add(run.first_page))
+            .unwrap_or(u64::MAX);
+        let type_flag = match kind {
+            RunKind::Zero { .. } => FLAG_ZERO,
+            RunKind::Page | RunKind::Mixed { .. } => FLAG_PAGE,
+            RunKind::Xbzrle { .. } => FLAG_XBZRLE,
+            RunKind::Compressed { .. } => FLAG_COMPRESS_PAGE,
+        };
+        header.clear();
+        header.u64(
+            Endian::Big,
+            page | type_flag | if continues { FLAG_CONTINUE } else { 0 },
+        );
+        if !continues {
+            header.counted_bytes(run.block.as_bytes(), "ram.block")?;
+        }
+        Ok(match kind {
+            RunKind::Zero { fill } => {
+                header.u8(fill);
+                RecordShape::new(1, 0, 1)
+            }
+            RunKind::Page | RunKind::Mixed { .. } => {
+                RecordShape::new(0, self.page_size, self.page_size)
+            }
+            RunKind::Compressed { compressed_len } => {
+                header.u32(Endian::Big, compressed_len);
+                let len = u64::from(compressed_len);
+                RecordShape::new(4, len, len.saturating_add(4))
+            }
+            RunKind::Xbzrle { encoded_len } => {
+                header.u8(XBZRLE_ENCODING);
+                header.u16(Endian::Big, encoded_len);
+                let len = u64::from(encoded_len);
+                RecordShape::new(3, len, len.saturating_add(3))
+            }
+        })
+    }
+
+    /// Whether `header`, made for the source record at `source_offset` of shape `shape`,
+    /// stands where the source's does, as the source has it, right before the same data.
+    fn header_as_source(
+        &self,
+        header: &Writer,
+        shape: &RecordShape,
+        source_offset: u64,
+    ) -> Result<bool> {
+        let data_offset = shape.data_offset(source_offset, self.source_header_len(source_offset)?);
+        let written_len = header.offset();
+        let at = data_offset.saturating_sub(written_len);
+        Ok(at == source_offset
+            && self.source_bytes(at, written_len).ok() == Some(header.as_bytes()))
     }
 
     /// Walks a run's records, writing them to `w` when given; returns whether every record's
     /// header (word, block name, fill byte or payload length) is as the source has it.
     fn run_records(&mut self, mut w: Option<&mut Sink>, run: &RamRun) -> Result<bool> {
         let mut source_offset = run.span.offset;
-        let mut page = run.first_page;
         let mut zero_pages = 0u64;
         let mut as_source = true;
         let mut header = Writer::with_capacity(300);
         for index in 0..run.count {
-            let continues = index > 0 || run.first_continues;
             let kind = match run.kind {
                 RunKind::Mixed { fill, .. } => self.mixed_record_kind(source_offset, fill)?,
                 kind => kind,
             };
-            let type_flag = match kind {
-                RunKind::Zero { .. } => {
-                    zero_pages = zero_pages.saturating_add(1);
-                    FLAG_ZERO
-                }
-                RunKind::Page | RunKind::Mixed { .. } => FLAG_PAGE,
-                RunKind::Xbzrle { .. } => FLAG_XBZRLE,
-                RunKind::Compressed { .. } => FLAG_COMPRESS_PAGE,
-            };
-            header.clear();
-            header.u64(
-                Endian::Big,
-                page | type_flag | if continues { FLAG_CONTINUE } else { 0 },
-            );
-            if !continues {
-                header.counted_bytes(run.block.as_bytes(), "ram.block")?;
+            if let RunKind::Zero { .. } = kind {
+                zero_pages = zero_pages.saturating_add(1);
             }
-            let payload_offset =
-                source_offset.saturating_add(self.source_header_len(source_offset)?);
-            // The payload's own header, then where its data is and how long.
-            let (data_offset, data_len, payload_len) = match kind {
-                RunKind::Zero { fill } => {
-                    header.u8(fill);
-                    (payload_offset, 0, 1)
-                }
-                RunKind::Page | RunKind::Mixed { .. } => {
-                    (payload_offset, self.page_size, self.page_size)
-                }
-                RunKind::Compressed { compressed_len } => {
-                    header.u32(Endian::Big, compressed_len);
-                    let len = u64::from(compressed_len);
-                    (payload_offset.saturating_add(4), len, len.saturating_add(4))
-                }
-                RunKind::Xbzrle { encoded_len } => {
-                    header.u8(XBZRLE_ENCODING);
-                    header.u16(Endian::Big, encoded_len);
-                    let len = u64::from(encoded_len);
-                    (payload_offset.saturating_add(3), len, len.saturating_add(3))
-                }
-            };
-            let data = self.source_bytes(data_offset, data_len)?;
+            let shape = self.record_header(&mut header, run, index, kind)?;
+            let header_len = self.source_header_len(source_offset)?;
+            let data_offset = shape.data_offset(source_offset, header_len);
+            let data = self.source_bytes(data_offset, shape.data_len)?;
             match w.as_deref_mut() {
                 Some(w) => {
                     w.buf.bytes(header.as_bytes());
                     w.buf.bytes(data);
                 }
                 None => {
-                    // The header as written must stand where the source's is, right before
-                    // the same data.
-                    let written_len = header.offset();
-                    let at = data_offset.saturating_sub(written_len);
-                    as_source = as_source
-                        && at == source_offset
-                        && self.source_bytes(at, written_len).ok() == Some(header.as_bytes());
+                    as_source =
+                        as_source && self.header_as_source(&header, &shape, source_offset)?;
                 }
             }
-            source_offset = payload_offset.saturating_add(payload_len);
-            page = page.saturating_add(self.page_size);
+            source_offset = source_offset
+                .saturating_add(header_len)
+                .saturating_add(shape.payload_len);
             if let Some(w) = w.as_deref_mut() {
                 if w.spill()? {
                     (self.progress)(source_offset);
@@ -761,13 +912,21 @@ impl<'a> Output<'a> {
     }
 
     /// Copies bytes of the source in pieces, handing each full buffer to the output; pieces
-    /// of a whole buffer's size go to the output straight from the source.
+    /// of a whole buffer's size go to the output straight from the source. A span of at
+    /// least a piece is cut into pieces of one to two, so that none of it is copied into the
+    /// buffer (or read, by an output that copies spans itself).
     fn copy_span(&mut self, w: &mut Sink, span: Span) -> Result<()> {
-        const PIECE: u64 = 1 << 20;
+        const PIECE: u64 = FLUSH_AT as u64;
         let mut at = span.offset;
         while at < span.end() {
-            let len = (span.end().saturating_sub(at)).min(PIECE);
-            w.copy(self.source_bytes(at, len)?)?;
+            let left = span.end().saturating_sub(at);
+            let len = if left < PIECE.saturating_mul(2) {
+                left
+            } else {
+                PIECE
+            };
+            let piece = Span { offset: at, len };
+            w.copy(piece, self.source_bytes(at, len)?)?;
             at = at.saturating_add(len);
             w.spill()?;
             // Everything before `at` is in the output or its buffer: the source behind it

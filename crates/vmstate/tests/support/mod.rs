@@ -185,3 +185,64 @@ pub fn cut_to_virtio(original: &[u8]) -> CutStream {
         scsi,
     }
 }
+
+/// How many PAGE records the first part of [`large_ram_stream`] carries: enough for runs
+/// of several MiB, which the writer hands on as spans of the source.
+pub const LARGE_STREAM_PAGES: u64 = 700;
+
+/// A RAM-only stream with runs of several MiB, as QEMU writes them (a START section with
+/// the block list, PART sections of page records, an END section): a run of
+/// [`LARGE_STREAM_PAGES`] PAGE records of varied bytes, a run of ZERO records, then a run
+/// of PAGE and ZERO records mixed; no device state, no description.
+pub fn large_ram_stream() -> Vec<u8> {
+    const PAGE: u64 = 4096;
+    let block = b"pc.ram";
+    let used_length: u64 = 8 << 20;
+    let mut s = b"QEVM\0\0\0\x03".to_vec();
+    // START, section 2, "ram", instance 0, version 4: the block list and EOS.
+    s.extend_from_slice(b"\x01\0\0\0\x02\x03ram\0\0\0\0\0\0\0\x04");
+    s.extend_from_slice(&(used_length | 0x04).to_be_bytes());
+    s.push(block.len() as u8);
+    s.extend_from_slice(block);
+    s.extend_from_slice(&used_length.to_be_bytes());
+    s.extend_from_slice(&0x10u64.to_be_bytes());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut page_bytes = || {
+        (0..PAGE)
+            .map(|_| {
+                // xorshift64: bytes that differ from page to page.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    // Each PART names the block in its first record, as QEMU does after a section break.
+    let mut part = |s: &mut Vec<u8>, pages: std::ops::Range<u64>, zero: &dyn Fn(u64) -> bool| {
+        s.extend_from_slice(b"\x02\0\0\0\x02");
+        for (n, page) in pages.enumerate() {
+            let flag = if zero(page) { 0x02 } else { 0x08 };
+            let continues = if n == 0 { 0 } else { 0x20 };
+            s.extend_from_slice(&((page * PAGE) | flag | continues).to_be_bytes());
+            if n == 0 {
+                s.push(block.len() as u8);
+                s.extend_from_slice(block);
+            }
+            if zero(page) {
+                s.push(0);
+            } else {
+                s.extend_from_slice(&page_bytes());
+            }
+        }
+        s.extend_from_slice(&0x10u64.to_be_bytes());
+    };
+    part(&mut s, 0..LARGE_STREAM_PAGES, &|_| false);
+    part(&mut s, LARGE_STREAM_PAGES..1000, &|_| true);
+    part(&mut s, 1000..1800, &|page| page % 3 == 0);
+    // END, section 2: EOS; then EOF.
+    s.extend_from_slice(b"\x03\0\0\0\x02");
+    s.extend_from_slice(&0x10u64.to_be_bytes());
+    s.push(0);
+    s
+}
