@@ -479,7 +479,7 @@ fn every_bundled_release_is_recognised_and_known_alone() {
     let out = run(&["compat", "--json", "--dst-version", "5.2", &new], None);
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let messages = qemu_messages(report);
+    let messages = qemu_messages(&report);
     assert_eq!(
         messages,
         [
@@ -569,7 +569,7 @@ fn compat_to_a_release_uses_the_bundled_dump_of_the_machine_it_runs() {
     let (code, report) = to(&new, &["--to", "7.2"]);
     assert_eq!(code, 1);
     assert_eq!(report["destination"]["machine"], "pc-q35-7.2");
-    let messages = qemu_messages(report);
+    let messages = qemu_messages(&report);
     assert_eq!(
         messages,
         [
