@@ -16,6 +16,11 @@ convert --mend-names`. For every stream and destination release:
   destination runs (the stream's own when X.Y has it, else X.Y's q35);
 - QEMU X.Y is started with that machine type, the same devices and `-incoming`: it loads
   the stream and the guest runs after `cont`, or it refuses.
+Then new -> old with requests in flight: QEMU 11.1 runs the interop suite's guest (every write
+fails, `werror=stop`) with virtio-blk on a split and on a packed ring and with virtio-scsi; each
+stream is rewritten with `vmstate convert --target X.Y` (and `--packed-ndescs-after` for the
+packed ring) for 7.2 and 10.0, `compat --to X.Y` must say it is compatible, and QEMU X.Y must
+load it with its own q35 machine type and the guest finish every write after `cont`.
 Each pair must agree: compat exit 0 exactly where QEMU loads and the guest runs, and where
 QEMU refuses, it prints the message compat gave first (QEMU 11 prints it inside its own). Prints a table, writes the facts as
 JSON (--results); exits 0 when every pair agreed, 1 when one did not, 2 when QEMU or the
@@ -154,13 +159,55 @@ def pair(suite, streams, trees, assets, src, dst):
             "qemu_messages": messages[:4], "ok": ok}
 
 
+# in-flight sources on 11.1: name -> interop source properties
+IN_FLIGHT = {
+    "split": {"smp": 1, "props": "", "host": "11.1"},
+    "packed": {"smp": 1, "props": ",packed=on", "host": "11.1"},
+    "scsi": {"smp": 1, "props": "", "scsi": True, "host": "11.1"},
+}
+
+
+def in_flight(suite, streams, trees, kind, dst):
+    """An 11.1 stream with requests in flight, converted for `dst`, loaded there."""
+    src = IN_FLIGHT[kind]
+    folder = os.path.join(suite.work, "11.1-%s-to-%s" % (kind, dst))
+    os.makedirs(folder, exist_ok=True)
+    out = os.path.join(folder, "stream.mig")
+    extra = ["--packed-ndescs-after"] if kind == "packed" else []
+    p = subprocess.run([suite.vmstate, "convert", "--target", dst] + extra + [streams[kind], out],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    r = {"name": "11.1-%s-to-%s" % (kind, dst), "from": "11.1", "to": dst, "machine": "q35",
+         "in_flight": kind, "convert_exit": p.returncode,
+         "convert_said": p.stderr.decode(errors="replace").strip()[-600:]}
+    if p.returncode != 0:
+        r.update(ok=False, compat_exit=None, compat_first=None, qemu_runs=False, qemu_messages=[])
+        return r
+    c = subprocess.run([suite.vmstate, "compat", "--json", out, "--to", dst],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    problems = json.loads(c.stdout.decode(errors="replace") or "{}").get("problems", [])
+    host = None if RELEASES[dst] is None else trees[dst]
+    res = suite.destination(os.path.join(folder, "dst"), src, "exec:cat %s" % shlex.quote(out),
+                            interop.COMPLETES, host=host)
+    r.update(compat_exit=c.returncode,
+             compat_first=problems[0].get("qemu_message") if problems else None,
+             qemu_runs=bool(res.get("ok")), qemu_messages=[res.get("guest_result") or ""],
+             ok=bool(res.get("ok")) and c.returncode == 0)
+    return r
+
+
 def table(results):
     lines = ["| stream | destination | machine | compat | QEMU | agree |", "|---|---|---|---|---|---|"]
     for r in results:
         verdict = "compatible" if r["compat_exit"] == 0 else "refused: %s" % r["compat_first"]
-        qemu = "loads, guest runs" if r["qemu_runs"] else "refuses: %s" % "; ".join(r["qemu_messages"][:2])
+        if "in_flight" in r:
+            verdict = "after convert --target: " + verdict
+            qemu = ("loads, every write in flight completes" if r["qemu_runs"]
+                    else "fails: %s" % "; ".join(r["qemu_messages"][:2]))
+        else:
+            qemu = "loads, guest runs" if r["qemu_runs"] else "refuses: %s" % "; ".join(r["qemu_messages"][:2])
+        stream = r["from"] + (" (%s, in flight)" % r["in_flight"] if "in_flight" in r else "")
         lines.append("| %s | %s | %s | %s | %s | %s |" % (
-            r["from"], r["to"], r["machine"], verdict.replace("|", "\\|"), qemu.replace("|", "\\|"),
+            stream, r["to"], r["machine"], verdict.replace("|", "\\|"), qemu.replace("|", "\\|"),
             "yes" if r["ok"] else "**NO**"))
     return "\n".join(lines)
 
@@ -202,6 +249,14 @@ def main():
         pairs = [(s, d) for s in ["5.2", "5.2-mended", "7.2", "10.0", "11.1"] for d in RELEASES]
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
             results = list(pool.map(lambda sd: pair(suite, streams, trees, assets, *sd), pairs))
+        kernel, initrd = interop.prepare_guest(assets, work)
+        flights = interop.Suite(suite.vmstate, kernel, initrd, work, trees)
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            recorded = dict(zip(IN_FLIGHT, pool.map(
+                lambda k: flights.record_source("11.1-" + k, IN_FLIGHT[k])[0], IN_FLIGHT)))
+        jobs = [(k, d) for k in IN_FLIGHT for d in ("7.2", "10.0")]
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            results += list(pool.map(lambda kd: in_flight(flights, recorded, trees, *kd), jobs))
     except Exception as e:
         return interop.failure(e, work, log)
     seconds = round(time.time() - t0, 1)
