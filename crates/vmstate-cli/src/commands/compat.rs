@@ -161,6 +161,25 @@ pub struct ForRelease {
 }
 
 impl DstSide {
+    /// The destination as given: QEMU release `to` as vmstate holds it (see
+    /// [`DstSide::for_release`]), else the file `path` or the release `stated` alone.
+    pub fn resolve(
+        to: Option<Release>,
+        machine: Option<&str>,
+        source: Option<&str>,
+        path: Option<&Path>,
+        stated: Option<Release>,
+    ) -> Result<ForRelease, Failure> {
+        match to {
+            Some(release) => DstSide::for_release(release, machine, source),
+            None => Ok(ForRelease {
+                side: DstSide::load(path, stated)?,
+                first: None,
+                unchecked: None,
+            }),
+        }
+    }
+
     /// QEMU `release` running `machine` (see `bundled::destination_machine`) as the
     /// destination of a source of machine type `source`: its bundled dump, or its release
     /// alone when no dump of that machine type is bundled.
@@ -217,18 +236,13 @@ fn known_release(release: Release) -> Result<Release, Failure> {
 /// Runs `vmstate compat`: exit 0 compatible, 1 with problems, 2 when an input is unreadable.
 pub fn run(args: CompatArgs) -> Outcome {
     let src = load_side(&args.src, &args.source, &args.devices)?;
-    let for_release = match args.to {
-        Some(release) => DstSide::for_release(
-            release,
-            args.machine.as_deref(),
-            src.schema().machine.as_deref(),
-        )?,
-        None => ForRelease {
-            side: DstSide::load(args.dst.as_deref(), args.dst_version)?,
-            first: None,
-            unchecked: None,
-        },
-    };
+    let for_release = DstSide::resolve(
+        args.to,
+        args.machine.as_deref(),
+        src.schema().machine.as_deref(),
+        args.dst.as_deref(),
+        args.dst_version,
+    )?;
     let dst_side = &for_release.side;
     let dst = dst_side.side();
     let src_release = release_of(&src, args.src_version);
@@ -237,9 +251,14 @@ pub fn run(args: CompatArgs) -> Outcome {
     let mut found: Findings = match (&src, destination) {
         // QEMU does not start: nothing is loaded, nothing else matters.
         _ if for_release.first.is_some() => Findings::default(),
-        (Side::Stream { loaded, schema, .. }, dst) => {
-            compat::check_stream(&loaded.stream, schema, dst)
-        }
+        (
+            Side::Stream {
+                loaded,
+                devices,
+                schema,
+            },
+            dst,
+        ) => compat::check_stream(&loaded.stream, devices, schema, dst),
         (Side::Dump(schema), Destination::Schema(dst, release)) => {
             compat::compare_schemas(schema, dst, (src_release.release, release))
         }
@@ -249,16 +268,15 @@ pub fn run(args: CompatArgs) -> Outcome {
     };
     found.problems.splice(0..0, for_release.first.clone());
     found.unchecked.extend(for_release.unchecked.clone());
-    let dst_shown = match (&args.dst, destination.release()) {
+    let dst_shown = match (&args.dst, dst_side) {
         (Some(path), _) => path.display().to_string(),
-        (None, Some(release)) if matches!(dst_side, DstSide::Bundled(..)) => format!(
-            "QEMU {release} ({})",
-            dst.and_then(|d| d.schema().machine.as_deref())
-                .unwrap_or_default()
-        ),
-        (None, release) => format!(
+        (None, DstSide::Bundled(_, release, machine)) => format!("QEMU {release} ({machine})"),
+        (None, _) => format!(
             "QEMU {}",
-            release.map(|r| r.to_string()).unwrap_or_default()
+            destination
+                .release()
+                .map(|r| r.to_string())
+                .unwrap_or_default()
         ),
     };
     let report = CompatJson {

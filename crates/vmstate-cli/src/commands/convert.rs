@@ -12,7 +12,7 @@ use vmstate::element::Layout;
 use vmstate::stream::{RamLayout, Stream};
 use vmstate::virtio::{Framing, NdescsOrder};
 
-use super::compat::{DstSide, ForRelease};
+use super::compat::DstSide;
 use super::devices::DeviceArgs;
 use super::dump::{read_loaded, LoadedStream, SourceArgs};
 use super::memory::guest_ram;
@@ -280,18 +280,14 @@ fn target_release(args: &ConvertArgs) -> Option<Release> {
 /// --dst-version names alone, listing every change on stderr (and as JSON on stdout with
 /// --json); refusals end the command with exit 1.
 fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
-    let for_release = match target_release(args) {
-        Some(release) => DstSide::for_release(
-            release,
-            None,
-            stream.configuration().map(|c| c.machine.as_str()),
-        )?,
-        None => ForRelease {
-            side: DstSide::load(args.target.as_deref(), args.dst_version)?,
-            first: None,
-            unchecked: None,
-        },
-    };
+    let to = target_release(args);
+    let for_release = DstSide::resolve(
+        to,
+        None,
+        stream.configuration().map(|c| c.machine.as_str()),
+        args.target.as_deref().filter(|_| to.is_none()),
+        args.dst_version,
+    )?;
     if let Some(problem) = &for_release.first {
         eprintln!("refused: {problem}");
         return Err(Failure {
@@ -309,9 +305,6 @@ fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
             );
             Vec::new()
         }
-        DstSide::Release(_) if for_release.unchecked.is_some() => {
-            for_release.unchecked.iter().map(String::as_str).collect()
-        }
         DstSide::File(side, _) => {
             let path = args.target.as_deref().unwrap_or(Path::new("-"));
             eprintln!(
@@ -324,7 +317,12 @@ fn retarget(stream: &mut Stream, args: &ConvertArgs, shown: &str) -> Outcome {
         }
         DstSide::Release(alone) => {
             eprintln!("target: QEMU {alone}, without a schema");
-            compat::WITHOUT_SCHEMA.to_vec()
+            // A release whose dump for the stream's machine type is not bundled says so.
+            compat::WITHOUT_SCHEMA
+                .iter()
+                .copied()
+                .chain(for_release.unchecked.as_deref())
+                .collect()
         }
     };
     let dst = dst_side.destination();

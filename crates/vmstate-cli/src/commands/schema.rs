@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use vmstate::devices::VirtioSection;
 use vmstate::schema::{render_tree, Schema};
 
 use super::devices::DeviceArgs;
@@ -36,6 +37,8 @@ pub enum Side {
     Stream {
         /// The stream read.
         loaded: Box<LoadedStream>,
+        /// Its virtio devices, decoded.
+        devices: Vec<VirtioSection>,
         /// What it carries.
         schema: Schema,
     },
@@ -71,6 +74,7 @@ pub fn load_side(path: &Path, source: &SourceArgs, devices: &DeviceArgs) -> Resu
     let schema = Schema::from_stream(&loaded.stream, &found);
     Ok(Side::Stream {
         loaded: Box::new(loaded),
+        devices: found,
         schema,
     })
 }

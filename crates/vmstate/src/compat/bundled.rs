@@ -10,9 +10,9 @@
 //! // `q35` is the release's newest q35 machine, as QEMU resolves it.
 //! assert_eq!(bundled::resolve_machine(release, "q35"), Some("pc-q35-11.1"));
 //! assert!(bundled::has_machine(release, "pc-q35-5.2"));
-//! let schema = bundled::schema(release, "pc-q35-5.2").expect("bundled")?;
+//! let schema = bundled::schema(release, "pc-q35-5.2").ok_or("not bundled")??;
 //! assert_eq!(schema.machine.as_deref(), Some("pc-q35-5.2"));
-//! # Ok::<(), vmstate::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::io::Read;

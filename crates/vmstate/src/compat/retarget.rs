@@ -57,7 +57,7 @@ pub fn retarget(
     dst: Destination<'_>,
 ) -> std::result::Result<Vec<Change>, Vec<Problem>> {
     let carried = Schema::from_stream(stream, devices);
-    let found = check_stream(stream, &carried, dst);
+    let found = check_stream(stream, devices, &carried, dst);
     let mut plans = Vec::new();
     let mut refused = Vec::new();
     for problem in found.problems {
@@ -79,7 +79,7 @@ pub fn retarget(
         })?);
     }
     // A lowered version may leave fields the destination does not read at that version.
-    let again = check_stream(stream, &Schema::from_stream(stream, devices), dst);
+    let again = check_stream(stream, devices, &Schema::from_stream(stream, devices), dst);
     if !again.problems.is_empty() {
         return Err(again
             .problems

@@ -6,7 +6,7 @@ use super::release::{
     machine_for_release, machine_release, queue_size_limit, Release,
 };
 use super::{bytes_text, Destination, Findings, Problem, ProblemKind};
-use crate::devices;
+use crate::devices::VirtioSection;
 use crate::schema::{virtio::VIRTIO_TYPE, Description, Field, Origin, Schema, SectionSchema};
 use crate::stream::{Configuration, Stream};
 
@@ -38,10 +38,15 @@ pub const NOT_IN_DUMPS: &[&str] = &[
     "ps2mouse",
 ];
 
-/// Compares what `stream` carries (`carried`, its [`Schema::from_stream`]) with the
-/// destination `dst`: its schema (a `-dump-vmstate` file or another stream) and release, or
-/// its release alone. The problems come in stream order.
-pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> Findings {
+/// Compares what `stream` carries (`carried`, its [`Schema::from_stream`] from its decoded
+/// virtio `devices`) with the destination `dst`: its schema (a `-dump-vmstate` file or
+/// another stream) and release, or its release alone. The problems come in stream order.
+pub fn check_stream(
+    stream: &Stream,
+    devices: &[VirtioSection],
+    carried: &Schema,
+    dst: Destination<'_>,
+) -> Findings {
     let mut check = Findings::default();
     let release = dst.release();
     if let Some(config) = stream.configuration() {
@@ -55,7 +60,7 @@ pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> 
     }
     commands(&mut check, stream, release);
     if let Some(release) = release {
-        queue_sizes(&mut check, stream, release);
+        queue_sizes(&mut check, devices, release);
     }
     match dst {
         Destination::Schema(schema, _) => sections(&mut check, carried, schema, release),
@@ -71,12 +76,8 @@ pub fn check_stream(stream: &Stream, carried: &Schema, dst: Destination<'_>) -> 
 }
 
 /// Queues saved with more entries than the destination's device allocates by default.
-fn queue_sizes(check: &mut Findings, stream: &Stream, release: Release) {
-    // A device that does not decode without assumptions is left to the other checks.
-    let Ok(found) = devices::decode_virtio(stream, &devices::DecodeOptions::default()) else {
-        return;
-    };
-    for section in &found {
+fn queue_sizes(check: &mut Findings, devices: &[VirtioSection], release: Release) {
+    for section in devices {
         let kind = section.device.kind.vmsd_name();
         let Some(limit) = queue_size_limit(release, kind) else {
             continue;
@@ -648,36 +649,10 @@ impl Context<'_> {
             .iter()
             .filter_map(|f| f.description.as_deref())
         {
-            if let Some(release) = self.release {
-                for sub in own.subsections.iter().filter(|s| {
-                    s.name.starts_with(&own.name)
-                        && knows_device_subsection(release, &s.name) == Some(false)
-                }) {
-                    out.push(
-                        self.problem(
-                            ProblemKind::SubsectionMissing,
-                            &own.name,
-                            &sub.name,
-                            format!(
-                                "the device state carries subsection {}, which QEMU {release} \
-                                 does not know",
-                                sub.name
-                            ),
-                        )
-                        .qemu(self.qemu.clone()),
-                    );
-                }
-            }
-            for sub in own
-                .subsections
-                .iter()
-                .filter(|s| !s.name.starts_with(&own.name))
-            {
-                out.push(
-                    self.problem(
+            for sub in &own.subsections {
+                let (kind, message) = if !sub.name.starts_with(&own.name) {
+                    (
                         ProblemKind::VirtioInternals,
-                        &own.name,
-                        &sub.name,
                         format!(
                             "the device state's subsection {} does not start with {}, the name \
                              of the struct it belongs to: QEMU's loader stops reading {}'s \
@@ -685,7 +660,24 @@ impl Context<'_> {
                             sub.name, own.name, own.name,
                         ),
                     )
-                    .qemu(self.qemu.clone()),
+                } else if let Some(release) = self
+                    .release
+                    .filter(|r| knows_device_subsection(*r, &sub.name) == Some(false))
+                {
+                    (
+                        ProblemKind::SubsectionMissing,
+                        format!(
+                            "the device state carries subsection {}, which QEMU {release} \
+                             does not know",
+                            sub.name
+                        ),
+                    )
+                } else {
+                    continue;
+                };
+                out.push(
+                    self.problem(kind, &own.name, &sub.name, message)
+                        .qemu(self.qemu.clone()),
                 );
             }
         }

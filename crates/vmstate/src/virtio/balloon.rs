@@ -87,15 +87,9 @@ impl BalloonState {
     /// Whether a subsection carries a name no QEMU loader reads (QEMU 5.1 to 6.1's
     /// `vitio-balloon-device/page-poison`).
     pub fn has_misspelled_names(&self) -> bool {
-        self.subsections.iter().any(|s| {
-            matches!(
-                s,
-                BalloonSubsection::PagePoison {
-                    misspelled: true,
-                    ..
-                }
-            )
-        })
+        self.subsections
+            .iter()
+            .any(|s| s.name() == PAGE_POISON_MISSPELLED)
     }
 
     /// Gives every subsection the name QEMU's loaders read; returns each renaming as (the
